@@ -1,0 +1,119 @@
+"""The command line: `python -m llama2_colab {doctor,demo,tiny,...}`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .errors import UserFacingError
+
+__all__ = ["main", "build_parser"]
+
+DEMO_PROMPT = "I have tomatoes, basil and cheese at home. What can I cook for dinner?"
+DEMO_SYSTEM = "You are a helpful, concise cooking assistant."
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .runtime import detect_runtime, format_report, recommend_settings, runtime_report_dict
+
+    facts = detect_runtime()
+    settings = recommend_settings(facts)
+    if args.json:
+        print(json.dumps(runtime_report_dict(facts, settings), indent=2))
+    else:
+        print(format_report(facts, settings))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .auth import find_token
+    from .generation import stream_generate
+    from .models import choose_model, load_model_and_tokenizer
+    from .runtime import detect_runtime, format_report, recommend_settings
+
+    facts = detect_runtime()
+    settings = recommend_settings(facts)
+    print(format_report(facts, settings))
+    token = find_token()
+    choice = choose_model(facts, requested=args.model, has_token=bool(token))
+    print(f"Model   : {choice.name} ({choice.reason})")
+    start = time.perf_counter()
+    model, tokenizer = load_model_and_tokenizer(choice, settings, token=token)
+    print(f"Loaded in {time.perf_counter() - start:.1f} s\n")
+    if args.seed is not None:
+        from transformers import set_seed
+
+        set_seed(args.seed)
+    messages = [
+        {"role": "system", "content": DEMO_SYSTEM},
+        {"role": "user", "content": args.prompt},
+    ]
+    input_ids = tokenizer.apply_chat_template(messages, return_tensors="pt", return_dict=True)[
+        "input_ids"
+    ]
+    print(f"You: {args.prompt}\nLlama 2: ", end="", flush=True)
+    _, _, stats = stream_generate(
+        model,
+        tokenizer,
+        input_ids,
+        on_text=lambda text: print(text, end="", flush=True),
+        max_new_tokens=args.max_new_tokens,
+        do_sample=True,
+        temperature=0.6,
+        top_p=0.9,
+    )
+    print(
+        f"\n\n-- {stats.new_tokens} new tokens; first token after {stats.ttft_s:.2f} s; "
+        f"{stats.tokens_per_s:.1f} tokens/s"
+    )
+    return 0
+
+
+def _cmd_tiny(args: argparse.Namespace) -> int:
+    from .tiny import build_tiny_llama
+
+    out = build_tiny_llama(args.dir)
+    print(f"Wrote the offline tiny Llama 2 to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="python -m llama2_colab",
+        description="Run Llama 2 on a free Colab T4: runtime checks, demo, offline tiny model.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("doctor", help="report the runtime and the recommended loading settings")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_doctor)
+
+    p = sub.add_parser("demo", help="load the default model and stream one chat reply")
+    p.add_argument("prompt", nargs="?", default=DEMO_PROMPT, help="what to ask")
+    p.add_argument("--model", default=None, help="'tiny', a Hub id or a local directory")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=None, help="make the sampled reply reproducible")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("tiny", help="write the offline tiny Llama 2 (model + tokenizer) to DIR")
+    p.add_argument("dir")
+    p.set_defaults(func=_cmd_tiny)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit status. Known problems print a message, not a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserFacingError as err:
+        print(f"\nError: {err.what}", file=sys.stderr)
+        if err.todo:
+            print(f"What to do: {err.todo}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("\nStopped.", file=sys.stderr)
+        return 130

@@ -1,0 +1,91 @@
+"""Streaming generation with honest timing: time to first token and decode tokens per second.
+
+One mechanism for everything that streams (the demo, the chat session, the app, the benchmark):
+`stream_generate` runs `model.generate` with a `transformers.TextStreamer` subclass, so text
+arrives as it is produced, and the same streamer timestamps every new token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from transformers import TextStreamer
+
+__all__ = ["GenerationStats", "ReplyStreamer", "stream_generate"]
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """How long a generation took, split the way users feel it."""
+
+    prompt_tokens: int
+    new_tokens: int
+    ttft_s: float  # from calling generate() to the first new token (prefill + first step)
+    total_s: float  # from calling generate() to the last new token
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decode speed: tokens after the first, divided by the time after the first."""
+        if self.new_tokens < 2 or self.total_s <= self.ttft_s:
+            return 0.0
+        return (self.new_tokens - 1) / (self.total_s - self.ttft_s)
+
+
+class ReplyStreamer(TextStreamer):
+    """A TextStreamer that hands each finished piece of text to a callback and times tokens."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None] | None = None):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.on_text = on_text
+        self.token_times: list[float] = []
+
+    def put(self, value) -> None:
+        """Receive token ids from generate(); the first call carries the prompt."""
+        if not self.next_tokens_are_prompt:
+            self.token_times.extend([time.perf_counter()] * int(value.numel()))
+        super().put(value)
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        """Forward each decoded piece to the callback (nothing is printed by default)."""
+        if self.on_text is not None and text:
+            self.on_text(text)
+
+
+def stream_generate(
+    model,
+    tokenizer,
+    input_ids,
+    on_text: Callable[[str], None] | None = None,
+    **generate_kwargs,
+) -> tuple[str, list[int], GenerationStats]:
+    """Generate from a 1 x N tensor of ids, streaming text; return (text, new ids, stats)."""
+    import torch
+
+    input_ids = input_ids.to(model.device)
+    attention_mask = torch.ones_like(input_ids)
+    streamer = ReplyStreamer(tokenizer, on_text)
+    generate_kwargs.setdefault("pad_token_id", tokenizer.eos_token_id)
+    if "max_new_tokens" in generate_kwargs:
+        # Llama 2's generation_config sets max_length=4096; with max_new_tokens given it only
+        # triggers a "both were set" warning, so say plainly that max_new_tokens is the limit.
+        generate_kwargs.setdefault("max_length", None)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            streamer=streamer,
+            **generate_kwargs,
+        )
+    new_ids = output[0, input_ids.shape[1] :].tolist()
+    times = streamer.token_times
+    stats = GenerationStats(
+        prompt_tokens=int(input_ids.shape[1]),
+        new_tokens=len(new_ids),
+        ttft_s=(times[0] - start) if times else 0.0,
+        total_s=(times[-1] - start) if times else 0.0,
+    )
+    text = tokenizer.decode(new_ids, skip_special_tokens=True)
+    return text, new_ids, stats

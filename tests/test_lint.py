@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
+import importlib.util
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is installed by `setup.sh --dev`")
+@pytest.mark.skipif(
+    importlib.util.find_spec("ruff") is None, reason="ruff comes with `setup.sh --dev`"
+)
 def test_ruff_check_and_format():
-    check = subprocess.run(["ruff", "check", "."], cwd=ROOT, capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "."], cwd=ROOT, capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     fmt = subprocess.run(
-        ["ruff", "format", "--check", "llama2_colab", "tests", "scripts"],
+        [sys.executable, "-m", "ruff", "format", "--check", "llama2_colab", "tests", "scripts"],
         cwd=ROOT,
         capture_output=True,
         text=True,

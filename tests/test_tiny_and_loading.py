@@ -122,3 +122,42 @@ def test_demo_streams_a_reply_from_the_tiny_model(seed):
     assert run.returncode == 0, run.stderr
     assert "Model   : tiny (no GPU found" in run.stdout
     assert "Llama 2: " in run.stdout and "tokens/s" in run.stdout
+
+
+def test_tiny_command_writes_a_loadable_model(tmp_path):
+    from transformers import pipeline
+
+    out = tmp_path / "tiny"
+    run = subprocess.run(
+        [sys.executable, "-m", "llama2_colab", "tiny", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert str(out) in run.stdout
+    generator = pipeline("text-generation", model=str(out))
+    result = generator("Hello", max_new_tokens=5, do_sample=False)
+    assert result[0]["generated_text"].startswith("Hello")
+
+
+def test_cached_tiny_model_is_reused_not_rebuilt(tmp_path):
+    from llama2_colab import ensure_tiny_llama
+
+    first = ensure_tiny_llama(tmp_path / "cache")
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    again = ensure_tiny_llama(tmp_path / "cache")
+    assert again == first
+    assert (again / "model.safetensors").stat().st_mtime_ns == stamp
+    assert not [p for p in (tmp_path).iterdir() if p.name.startswith(".tiny-build-")]
+
+
+def test_load_pipeline_uses_the_runtime_dtype():
+    from llama2_colab import load_pipeline
+
+    facts = preset_runtime("cpu")
+    generator = load_pipeline(choose_model(facts, env={}), recommend_settings(facts))
+    assert generator.model.dtype == torch.float32
+    assert generator.model.config._attn_implementation == "sdpa"
+    out = generator([{"role": "user", "content": "Hi"}], max_new_tokens=4, do_sample=False)
+    assert out[0]["generated_text"][-1]["role"] == "assistant"

@@ -79,6 +79,31 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .plan import format_plan, make_plan
+    from .runtime import detect_runtime, preset_runtime
+
+    if args.list:
+        from .catalog import load_catalog
+
+        for entry in load_catalog():
+            print(f"{entry.id:40} {entry.family} {entry.size} {entry.variant}")
+        return 0
+    if not args.model:
+        raise UserFacingError(
+            "Which model? Give a name.", "e.g. `plan meta-llama/Llama-2-7b-chat-hf`"
+        )
+    try:
+        facts = preset_runtime(args.gpu) if args.gpu else detect_runtime()
+    except ValueError as err:
+        raise UserFacingError(
+            str(err), "Pass --gpu with one of those names, or leave it out."
+        ) from None
+    plan = make_plan(args.model, facts, quantization=args.quantization)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
+    return 0 if plan.fits else 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -101,6 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tiny", help="write the offline tiny Llama 2 (model + tokenizer) to DIR")
     p.add_argument("dir")
     p.set_defaults(func=_cmd_tiny)
+
+    p = sub.add_parser("plan", help="will MODEL fit this GPU: format, memory, context (exit 2: no)")
+    p.add_argument("model", nargs="?", help="'tiny', a catalog name, or a local model directory")
+    p.add_argument("--gpu", default=None, help="T4, V100, L4, A100-40GB, A100-80GB, H100 or cpu")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument(
+        "--quantization",
+        default="auto",
+        choices=["auto", "none", "int8", "nf4"],
+        help="auto (default): 16-bit if it fits, else 4-bit NF4",
+    )
+    p.add_argument("--list", action="store_true", help="list the catalog's models")
+    p.set_defaults(func=_cmd_plan)
     return parser
 
 

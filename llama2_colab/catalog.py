@@ -1,0 +1,82 @@
+"""The models this project knows: Llama 2 and Code Llama, with their architecture configs as data.
+
+The configs are public facts (each repository's `config.json` on the Hub), stored in
+`data/catalog.json` so that planning memory needs no download and no token.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from importlib import resources
+
+__all__ = [
+    "META_LLAMA_FORM",
+    "CatalogEntry",
+    "load_catalog",
+    "find_entry",
+    "suggest_names",
+    "model_page_url",
+]
+
+META_LLAMA_FORM = "https://ai.meta.com/resources/models-and-libraries/llama-downloads/"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One known model: its Hub id, family, size, variant, whether it is gated, and its config."""
+
+    id: str
+    family: str  # "Llama 2" | "Code Llama"
+    size: str  # "7B", "13B", ...
+    variant: str  # "base" | "chat" | "python" | "instruct"
+    gated: bool
+    config: dict
+
+    @property
+    def short_name(self) -> str:
+        """The repository name without its owner, e.g. `Llama-2-7b-chat-hf`."""
+        return self.id.split("/", 1)[-1]
+
+
+def load_catalog() -> list[CatalogEntry]:
+    """Return every catalog entry, read from the package's `data/catalog.json`."""
+    text = resources.files("llama2_colab").joinpath("data/catalog.json").read_text("utf-8")
+    return [CatalogEntry(**item) for item in json.loads(text)["models"]]
+
+
+def find_entry(name: str) -> CatalogEntry | None:
+    """Return the entry for a Hub id or a repository name (case-insensitive), or None.
+
+    `meta-llama/Llama-2-13b-chat-hf`, `llama-2-13b-chat-hf` and a mirror such as
+    `NousResearch/Llama-2-13b-chat-hf` all find the same entry: the architecture is the same.
+    """
+    wanted = name.strip().lower()
+    entries = load_catalog()
+    for entry in entries:
+        if entry.id.lower() == wanted:
+            return entry
+    short = wanted.split("/", 1)[-1]
+    for entry in entries:
+        if entry.short_name.lower() == short:
+            return entry
+    return None
+
+
+def suggest_names(name: str, limit: int = 3) -> list[str]:
+    """Return the catalog ids closest to a (probably mistyped) name, best first."""
+    ids = [entry.id for entry in load_catalog()]
+    lowered = {i.lower(): i for i in ids}
+    wanted = name.strip().lower()
+    if "/" not in wanted:  # compare a bare name with the bare names
+        shorts = {i.split("/", 1)[-1].lower(): i for i in ids}
+        close = difflib.get_close_matches(wanted, list(shorts), n=limit, cutoff=0.5)
+        return [shorts[c] for c in close]
+    close = difflib.get_close_matches(wanted, list(lowered), n=limit, cutoff=0.5)
+    return [lowered[c] for c in close]
+
+
+def model_page_url(repo_id: str, endpoint: str = "https://huggingface.co") -> str:
+    """Return the model's page on the Hub, where you request access to a gated model."""
+    return f"{endpoint.rstrip('/')}/{repo_id}"

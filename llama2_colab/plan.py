@@ -1,0 +1,409 @@
+"""A loading plan: will this model fit this machine, in which format, with how much context.
+
+Pure arithmetic on facts, so a T4 can be planned for on any machine:
+
+- parameters are counted exactly, by building the model from its config on the meta device
+  (shapes only, no memory, no download);
+- weights take 2 bytes per parameter in float16/bfloat16, about 1 in int8 and about 0.53 in
+  4-bit NF4 (what stays unquantized is counted separately, see `weight_bytes`);
+- the KV cache takes `2 (K and V) x layers x KV heads x head dim x bytes` per token of context;
+- a GPU's usable memory is its total minus `GPU_RESERVE_BYTES` for the CUDA context, the
+  activations of a forward pass and allocator slack.
+
+`make_plan` decides; `models.load_with_plan` acts on the decision.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import UserFacingError
+from .runtime import GPU_PRESETS, RuntimeFacts, recommend_settings
+
+__all__ = [
+    "GPU_RESERVE_BYTES",
+    "MIN_CONTEXT_TOKENS",
+    "HOST_OVERHEAD_BYTES",
+    "NF4_BLOCK_SIZE",
+    "ParamCounts",
+    "LoadPlan",
+    "load_config",
+    "count_parameters",
+    "weight_bytes",
+    "kv_bytes_per_token",
+    "make_plan",
+    "format_plan",
+]
+
+GiB = 1024**3
+MiB = 1024**2
+
+# CUDA context + cuBLAS workspace take about 0.3-0.5 GiB of the card before any tensor exists;
+# a forward pass over a long prompt needs a few hundred MiB of activations (SDPA never builds
+# the L x L score matrix; the MLP's intermediate for 2k tokens of 13B is ~170 MiB); the caching
+# allocator loses some more to fragmentation. 1 GiB covers these with a little slack.
+GPU_RESERVE_BYTES = 1 * GiB
+# A plan that leaves room for fewer tokens than this is not useful for chatting.
+MIN_CONTEXT_TOKENS = 1024
+# Host RAM that Python, torch, transformers and the CUDA libraries take before any weight.
+HOST_OVERHEAD_BYTES = 3 * GiB
+# bitsandbytes 4-bit: one absmax per block of 64 weights. With double quantization the absmax is
+# itself stored in 8 bits, with one float32 scale per 256 absmax values.
+NF4_BLOCK_SIZE = 64
+NF4_DOUBLE_QUANT_BLOCK = 256
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Exact parameter counts of a model, split by what 8/4-bit quantization does to them."""
+
+    total: int
+    quantizable: int  # weights of the Linear layers inside the decoder blocks
+    kept: int  # embeddings, lm_head, norms: stay in 16 bits when the rest is quantized
+    quantizable_rows: int  # output rows of those Linear layers (int8 keeps one scale per row)
+    largest_tensor: int  # elements of the biggest single tensor (host RAM while loading)
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """How to load one model on one machine, the numbers behind it, and why."""
+
+    model: str
+    params: int
+    dtype: str  # the load/compute dtype: "float16" | "bfloat16" | "float32"
+    quantization: str | None  # None | "int8" | "nf4"
+    weights_bytes: int  # of the chosen format
+    kv_bytes_per_token: int
+    max_context_tokens: int  # tokens of KV cache that fit next to the weights (<= model_context)
+    fits: bool
+    reason: str
+    model_context_tokens: int = 0  # the model's own limit (max_position_embeddings)
+    device: str = "cuda"  # "cuda" | "cpu"
+    gpu: str | None = None
+    usable_memory_bytes: int = 0
+    reserve_bytes: int = 0
+    bytes_by_format: dict = field(default_factory=dict)  # {"float16": .., "int8": .., "nf4": ..}
+    ram_needed_bytes: int = 0
+    ram_available_bytes: int = 0
+    download_bytes: int = 0  # the 16-bit safetensors you download from the Hub
+    advice: str = ""  # what would make it fit, or what to do after an out-of-memory error
+    double_quant: bool = True  # NF4 stores its block scales in 8 bits too
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype matmuls run in (for NF4: the `bnb_4bit_compute_dtype`)."""
+        return self.dtype
+
+    def to_dict(self) -> dict:
+        """Return the plan as a JSON-ready dict."""
+        return asdict(self)
+
+
+def load_config(model_name: str):
+    """Return (transformers config, canonical name) for "tiny", a catalog name or a local dir."""
+    from transformers import AutoConfig, LlamaConfig
+
+    from .catalog import find_entry, suggest_names
+
+    name = model_name.strip()
+    if name.lower() == "tiny":
+        from .tiny import ensure_tiny_llama
+
+        return AutoConfig.from_pretrained(ensure_tiny_llama()), "tiny"
+    entry = find_entry(name)
+    if entry is not None:
+        canonical = entry.id if name.lower() == entry.id.lower() else name
+        return LlamaConfig(**entry.config), canonical
+    path = Path(name).expanduser()
+    if (path / "config.json").is_file():
+        return AutoConfig.from_pretrained(path), name
+    close = suggest_names(name)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    raise UserFacingError(
+        f"No architecture known for {name!r}: it is not in the catalog and not a local "
+        f"directory with a config.json.{hint}",
+        "Use a catalog name (`python -m llama2_colab plan --list`), 'tiny', or a local model "
+        "directory.",
+    )
+
+
+def count_parameters(config) -> ParamCounts:
+    """Count the parameters of a config's model exactly, building it on the meta device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total = quantizable = rows = largest = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head"):
+            quantizable += module.weight.numel()
+            rows += module.weight.shape[0]
+    for param in model.parameters():
+        total += param.numel()
+        largest = max(largest, param.numel())
+    return ParamCounts(total, quantizable, total - quantizable, rows, largest)
+
+
+def weight_bytes(counts: ParamCounts, dtype: str, quantization: str | None) -> int:
+    """Return the bytes the weights take in GPU memory in a format.
+
+    - None: every parameter in `dtype` (2 bytes in float16/bfloat16, 4 in float32).
+    - "int8" (LLM.int8): 1 byte per quantizable weight plus one float32 scale per output row;
+      embeddings, lm_head and norms stay in `dtype`.
+    - "nf4": half a byte per quantizable weight plus the block scales: one float32 absmax per 64
+      weights (0.0625 byte/weight), or with double quantization one byte per 64 weights and one
+      float32 per 64 x 256 (about 0.0159 byte/weight); the rest stays in `dtype`.
+    """
+    size = _DTYPE_BYTES[dtype]
+    kept = counts.kept * size
+    if quantization is None:
+        return counts.total * size
+    if quantization == "int8":
+        return kept + counts.quantizable + 4 * counts.quantizable_rows
+    if quantization in ("nf4", "nf4-no-dq"):
+        packed = math.ceil(counts.quantizable / 2)
+        blocks = math.ceil(counts.quantizable / NF4_BLOCK_SIZE)
+        if quantization == "nf4":
+            scales = blocks + 4 * math.ceil(blocks / NF4_DOUBLE_QUANT_BLOCK)
+        else:
+            scales = 4 * blocks
+        return kept + packed + scales
+    raise ValueError(f"unknown quantization {quantization!r}")
+
+
+def kv_bytes_per_token(config, dtype: str) -> int:
+    """Return the KV-cache bytes one token of context takes: 2 x layers x KV heads x head dim."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * _DTYPE_BYTES[dtype]
+
+
+def _gib(n: int) -> str:
+    """Bytes in GiB with two decimals, or in MiB/KiB when smaller (the tiny model)."""
+    if n >= GiB // 10 or n == 0:
+        return f"{n / GiB:.2f} GiB"
+    if n >= MiB:
+        return f"{n / MiB:.2f} MiB"
+    return f"{n / 1024:.1f} KiB"
+
+
+def _usable(facts: RuntimeFacts) -> tuple[int, int]:
+    """(usable bytes, reserve) of the device the model would live on."""
+    if facts.gpu is None:
+        return max(0, facts.ram_available_bytes - HOST_OVERHEAD_BYTES), HOST_OVERHEAD_BYTES
+    return max(0, facts.gpu.total_memory_bytes - GPU_RESERVE_BYTES), GPU_RESERVE_BYTES
+
+
+def _context(usable: int, weights: int, kv: int, limit: int) -> int:
+    return max(0, min(limit, (usable - weights) // kv)) if usable > weights else 0
+
+
+def _choose(counts: ParamCounts, config, facts: RuntimeFacts, quantization: str) -> dict:
+    """Pick a format on one machine; return the fields of the plan that depend on the machine."""
+    dtype = recommend_settings(facts).dtype
+    usable, reserve = _usable(facts)
+    kv = kv_bytes_per_token(config, dtype)
+    limit = int(getattr(config, "max_position_embeddings", 4096))
+    if facts.gpu is None:
+        candidates = [None]  # bitsandbytes on the CPU works but is far too slow for a real model
+    elif quantization == "auto":
+        candidates = [None, "nf4"]  # int8 is never chosen: about as big as needed, ~4x slower
+    else:
+        candidates = [None if quantization == "none" else quantization]
+    needed = min(MIN_CONTEXT_TOKENS, limit)
+    for quant in candidates:
+        weights = weight_bytes(counts, dtype, quant)
+        if weights + needed * kv <= usable:
+            ctx = _context(usable, weights, kv, limit)
+            return dict(
+                dtype=dtype,
+                quantization=quant,
+                weights=weights,
+                kv=kv,
+                ctx=ctx,
+                usable=usable,
+                reserve=reserve,
+                fits=True,
+            )
+    quant = candidates[-1]
+    weights = weight_bytes(counts, dtype, quant)
+    return dict(
+        dtype=dtype,
+        quantization=quant,
+        weights=weights,
+        kv=kv,
+        ctx=_context(usable, weights, kv, limit),
+        usable=usable,
+        reserve=reserve,
+        fits=False,
+    )
+
+
+def _what_would_fit(counts: ParamCounts, config, facts: RuntimeFacts) -> str:
+    """Say which single preset GPU would run the model, and how many of this GPU would."""
+    parts = []
+    for name, preset in GPU_PRESETS.items():
+        if preset.gpu is None:
+            continue
+        choice = _choose(counts, config, preset, "auto")
+        if choice["fits"]:
+            fmt = "4-bit NF4" if choice["quantization"] == "nf4" else choice["dtype"]
+            parts.append(
+                f"one {name} ({preset.gpu.total_memory_bytes / GiB:.0f} GiB) runs it in {fmt} "
+                f"with {choice['ctx']:,} tokens of context"
+            )
+            break
+    if facts.gpu is not None:
+        dtype = recommend_settings(facts).dtype
+        kv = kv_bytes_per_token(config, dtype)
+        usable, _ = _usable(facts)
+        for quant, label in (("nf4", "4-bit NF4"), (None, dtype)):
+            need = weight_bytes(counts, dtype, quant) + MIN_CONTEXT_TOKENS * kv
+            n = math.ceil(need / usable) if usable else 0
+            if n > 1:
+                parts.append(
+                    f"{n} x {facts.gpu.name} in {label} (device_map='auto' splits the layers)"
+                )
+    if not parts:
+        return "No single GPU in the presets holds it: split it across several GPUs."
+    return "What would fit: " + "; or ".join(parts) + "."
+
+
+def make_plan(model_name: str, facts: RuntimeFacts, quantization: str = "auto") -> LoadPlan:
+    """Decide how to load a model on a machine: format, context room, and whether it fits.
+
+    `quantization` is "auto" (16-bit if it fits with room for MIN_CONTEXT_TOKENS of context,
+    else 4-bit NF4, else does not fit), or forces "none", "int8" or "nf4".
+    """
+    if quantization not in ("auto", "none", "int8", "nf4"):
+        raise ValueError(f"quantization must be auto, none, int8 or nf4, not {quantization!r}")
+    config, name = load_config(model_name)
+    counts = count_parameters(config)
+    c = _choose(counts, config, facts, quantization)
+    dtype, quant, kv = c["dtype"], c["quantization"], c["kv"]
+    by_format = {
+        dtype: weight_bytes(counts, dtype, None),
+        "int8": weight_bytes(counts, dtype, "int8"),
+        "nf4": weight_bytes(counts, dtype, "nf4"),
+    }
+    limit = int(getattr(config, "max_position_embeddings", 4096))
+    where = facts.gpu.name if facts.gpu is not None else "the CPU (system RAM)"
+    fmt = {None: dtype, "int8": "int8 (LLM.int8)", "nf4": f"4-bit NF4, {dtype} compute"}[quant]
+
+    # Host RAM while loading: safetensors go tensor by tensor to the GPU, so the peak is the
+    # libraries plus a couple of tensors. On the CPU the whole model lives in RAM (counted above).
+    if facts.gpu is not None:
+        ram_needed = HOST_OVERHEAD_BYTES + 2 * counts.largest_tensor * 2
+    else:
+        ram_needed = HOST_OVERHEAD_BYTES + c["weights"] + MIN_CONTEXT_TOKENS * kv
+    ram_ok = ram_needed <= facts.ram_available_bytes
+    fits = c["fits"] and ram_ok
+
+    lines = [
+        f"{name} has {counts.total:,} parameters: {_gib(by_format[dtype])} in {dtype}, "
+        f"{_gib(by_format['int8'])} in int8, {_gib(by_format['nf4'])} in 4-bit NF4.",
+        f"KV cache: {_gib(kv)} per token of context in {dtype} "
+        f"({config.num_hidden_layers} layers x "
+        f"{getattr(config, 'num_key_value_heads', None) or config.num_attention_heads} KV heads).",
+    ]
+    if facts.gpu is not None:
+        lines.append(
+            f"{where}: {_gib(c['usable'])} usable ({_gib(facts.gpu.total_memory_bytes)} minus "
+            f"{_gib(c['reserve'])} for the CUDA context and activations)."
+        )
+    else:
+        lines.append(
+            f"No GPU: the model would live in system RAM, {_gib(c['usable'])} usable "
+            f"({_gib(facts.ram_available_bytes)} available minus {_gib(c['reserve'])} for "
+            "Python and the libraries)."
+        )
+    if c["fits"]:
+        extra = ""
+        if quant == "nf4":
+            extra = f" ({dtype} does not fit with room for {MIN_CONTEXT_TOKENS:,} tokens)"
+        lines.append(
+            f"Plan: {fmt}{extra}; {_gib(c['weights'])} of weights leaves room for "
+            f"{c['ctx']:,} tokens of context (the model allows {limit:,})."
+        )
+    else:
+        lines.append(
+            f"Does not fit: {fmt} needs {_gib(c['weights'])} for the weights alone plus "
+            f"{_gib(MIN_CONTEXT_TOKENS * kv)} for {MIN_CONTEXT_TOKENS:,} tokens of context."
+        )
+    if not ram_ok:
+        lines.append(
+            f"System RAM: loading needs about {_gib(ram_needed)}, only "
+            f"{_gib(facts.ram_available_bytes)} is available: the session would crash."
+        )
+
+    if not c["fits"]:
+        if facts.gpu is None:
+            advice = (
+                "Use a GPU runtime (on Colab: Runtime > Change runtime type > T4 GPU). "
+                + _what_would_fit(counts, config, facts)
+            )
+        else:
+            advice = _what_would_fit(counts, config, facts)
+    elif not ram_ok:
+        advice = "Use a runtime with more system RAM, and load safetensors (never .bin shards)."
+    elif facts.gpu is not None:
+        advice = (
+            "If you still run out of GPU memory: shorten the conversation (fewer tokens of "
+            f"context than {c['ctx']:,}), lower max_new_tokens, restart the runtime to free "
+            "memory held by an earlier model"
+            + ("" if quant == "nf4" else ", or load in 4-bit NF4")
+            + "."
+        )
+    else:
+        advice = "On a GPU this runs much faster: Runtime > Change runtime type > T4 GPU."
+    reason = " ".join(lines)
+    return LoadPlan(
+        model=name,
+        params=counts.total,
+        dtype=dtype,
+        quantization=quant,
+        weights_bytes=c["weights"],
+        kv_bytes_per_token=kv,
+        max_context_tokens=c["ctx"] if fits else 0,
+        fits=fits,
+        reason=reason,
+        model_context_tokens=limit,
+        device="cuda" if facts.gpu is not None else "cpu",
+        gpu=facts.gpu.name if facts.gpu is not None else None,
+        usable_memory_bytes=c["usable"],
+        reserve_bytes=c["reserve"],
+        bytes_by_format=by_format,
+        ram_needed_bytes=ram_needed,
+        ram_available_bytes=facts.ram_available_bytes,
+        download_bytes=counts.total * 2,
+        advice=advice,
+    )
+
+
+def format_plan(plan: LoadPlan) -> str:
+    """Return the plan as a short text report (what `python -m llama2_colab plan` prints)."""
+    fmt = plan.dtype if plan.quantization is None else f"{plan.quantization} ({plan.dtype} compute)"
+    rows = [
+        f"Model      : {plan.model}",
+        f"Parameters : {plan.params:,}",
+        "Weights    : " + ", ".join(f"{k} {_gib(v)}" for k, v in plan.bytes_by_format.items()),
+        f"KV cache   : {plan.kv_bytes_per_token:,} bytes per token "
+        f"({_gib(plan.kv_bytes_per_token)})",
+        f"Device     : {plan.gpu or 'CPU'}, {_gib(plan.usable_memory_bytes)} usable",
+        f"Plan       : {fmt}, {_gib(plan.weights_bytes)} of weights",
+        f"Context    : {plan.max_context_tokens:,} tokens fit "
+        f"(model limit {plan.model_context_tokens:,})",
+        f"Host RAM   : needs ~{_gib(plan.ram_needed_bytes)}, "
+        f"{_gib(plan.ram_available_bytes)} available",
+        f"Fits       : {'yes' if plan.fits else 'NO'}",
+        f"Why        : {plan.reason}",
+    ]
+    if plan.advice:
+        rows.append(f"Advice     : {plan.advice}")
+    return "\n".join(rows)

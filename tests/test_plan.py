@@ -1,0 +1,143 @@
+"""The loading plan: exact sizes of the real models, and what it picks for a T4 and others."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llama2_colab import UserFacingError, preset_runtime
+from llama2_colab.catalog import find_entry, load_catalog, suggest_names
+from llama2_colab.plan import (
+    GPU_RESERVE_BYTES,
+    count_parameters,
+    kv_bytes_per_token,
+    load_config,
+    make_plan,
+    weight_bytes,
+)
+
+T4 = preset_runtime("T4")
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("meta-llama/Llama-2-7b-chat-hf", 6_738_415_616),
+        ("meta-llama/Llama-2-13b-hf", 13_015_864_320),
+        ("meta-llama/Llama-2-70b-chat-hf", 68_976_648_192),
+        ("codellama/CodeLlama-7b-hf", 6_738_546_688),  # 16 infilling tokens more than Llama 2
+    ],
+)
+def test_parameter_counts_are_those_of_the_real_models(name, params):
+    config, _ = load_config(name)
+    assert count_parameters(config).total == params
+
+
+def test_catalog_has_every_llama2_and_code_llama_variant():
+    ids = {entry.id for entry in load_catalog()}
+    for size in ("7b", "13b", "70b"):
+        assert f"meta-llama/Llama-2-{size}-hf" in ids
+        assert f"meta-llama/Llama-2-{size}-chat-hf" in ids
+    for size in ("7b", "13b", "34b"):
+        for suffix in ("", "-Python", "-Instruct"):
+            assert f"codellama/CodeLlama-{size}{suffix}-hf" in ids
+    assert find_entry("codellama/CodeLlama-7b-hf").config["max_position_embeddings"] == 16384
+
+
+def test_7b_chat_on_a_t4_loads_in_float16_with_room_for_context():
+    plan = make_plan("meta-llama/Llama-2-7b-chat-hf", T4)
+    assert plan.fits and plan.dtype == "float16" and plan.quantization is None
+    assert plan.weights_bytes == 6_738_415_616 * 2
+    assert plan.kv_bytes_per_token == 32 * 2 * 4096 * 2  # layers x (K,V) x hidden x fp16
+    usable = T4.gpu.total_memory_bytes - GPU_RESERVE_BYTES
+    assert plan.max_context_tokens == (usable - plan.weights_bytes) // plan.kv_bytes_per_token
+    assert 1024 <= plan.max_context_tokens < 4096
+
+
+def test_13b_on_a_t4_is_4bit_nf4_with_float16_compute():
+    plan = make_plan("meta-llama/Llama-2-13b-chat-hf", T4)
+    assert plan.fits and plan.quantization == "nf4" and plan.dtype == "float16"
+    assert plan.max_context_tokens == 4096
+    assert "4-bit NF4" in plan.reason
+
+
+def test_13b_on_an_a100_needs_no_quantization_and_uses_bfloat16():
+    plan = make_plan("meta-llama/Llama-2-13b-chat-hf", preset_runtime("A100-40GB"))
+    assert plan.fits and plan.quantization is None and plan.dtype == "bfloat16"
+
+
+def test_70b_on_a_t4_does_not_fit_and_says_what_would():
+    plan = make_plan("meta-llama/Llama-2-70b-chat-hf", T4)
+    assert not plan.fits and plan.max_context_tokens == 0
+    assert "Does not fit" in plan.reason
+    assert "A100-40GB" in plan.advice and "x Tesla T4" in plan.advice
+
+
+def test_gqa_shrinks_the_70b_kv_cache_eightfold():
+    config70, _ = load_config("meta-llama/Llama-2-70b-chat-hf")
+    per_token = kv_bytes_per_token(config70, "float16")
+    assert per_token == 80 * 2 * 8 * 128 * 2  # 8 KV heads instead of 64
+    assert per_token * 8 == 80 * 2 * 64 * 128 * 2
+
+
+def test_nf4_counts_what_stays_unquantized():
+    config, _ = load_config("meta-llama/Llama-2-7b-hf")
+    counts = count_parameters(config)
+    embeddings_head_norms = 2 * 32000 * 4096 + (2 * 32 + 1) * 4096
+    assert counts.kept == embeddings_head_norms
+    nf4 = weight_bytes(counts, "float16", "nf4")
+    no_dq = weight_bytes(counts, "float16", "nf4-no-dq")
+    assert nf4 < no_dq  # double quantization saves the float32 block scales
+    assert no_dq - counts.kept * 2 == counts.quantizable // 2 + 4 * (counts.quantizable // 64)
+    assert 0.5 < nf4 / counts.total < 0.6
+
+
+def test_cpu_plans_in_float32_and_refuses_7b_in_24_gib():
+    cpu = preset_runtime("cpu")
+    tiny = make_plan("tiny", cpu)
+    assert tiny.fits and tiny.dtype == "float32" and tiny.device == "cpu"
+    big = make_plan("meta-llama/Llama-2-7b-chat-hf", cpu)
+    assert not big.fits and "T4" in big.advice
+
+
+def test_short_names_and_mirrors_find_the_catalog_config():
+    assert make_plan("llama-2-13b-chat-hf", T4).params == 13_015_864_320
+    assert make_plan("NousResearch/Llama-2-7b-chat-hf", T4).model == (
+        "NousResearch/Llama-2-7b-chat-hf"
+    )
+
+
+def test_unknown_model_names_the_closest_catalog_entry():
+    assert suggest_names("meta-llama/Llama-2-7b-chta-hf")[0] == "meta-llama/Llama-2-7b-chat-hf"
+    with pytest.raises(UserFacingError, match="Llama-2-13b-chat-hf"):
+        make_plan("meta-llama/Llama-2-13b-chat", T4)
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "llama2_colab", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_plan_command_json_for_13b_on_a_t4():
+    run = _cli("plan", "meta-llama/Llama-2-13b-chat-hf", "--gpu", "T4", "--json")
+    assert run.returncode == 0, run.stderr
+    data = json.loads(run.stdout)
+    for key in (
+        "model", "params", "dtype", "quantization", "weights_bytes",
+        "kv_bytes_per_token", "max_context_tokens", "fits", "reason",
+    ):  # fmt: skip
+        assert key in data
+    assert data["quantization"] == "nf4" and data["dtype"] == "float16" and data["fits"] is True
+
+
+def test_plan_command_exits_2_without_traceback_when_it_does_not_fit():
+    run = _cli("plan", "meta-llama/Llama-2-70b-chat-hf", "--gpu", "T4")
+    assert run.returncode == 2
+    assert "Fits       : NO" in run.stdout and "A100-40GB" in run.stdout
+    assert "Traceback" not in run.stderr
+    bad = _cli("plan", "meta-llama/Llama-2-7b-chat-hf", "--gpu", "T5")
+    assert bad.returncode == 1 and "Unknown GPU" in bad.stderr and "Traceback" not in bad.stderr

@@ -6,6 +6,15 @@ Data flows one way: facts about the machine (`detect_runtime`) -> a decision
 """
 
 from .auth import find_token, mask_token
+from .chat import (
+    ChatSession,
+    DialogFit,
+    check_dialog,
+    encode_dialog,
+    fit_dialog,
+    read_context_limit,
+    render_dialog,
+)
 from .colab import badge_markdown, colab_url
 from .errors import UserFacingError
 from .generation import GenerationStats, stream_generate
@@ -45,6 +54,13 @@ __all__ = [
     "RuntimeFacts",
     "Settings",
     "UserFacingError",
+    "ChatSession",
+    "DialogFit",
+    "check_dialog",
+    "encode_dialog",
+    "fit_dialog",
+    "read_context_limit",
+    "render_dialog",
     "badge_markdown",
     "build_tiny_llama",
     "choose_model",

@@ -1,0 +1,460 @@
+"""Chatting with Llama 2 correctly: reference-exact dialog tokens, a context budget, a session.
+
+Three layers, each usable on its own:
+
+- `encode_dialog(tokenizer, messages)` turns a list of `{"role", "content"}` messages into the
+  token ids Meta's reference `chat_completion` (github.com/meta-llama/llama,
+  `llama/generation.py`) builds: the system prompt folded into the first user turn, every
+  finished user/assistant pair as `BOS [INST] user [/INST] answer EOS`, the newest user turn as
+  `BOS [INST] user [/INST]`, each piece encoded on its own and literally (a user who types `</s>`
+  gets the characters, not an end-of-sequence token).
+- `fit_dialog(...)` makes the prompt plus `max_new_tokens` fit the model's context window by
+  leaving out the oldest whole user/assistant pairs; the system prompt and the newest message
+  always stay, and the result says what was left out.
+- `ChatSession` keeps the history and the system prompt, streams each reply through
+  `generation.stream_generate`, and changes its history only when a turn completes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from .generation import GenerationStats, stream_generate
+
+__all__ = [
+    "B_INST",
+    "E_INST",
+    "B_SYS",
+    "E_SYS",
+    "SPECIAL_TAGS",
+    "ChatSession",
+    "DialogFit",
+    "StopOnEvent",
+    "check_dialog",
+    "encode_dialog",
+    "fit_dialog",
+    "read_context_limit",
+    "render_dialog",
+]
+
+# The constants of Meta's reference implementation (llama/generation.py), verbatim.
+B_INST, E_INST = "[INST]", "[/INST]"
+B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
+SPECIAL_TAGS = (B_INST, E_INST, "<<SYS>>", "<</SYS>>")
+ROLES = ("system", "user", "assistant")
+
+
+def check_dialog(messages: Sequence[dict]) -> None:
+    """Raise ValueError, saying what to fix, unless messages form a dialog Llama 2 can answer."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError(
+            "The dialog is empty. Pass a list of messages such as "
+            '[{"role": "user", "content": "Hello"}].'
+        )
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
+            raise ValueError(
+                f"Message {i} is {msg!r}; every message must be a dict with a 'role' and a "
+                "'content'."
+            )
+        role, content = msg["role"], msg["content"]
+        if role not in ROLES:
+            raise ValueError(
+                f"Message {i} has the role {role!r}; Llama 2 chat knows only 'system', 'user' "
+                "and 'assistant'."
+            )
+        if not isinstance(content, str):
+            raise ValueError(
+                f"Message {i} ({role}) has content of type {type(content).__name__}; "
+                "the content must be a string."
+            )
+        for tag in SPECIAL_TAGS:
+            if tag in content:
+                raise ValueError(
+                    f"Message {i} ({role}) contains {tag!r}. The tags {', '.join(SPECIAL_TAGS)} "
+                    "mark turns in the Llama 2 prompt, so a message must not contain them "
+                    "(Meta's reference refuses them too). Remove or reword that text."
+                )
+        if role == "system" and i != 0:
+            raise ValueError(
+                f"Message {i} is a system message; a system message may only come first. "
+                "Move it to the start (or set it as the session's system prompt)."
+            )
+    turns = messages[1:] if messages[0]["role"] == "system" else messages
+    if not turns:
+        raise ValueError(
+            "The dialog has a system message but no user message; add a user message after it."
+        )
+    for i, msg in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if msg["role"] != expected:
+            n = i + (len(messages) - len(turns))
+            raise ValueError(
+                f"Message {n} is from the {msg['role']} but the {expected} should speak here: "
+                "after the optional system message, roles must alternate user, assistant, "
+                "user, ... starting with the user."
+            )
+    if turns[-1]["role"] != "user":
+        raise ValueError(
+            "The last message is from the assistant; the dialog must end with a user message "
+            "for Llama 2 to answer. Append the user's next message."
+        )
+
+
+def _fold_dialog(messages: Sequence[dict]) -> tuple[list[tuple[str, str]], str]:
+    """Return (finished (user, assistant) pairs, newest user text) with the system folded in."""
+    check_dialog(messages)
+    msgs = [dict(m) for m in messages]
+    if msgs[0]["role"] == "system":
+        # As the reference does: the system text goes, unstripped, in front of the first user
+        # message; strip() is later applied to this folded text as a whole.
+        first = B_SYS + msgs[0]["content"] + E_SYS + msgs[1]["content"]
+        msgs = [{"role": "user", "content": first}] + msgs[2:]
+    users = [m["content"] for m in msgs[::2]]
+    answers = [m["content"] for m in msgs[1::2]]
+    return list(zip(users[:-1], answers, strict=True)), users[-1]
+
+
+def _pair_text(user: str, answer: str) -> str:
+    return f"{B_INST} {user.strip()} {E_INST} {answer.strip()} "
+
+
+def _last_text(user: str) -> str:
+    return f"{B_INST} {user.strip()} {E_INST}"
+
+
+def _encode_segment(tokenizer, text: str) -> list[int]:
+    """Encode text as plain characters: no BOS/EOS added, and `<s>` or `</s>` typed literally."""
+    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    if tokenizer.bos_token_id in ids or tokenizer.eos_token_id in ids:
+        raise RuntimeError(
+            f"{type(tokenizer).__name__} turned text into BOS/EOS tokens even with "
+            "split_special_tokens=True; use a Llama 2 tokenizer from transformers >= 4.40."
+        )
+    return ids
+
+
+def encode_dialog(tokenizer, messages: Sequence[dict]) -> list[int]:
+    """Return the prompt token ids for messages, exactly as Meta's reference chat_completion."""
+    pairs, last = _fold_dialog(messages)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    ids: list[int] = []
+    for user, answer in pairs:
+        ids += [bos] + _encode_segment(tokenizer, _pair_text(user, answer)) + [eos]
+    ids += [bos] + _encode_segment(tokenizer, _last_text(last))
+    return ids
+
+
+def render_dialog(messages: Sequence[dict], bos: str = "<s>", eos: str = "</s>") -> str:
+    """Return the prompt encode_dialog builds, as text with `<s>`/`</s>` where BOS/EOS go."""
+    pairs, last = _fold_dialog(messages)
+    text = "".join(f"{bos}{_pair_text(u, a)}{eos}" for u, a in pairs)
+    return text + f"{bos}{_last_text(last)}"
+
+
+def read_context_limit(model_or_config) -> int:
+    """Return how many positions the model has (max_position_embeddings from its config)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        raise ValueError(
+            f"{type(config).__name__} has no max_position_embeddings; pass context_limit= "
+            "explicitly."
+        )
+    return limit
+
+
+@dataclass(frozen=True)
+class DialogFit:
+    """A prompt that fits the context window, and what was left out to make it fit."""
+
+    input_ids: list[int]
+    messages: list[dict]  # the messages actually encoded (system, kept turns, newest user)
+    dropped: list[dict]  # user/assistant messages left out, oldest first
+    context_limit: int
+    max_new_tokens: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        """How many tokens the prompt takes."""
+        return len(self.input_ids)
+
+    @property
+    def dropped_turns(self) -> int:
+        """How many user/assistant pairs were left out."""
+        return len(self.dropped) // 2
+
+    def describe(self) -> str:
+        """Return one line for the user: the budget, and what was left out if anything."""
+        line = (
+            f"prompt {self.prompt_tokens} + up to {self.max_new_tokens} new tokens "
+            f"of {self.context_limit}"
+        )
+        if self.dropped:
+            first = self.dropped[0]["content"].strip().replace("\n", " ")
+            first = first if len(first) <= 40 else first[:37] + "..."
+            line += (
+                f'; left out the {self.dropped_turns} oldest exchange(s) to fit (from "{first}")'
+            )
+        return line
+
+
+def fit_dialog(
+    tokenizer, messages: Sequence[dict], context_limit: int, max_new_tokens: int
+) -> DialogFit:
+    """Return the prompt for messages that leaves room for max_new_tokens, oldest turns dropped."""
+    from .errors import UserFacingError
+
+    if max_new_tokens < 1 or max_new_tokens >= context_limit:
+        raise UserFacingError(
+            f"max_new_tokens={max_new_tokens} does not fit a {context_limit}-token context.",
+            f"Choose a value between 1 and {context_limit - 1}; a few hundred is typical.",
+        )
+    check_dialog(messages)
+    system = messages[0] if messages[0]["role"] == "system" else None
+    head = [system] if system else []
+    turns = [m for m in messages if m["role"] != "system"]  # user, assistant, ..., user
+    pairs = list(zip(turns[:-1:2], turns[1::2], strict=True))
+    budget = context_limit - max_new_tokens
+
+    def seg(text: str) -> int:
+        return len(_encode_segment(tokenizer, text))
+
+    def fold(user: dict) -> str:
+        return B_SYS + system["content"] + E_SYS + user["content"] if system else user["content"]
+
+    # A pair costs the same wherever it sits, except the first one kept, which carries the
+    # folded system prompt. Walk back from the newest pair while the pairs fit on their own,
+    # then move the start forward until they fit with the system prompt folded in as well.
+    newest = 1 + seg(_last_text(turns[-1]["content"]))
+    costs: dict[int, int] = {}
+    total, start = newest, len(pairs)
+    while start > 0:
+        user, answer = pairs[start - 1]
+        cost = 2 + seg(_pair_text(user["content"], answer["content"]))
+        if total + cost > budget:
+            break
+        costs[start - 1], total, start = cost, total + cost, start - 1
+    for first in range(start, len(pairs) + 1):
+        if first == len(pairs):
+            need = 1 + seg(_last_text(fold(turns[-1])))
+        else:
+            user, answer = pairs[first]
+            total -= costs[first]
+            need = total + 2 + seg(_pair_text(fold(user), answer["content"]))
+        if need > budget:
+            continue
+        kept = head + turns[2 * first :]
+        ids = encode_dialog(tokenizer, kept)
+        if len(ids) <= budget:  # always true when segments add up, as they do for Llama 2
+            return DialogFit(ids, kept, turns[: 2 * first], context_limit, max_new_tokens)
+    need = len(encode_dialog(tokenizer, ([system] if system else []) + [turns[-1]]))
+    raise UserFacingError(
+        f"Your message{' with the system prompt' if system else ''} takes {need} tokens, and with "
+        f"{max_new_tokens} new tokens that exceeds the model's {context_limit}-token context.",
+        "Shorten the message (or the system prompt), or lower max new tokens "
+        f"to at most {max(context_limit - need, 0)}.",
+    )
+
+
+class StopOnEvent(StoppingCriteria):
+    """A StoppingCriteria that ends generation once a threading.Event is set (the Stop button)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        """Return True for every sequence once the event is set."""
+        import torch
+
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
+
+
+@dataclass(frozen=True)
+class _Turn:
+    reply: str
+    stats: GenerationStats
+    fit: DialogFit
+    stopped: bool
+
+
+@dataclass(eq=False)
+class ChatSession:
+    """A conversation with Llama 2: history, a system prompt re-sent every turn, streamed replies.
+
+    History changes only when a turn completes: an exception or a KeyboardInterrupt during
+    generation leaves it exactly as before. `stop()` (thread-safe, for a Stop button) ends the
+    reply early; the partial reply is kept as the answer and `last_stopped` is True, so you can
+    read it and `regenerate()` if you want a whole one. A reply stopped before any text arrived
+    is not recorded at all.
+    """
+
+    model: object = field(repr=False)
+    tokenizer: object = field(repr=False)
+    system_prompt: str = ""
+    max_new_tokens: int = 256
+    temperature: float = 0.6  # Meta's reference defaults
+    top_p: float = 0.9
+    do_sample: bool = True
+    context_limit: int | None = None  # None: the model config's max_position_embeddings
+    generate_kwargs: dict = field(default_factory=dict)  # more for generate(), e.g. top_k
+    history: list[dict] = field(default_factory=list)
+    last_stats: GenerationStats | None = None
+    last_fit: DialogFit | None = None
+    last_stopped: bool = False
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_history(self.history, self.system_prompt)
+        self.history = [dict(m) for m in self.history]
+
+    # -- what the model sees -------------------------------------------------------------------
+    @property
+    def limit(self) -> int:
+        """The context window the budget uses: context_limit, else the model's config."""
+        return self.context_limit or read_context_limit(self.model)
+
+    def build_messages(self, text: str, history: Sequence[dict] | None = None) -> list[dict]:
+        """Return system prompt + history + text: the messages of the next prompt."""
+        history = self.history if history is None else history
+        # A blank system prompt is left out: an empty <<SYS>> block makes Llama 2 act oddly.
+        head = [{"role": "system", "content": self.system_prompt}]
+        head = head if self.system_prompt.strip() else []
+        return head + [dict(m) for m in history] + [{"role": "user", "content": text}]
+
+    def plan_prompt(self, text: str, history: Sequence[dict] | None = None) -> DialogFit:
+        """Return the prompt that send(text) would use, fitted to the context window."""
+        messages = self.build_messages(text, history)
+        return fit_dialog(self.tokenizer, messages, self.limit, self.max_new_tokens)
+
+    @property
+    def context_used(self) -> int:
+        """Tokens the last turn occupied: its prompt plus its reply (0 before any turn)."""
+        if self.last_stats is None:
+            return 0
+        return self.last_stats.prompt_tokens + self.last_stats.new_tokens
+
+    # -- turns ---------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask a running send() or regenerate() to finish early (safe from any thread)."""
+        self._stop.set()
+
+    def _generate(self, history, text, on_text, stopping_criteria) -> _Turn:
+        import torch
+
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("The message is empty; type something to send.")
+        fit = self.plan_prompt(text, history)
+        self._stop.clear()
+        criteria = StoppingCriteriaList([StopOnEvent(self._stop), *(stopping_criteria or [])])
+        if self.do_sample:
+            sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+        else:
+            sampling = {"do_sample": False, "temperature": None, "top_p": None}
+        reply, _, stats = stream_generate(
+            self.model,
+            self.tokenizer,
+            torch.tensor([fit.input_ids]),
+            on_text=on_text,
+            max_new_tokens=fit.max_new_tokens,
+            eos_token_id=self.tokenizer.eos_token_id,
+            stopping_criteria=criteria,
+            **(sampling | self.generate_kwargs),
+        )
+        return _Turn(reply.strip(), stats, fit, stopped=self._stop.is_set())
+
+    def _record(self, turn: _Turn, history: list[dict], text: str) -> str:
+        self.last_stats, self.last_fit, self.last_stopped = turn.stats, turn.fit, turn.stopped
+        if turn.stopped and not turn.reply:
+            return ""
+        self.history = history + [
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": turn.reply},
+        ]
+        return turn.reply
+
+    def send(
+        self,
+        text: str,
+        on_text: Callable[[str], None] | None = None,
+        stopping_criteria: Sequence[StoppingCriteria] | None = None,
+    ) -> str:
+        """Stream Llama 2's reply to text (pieces go to on_text); return it and record the turn."""
+        history = list(self.history)
+        turn = self._generate(history, text, on_text, stopping_criteria)
+        return self._record(turn, history, text)
+
+    def regenerate(
+        self,
+        on_text: Callable[[str], None] | None = None,
+        stopping_criteria: Sequence[StoppingCriteria] | None = None,
+    ) -> str:
+        """Replace the last reply with a fresh one and return it (a failure keeps the old one)."""
+        if not self.history:
+            raise ValueError("There is no reply to regenerate yet; send a message first.")
+        history, text = list(self.history[:-2]), self.history[-2]["content"]
+        turn = self._generate(history, text, on_text, stopping_criteria)
+        return self._record(turn, history, text)
+
+    def undo(self) -> str | None:
+        """Remove the last user/assistant exchange; return that user message (None if none)."""
+        if not self.history:
+            return None
+        text = self.history[-2]["content"]
+        self.history = self.history[:-2]
+        return text
+
+    def clear(self) -> None:
+        """Forget the conversation (the system prompt and the settings stay)."""
+        self.history = []
+        self.last_stats, self.last_fit, self.last_stopped = None, None, False
+
+    # -- saving --------------------------------------------------------------------------------
+    def export_json(self) -> str:
+        """Return the system prompt and the history as a JSON string."""
+        data = {"system_prompt": self.system_prompt, "messages": self.history}
+        return json.dumps(data, ensure_ascii=False, indent=1)
+
+    def import_json(self, text: str) -> None:
+        """Replace system prompt and history with an export; ValueError (nothing changed) if bad."""
+        try:
+            data = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as err:
+            raise ValueError(
+                f"That is not a chat export (not valid JSON: {err}). Paste the text that "
+                "export_json() produced."
+            ) from None
+        if isinstance(data, list):  # a bare message list, optionally with a system message
+            data = {"messages": data}
+        if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+            raise ValueError(
+                'A chat export is an object {"system_prompt": "...", "messages": [...]}; '
+                "this JSON has no 'messages' list."
+            )
+        messages = list(data["messages"])
+        system = data.get("system_prompt", self.system_prompt)
+        if messages and isinstance(messages[0], dict) and messages[0].get("role") == "system":
+            system = messages.pop(0).get("content")
+        if not isinstance(system, str):
+            raise ValueError("The export's system prompt must be a string.")
+        _check_history(messages, system)
+        self.system_prompt = system
+        self.history = [{"role": m["role"], "content": m["content"]} for m in messages]
+        self.last_stats, self.last_fit, self.last_stopped = None, None, False
+
+
+def _check_history(messages: list, system: str = "") -> None:
+    """Raise ValueError unless messages are finished user/assistant pairs (plus system text)."""
+    probe = ([{"role": "system", "content": system}] if system else []) + list(messages)
+    # A history is a dialog that is still waiting for its next user message.
+    try:
+        check_dialog(probe + [{"role": "user", "content": "next"}])
+    except ValueError as err:
+        raise ValueError(f"This chat history cannot be used: {err}") from None

@@ -29,7 +29,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .auth import find_token
-    from .generation import stream_generate
+    from .chat import ChatSession
     from .models import choose_model, load_model_and_tokenizer
     from .runtime import detect_runtime, format_report, recommend_settings
 
@@ -46,24 +46,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         from transformers import set_seed
 
         set_seed(args.seed)
-    messages = [
-        {"role": "system", "content": DEMO_SYSTEM},
-        {"role": "user", "content": args.prompt},
-    ]
-    input_ids = tokenizer.apply_chat_template(messages, return_tensors="pt", return_dict=True)[
-        "input_ids"
-    ]
-    print(f"You: {args.prompt}\nLlama 2: ", end="", flush=True)
-    _, _, stats = stream_generate(
-        model,
-        tokenizer,
-        input_ids,
-        on_text=lambda text: print(text, end="", flush=True),
-        max_new_tokens=args.max_new_tokens,
-        do_sample=True,
-        temperature=0.6,
-        top_p=0.9,
+    # The one chat path: Meta's reference format, token for token (see llama2_colab.chat).
+    session = ChatSession(
+        model, tokenizer, system_prompt=DEMO_SYSTEM, max_new_tokens=args.max_new_tokens
     )
+    try:
+        session.plan_prompt(args.prompt)  # refuses forged turns, checks the budget
+    except ValueError as err:
+        raise UserFacingError(str(err), "Reword the prompt and run the demo again.") from None
+    print(f"You: {args.prompt}\nLlama 2: ", end="", flush=True)
+    session.send(args.prompt, on_text=lambda text: print(text, end="", flush=True))
+    stats = session.last_stats
     print(
         f"\n\n-- {stats.new_tokens} new tokens; first token after {stats.ttft_s:.2f} s; "
         f"{stats.tokens_per_s:.1f} tokens/s"

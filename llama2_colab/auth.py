@@ -1,12 +1,48 @@
-"""The Hugging Face token: found through huggingface_hub, shown only masked."""
+"""The Hugging Face token and gated access: found through huggingface_hub, shown only masked.
+
+`check_access(repo_id)` asks the Hub (through huggingface_hub's own client, honouring
+`HF_ENDPOINT` and `HF_HUB_OFFLINE`) whether your token may download a model, and turns each
+possible answer into one clear message: access OK; not logged in or invalid token; gated and not
+granted yet; no such repository; the Hub cannot be reached. The token never appears in a message.
+"""
 
 from __future__ import annotations
 
-__all__ = ["find_token", "mask_token"]
+import os
+from dataclasses import asdict, dataclass
+
+__all__ = [
+    "ACCESS_EXIT_CODES",
+    "APPROVAL_TIME",
+    "AccessResult",
+    "find_token",
+    "mask_token",
+    "describe_token",
+    "hub_endpoint",
+    "check_access",
+    "explain_hub_error",
+    "format_access",
+]
+
+# From the seed article: the "access granted" email arrives within 1-2 days; often it is hours.
+APPROVAL_TIME = "usually within 1-2 days, often within a few hours"
+
+# Exit status of `python -m llama2_colab access`: 0 only when access is confirmed.
+ACCESS_EXIT_CODES = {
+    "ok": 0,
+    "no_token": 3,
+    "invalid_token": 3,
+    "gated": 4,
+    "not_found": 5,
+    "offline": 6,
+    "hub_error": 7,
+}
+
+_TRUE = {"1", "on", "yes", "true"}
 
 
 def find_token() -> str | None:
-    """Return the token huggingface_hub would use (Colab secret HF_TOKEN, env, cached login)."""
+    """Return the token huggingface_hub would use (env HF_TOKEN, saved login, Colab secret)."""
     from huggingface_hub import get_token
 
     return get_token()
@@ -21,3 +57,209 @@ def mask_token(token: str | None) -> str:
         return "*" * len(token)
     prefix = "hf_" if token.startswith("hf_") else ""
     return f"{prefix}...{token[-4:]}"
+
+
+def describe_token(token: str | None = None) -> str:
+    """Return where the token came from, masked, e.g. `hf_...wxyz (from $HF_TOKEN)`.
+
+    The lookup is huggingface_hub's `get_token()`; this only names the place it found it.
+    """
+    token = find_token() if token is None else token
+    if not token:
+        return (
+            "No Hugging Face token found. Add HF_TOKEN to Colab Secrets (the key icon on the "
+            "left, with notebook access on), set the HF_TOKEN environment variable, or log in "
+            "with `hf auth login` / `huggingface_hub.login()`."
+        )
+    source = "a saved login"
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        if (os.environ.get(var) or "").strip() == token:
+            source = f"${var}"
+            break
+    else:
+        try:
+            import google.colab  # noqa: F401
+
+            source = "Colab Secrets (HF_TOKEN) or a saved login"
+        except ImportError:
+            pass
+    return f"{mask_token(token)} (from {source})"
+
+
+def hub_endpoint() -> str:
+    """Return the Hub URL in use: $HF_ENDPOINT if set now, else huggingface_hub's default."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode() or (
+        (os.environ.get("HF_HUB_OFFLINE") or "").strip().lower() in _TRUE
+    )
+
+
+@dataclass(frozen=True)
+class AccessResult:
+    """The answer to "may this token download this model?", in words a user can act on."""
+
+    repo_id: str
+    status: str  # "ok" | "no_token" | "invalid_token" | "gated" | "not_found" | "offline" | ...
+    message: str  # what happened
+    todo: str  # what to do about it ("" when ok)
+    token: str  # the token, masked: never the token itself
+    endpoint: str
+
+    @property
+    def ok(self) -> bool:
+        """True only when the Hub confirmed access."""
+        return self.status == "ok"
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI's exit status for this answer (0 only when access is confirmed)."""
+        return ACCESS_EXIT_CODES.get(self.status, 1)
+
+    def to_dict(self) -> dict:
+        """Return the result as a JSON-ready dict (the token masked)."""
+        return {**asdict(self), "ok": self.ok}
+
+
+def _gated_todo(repo_id: str, endpoint: str) -> str:
+    from .catalog import META_LLAMA_FORM
+
+    return (
+        f"1. Open {endpoint}/{repo_id} while logged in and request access there. "
+        f"2. Fill in Meta's form at {META_LLAMA_FORM}. Use the same email address on both: Meta "
+        "approves the Hugging Face request by matching it. "
+        f"Approval comes {APPROVAL_TIME}, by email from Hugging Face; then run this again."
+    )
+
+
+def _login_todo() -> str:
+    return (
+        "Create a token with read access at https://huggingface.co/settings/tokens, then: on "
+        "Colab add it to Secrets as HF_TOKEN (key icon, allow notebook access) and restart the "
+        "session; elsewhere set HF_TOKEN or run `hf auth login`."
+    )
+
+
+def explain_hub_error(err: BaseException, repo_id: str, has_token: bool) -> tuple[str, str, str]:
+    """Return (status, what happened, what to do) for an error raised by huggingface_hub."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    from .catalog import suggest_names
+
+    endpoint = hub_endpoint()
+    if isinstance(err, OfflineModeIsEnabled):
+        return (
+            "offline",
+            "Offline mode is on (HF_HUB_OFFLINE=1), so the Hub was not asked.",
+            "Unset HF_HUB_OFFLINE to check access. Models already in your cache still load.",
+        )
+    response = getattr(err, "response", None)
+    code = getattr(response, "status_code", None)
+    if isinstance(err, GatedRepoError):
+        if not has_token:
+            return (
+                "no_token",
+                f"{repo_id} is gated and you are not logged in.",
+                _login_todo() + " Access must also be granted: " + _gated_todo(repo_id, endpoint),
+            )
+        if code == 401:
+            return ("invalid_token", "The Hub rejected your token (401).", _login_todo())
+        return (
+            "gated",
+            f"{repo_id} is gated and your account has not been granted access (yet).",
+            _gated_todo(repo_id, endpoint),
+        )
+    if isinstance(err, RepositoryNotFoundError):
+        close = [name for name in suggest_names(repo_id) if name.lower() != repo_id.lower()]
+        hint = f"Did you mean {' or '.join(close)}? " if close else ""
+        login = "" if has_token else " If it is private or gated, log in first."
+        return (
+            "not_found",
+            f"There is no model repository {repo_id!r} on {endpoint}.",
+            f"{hint}Check the spelling (owner/name, case matters).{login}",
+        )
+    if isinstance(err, HfHubHTTPError):
+        if code == 401:
+            if not has_token:
+                return ("no_token", "You are not logged in to Hugging Face.", _login_todo())
+            return (
+                "invalid_token",
+                "The Hub rejected your token (401): it is invalid, expired or revoked.",
+                _login_todo(),
+            )
+        if code == 403:
+            return (
+                "invalid_token",
+                f"Your token may not read {repo_id} (403).",
+                "A fine-grained token needs 'Read access to contents of all public gated repos "
+                "you can access'; or create a classic 'Read' token. " + _login_todo(),
+            )
+        if code is not None and code >= 500:
+            return (
+                "hub_error",
+                f"The Hub had a problem answering (HTTP {code}).",
+                "Try again in a few minutes; see https://status.huggingface.co.",
+            )
+        return (
+            "hub_error",
+            f"The Hub answered HTTP {code} for {repo_id}.",
+            "Try again; if it persists, open the model page in a browser.",
+        )
+    return (
+        "offline",
+        f"Could not reach the Hub at {endpoint} ({type(err).__name__}).",
+        "Check the internet connection (on Colab: Runtime > Restart session), "
+        "and HF_ENDPOINT if you set it.",
+    )
+
+
+def check_access(repo_id: str, token: str | None = None) -> AccessResult:
+    """Ask the Hub whether the token (default: `find_token()`) may download `repo_id`."""
+    import httpx2
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    repo_id = repo_id.strip()
+    token = find_token() if token is None else (token.strip() or None)
+    endpoint = hub_endpoint()
+    masked = mask_token(token)
+
+    def result(status: str, message: str, todo: str) -> AccessResult:
+        return AccessResult(repo_id, status, message, todo, masked, endpoint)
+
+    if repo_id.lower() == "tiny":
+        return result("ok", "The tiny model is built on this machine: no access needed.", "")
+    if _offline():
+        status, what, todo = explain_hub_error(OfflineModeIsEnabled(), repo_id, bool(token))
+        return result(status, what, todo)
+    try:
+        HfApi(endpoint=endpoint).auth_check(repo_id, token=token or False)
+    except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.TransportError, OSError) as err:
+        return result(*explain_hub_error(err, repo_id, bool(token)))
+    who = "your token" if token else "anonymous access (no token)"
+    return result("ok", f"Access to {repo_id} confirmed for {who} on {endpoint}.", "")
+
+
+def format_access(result: AccessResult) -> str:
+    """Return the access check as a few lines of text (what `access` prints)."""
+    lines = [
+        f"Model   : {result.repo_id}",
+        f"Hub     : {result.endpoint}",
+        f"Token   : {result.token}",
+        f"Access  : {'yes' if result.ok else 'NO'} ({result.status})",
+        f"Why     : {result.message}",
+    ]
+    if result.todo:
+        lines.append(f"To do   : {result.todo}")
+    return "\n".join(lines)

@@ -97,6 +97,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0 if plan.fits else 2
 
 
+def _cmd_access(args: argparse.Namespace) -> int:
+    from .auth import check_access, format_access
+
+    result = check_access(args.model)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_access(result))
+    return result.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -132,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--list", action="store_true", help="list the catalog's models")
     p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("access", help="may your token download MODEL? (exit 0 only if yes)")
+    p.add_argument("model", help="a Hub id, e.g. meta-llama/Llama-2-7b-chat-hf")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_access)
     return parser
 
 

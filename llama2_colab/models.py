@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+from .errors import UserFacingError
 from .runtime import RuntimeFacts, Settings
 
 __all__ = [
@@ -16,6 +19,9 @@ __all__ = [
     "resolve_model_path",
     "load_model_and_tokenizer",
     "load_pipeline",
+    "make_quantization_config",
+    "load_with_plan",
+    "oom_as_advice",
 ]
 
 DEFAULT_MODEL = "meta-llama/Llama-2-7b-chat-hf"
@@ -121,3 +127,94 @@ def load_pipeline(
 
     model, tokenizer = load_model_and_tokenizer(choice, settings, token, quantization_config)
     return pipeline("text-generation", model=model, tokenizer=tokenizer)
+
+
+def make_quantization_config(plan):
+    """Return the `BitsAndBytesConfig` a plan asks for (NF4 or int8), or None for 16-bit.
+
+    NF4 computes in the plan's dtype: float16 on a T4 (no bfloat16 tensor cores there), bfloat16
+    from Ampere up. Double quantization stores the block scales in 8 bits as well.
+    """
+    if plan.quantization is None:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if plan.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=getattr(torch, plan.dtype),
+        bnb_4bit_use_double_quant=plan.double_quant,
+    )
+
+
+def _hub_error_in(err: BaseException):
+    """Return the huggingface_hub error behind a transformers error, if there is one."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    seen = err
+    while seen is not None:
+        if isinstance(seen, (HfHubHTTPError, OfflineModeIsEnabled)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextmanager
+def oom_as_advice(plan, doing: str = "generating") -> Iterator[None]:
+    """Turn a CUDA out-of-memory error inside the block into a `UserFacingError` with advice."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise UserFacingError(
+            f"The GPU ran out of memory while {doing} with {plan.model} "
+            f"({plan.quantization or plan.dtype}: {plan.weights_bytes / 1024**3:.2f} GiB of "
+            f"weights; the plan leaves room for about {plan.max_context_tokens:,} tokens of "
+            "context). Memory still held by an earlier model counts too.",
+            "Restart the runtime (Runtime > Restart session) so only this model is in memory. "
+            + plan.advice,
+        ) from err
+
+
+def load_with_plan(plan, token: str | None = None, cache_dir: str | None = None):
+    """Load (model, tokenizer) the way a `LoadPlan` says; refuse early if it does not fit.
+
+    A CUDA out-of-memory error while loading, or a Hub refusal (not logged in, access not
+    granted), becomes a `UserFacingError` with the plan's advice instead of a traceback.
+    Files already downloaded stay in the cache, so the next try resumes.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not plan.fits:
+        raise UserFacingError(f"{plan.model} does not fit: {plan.reason}", plan.advice)
+    path = resolve_model_path(ModelChoice(plan.model, "from the plan"))
+    kwargs = {"dtype": getattr(torch, plan.dtype), "attn_implementation": "sdpa"}
+    if plan.device == "cuda":
+        kwargs["device_map"] = "auto"
+    quantization_config = make_quantization_config(plan)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, token=token, cache_dir=cache_dir)
+        with oom_as_advice(plan, "loading"):
+            model = AutoModelForCausalLM.from_pretrained(
+                path, token=token, cache_dir=cache_dir, **kwargs
+            )
+    except OSError as err:
+        hub_err = _hub_error_in(err)
+        if hub_err is None:
+            raise
+        from .auth import explain_hub_error, find_token
+
+        has_token = bool(token or find_token())
+        _, what, todo = explain_hub_error(hub_err, plan.model, has_token)
+        raise UserFacingError(what, todo) from err
+    model.eval()
+    return model, tokenizer

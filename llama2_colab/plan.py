@@ -121,6 +121,8 @@ def load_config(model_name: str):
     path = Path(name).expanduser()
     if (path / "config.json").is_file():
         return AutoConfig.from_pretrained(path), name
+    if name.count("/") == 1 and not path.exists():
+        return _config_from_hub(name), name
     close = suggest_names(name)
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
     raise UserFacingError(
@@ -129,6 +131,28 @@ def load_config(model_name: str):
         "Use a catalog name (`python -m llama2_colab plan --list`), 'tiny', or a local model "
         "directory.",
     )
+
+
+def _config_from_hub(repo_id: str):
+    """Fetch a model's config.json (a few KB) from the Hub; explain any refusal."""
+    from huggingface_hub import hf_hub_download
+    from transformers import AutoConfig
+
+    from .auth import explain_hub_error, find_token, hub_endpoint
+
+    token = find_token()
+    try:
+        file = hf_hub_download(repo_id, "config.json", token=token, endpoint=hub_endpoint())
+    except Exception as err:  # noqa: BLE001 - every Hub failure becomes a message
+        from .models import _hub_error_in
+
+        hub_err = _hub_error_in(err) or err
+        status, what, todo = explain_hub_error(hub_err, repo_id, bool(token))
+        raise UserFacingError(
+            f"{repo_id} is not in the catalog, and its config could not be fetched: {what}",
+            todo,
+        ) from None
+    return AutoConfig.from_pretrained(Path(file).parent)
 
 
 def count_parameters(config) -> ParamCounts:

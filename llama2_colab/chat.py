@@ -331,6 +331,8 @@ class ChatSession:
 
     def plan_prompt(self, text: str, history: Sequence[dict] | None = None) -> DialogFit:
         """Return the prompt that send(text) would use, fitted to the context window."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("The message is empty; type something to send.")
         messages = self.build_messages(text, history)
         return fit_dialog(self.tokenizer, messages, self.limit, self.max_new_tokens)
 
@@ -349,8 +351,6 @@ class ChatSession:
     def _generate(self, history, text, on_text, stopping_criteria) -> _Turn:
         import torch
 
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("The message is empty; type something to send.")
         fit = self.plan_prompt(text, history)
         self._stop.clear()
         criteria = StoppingCriteriaList([StopOnEvent(self._stop), *(stopping_criteria or [])])

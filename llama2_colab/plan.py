@@ -66,6 +66,7 @@ class ParamCounts:
     kept: int  # embeddings, lm_head, norms: stay in 16 bits when the rest is quantized
     quantizable_rows: int  # output rows of those Linear layers (int8 keeps one scale per row)
     largest_tensor: int  # elements of the biggest single tensor (host RAM while loading)
+    quantizable_numels: tuple[int, ...] = ()  # per Linear weight: bitsandbytes packs each alone
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ def _config_from_hub(repo_id: str):
     from transformers import AutoConfig
 
     from .auth import explain_hub_error, find_token, hub_endpoint
+    from .catalog import suggest_names
 
     token = find_token()
     try:
@@ -148,6 +150,9 @@ def _config_from_hub(repo_id: str):
 
         hub_err = _hub_error_in(err) or err
         status, what, todo = explain_hub_error(hub_err, repo_id, bool(token))
+        close = suggest_names(repo_id)
+        if close and status != "not_found":
+            todo = f"Did you mean {' or '.join(close)}? {todo}"
         raise UserFacingError(
             f"{repo_id} is not in the catalog, and its config could not be fetched: {what}",
             todo,
@@ -163,14 +168,16 @@ def count_parameters(config) -> ParamCounts:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     total = quantizable = rows = largest = 0
+    numels = []
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head"):
             quantizable += module.weight.numel()
             rows += module.weight.shape[0]
+            numels.append(module.weight.numel())
     for param in model.parameters():
         total += param.numel()
         largest = max(largest, param.numel())
-    return ParamCounts(total, quantizable, total - quantizable, rows, largest)
+    return ParamCounts(total, quantizable, total - quantizable, rows, largest, tuple(numels))
 
 
 def weight_bytes(counts: ParamCounts, dtype: str, quantization: str | None) -> int:
@@ -181,7 +188,9 @@ def weight_bytes(counts: ParamCounts, dtype: str, quantization: str | None) -> i
       embeddings, lm_head and norms stay in `dtype`.
     - "nf4": half a byte per quantizable weight plus the block scales: one float32 absmax per 64
       weights (0.0625 byte/weight), or with double quantization one byte per 64 weights and one
-      float32 per 64 x 256 (about 0.0159 byte/weight); the rest stays in `dtype`.
+      float32 per 64 x 256 (about 0.0159 byte/weight); the rest stays in `dtype`. Each
+      Linear layer is packed on its own, as bitsandbytes does. Not counted: a 1 KiB lookup table
+      per layer (under 0.3 MiB for a whole 7B model).
     """
     size = _DTYPE_BYTES[dtype]
     kept = counts.kept * size
@@ -190,13 +199,15 @@ def weight_bytes(counts: ParamCounts, dtype: str, quantization: str | None) -> i
     if quantization == "int8":
         return kept + counts.quantizable + 4 * counts.quantizable_rows
     if quantization in ("nf4", "nf4-no-dq"):
-        packed = math.ceil(counts.quantizable / 2)
-        blocks = math.ceil(counts.quantizable / NF4_BLOCK_SIZE)
-        if quantization == "nf4":
-            scales = blocks + 4 * math.ceil(blocks / NF4_DOUBLE_QUANT_BLOCK)
-        else:
-            scales = 4 * blocks
-        return kept + packed + scales
+        total = kept
+        for numel in counts.quantizable_numels or (counts.quantizable,):
+            blocks = math.ceil(numel / NF4_BLOCK_SIZE)
+            if quantization == "nf4":
+                scales = blocks + 4 * math.ceil(blocks / NF4_DOUBLE_QUANT_BLOCK)
+            else:
+                scales = 4 * blocks
+            total += math.ceil(numel / 2) + scales
+        return total
     raise ValueError(f"unknown quantization {quantization!r}")
 
 
@@ -234,12 +245,12 @@ def _choose(counts: ParamCounts, config, facts: RuntimeFacts, quantization: str)
     usable, reserve = _usable(facts)
     kv = kv_bytes_per_token(config, dtype)
     limit = int(getattr(config, "max_position_embeddings", 4096))
-    if facts.gpu is None:
-        candidates = [None]  # bitsandbytes on the CPU works but is far too slow for a real model
-    elif quantization == "auto":
-        candidates = [None, "nf4"]  # int8 is never chosen: about as big as needed, ~4x slower
-    else:
+    if quantization != "auto":
         candidates = [None if quantization == "none" else quantization]
+    elif facts.gpu is None:
+        candidates = [None]  # bitsandbytes on the CPU works but is far too slow for a real model
+    else:
+        candidates = [None, "nf4"]  # int8 is never chosen: NF4 is smaller and faster
     needed = min(MIN_CONTEXT_TOKENS, limit)
     for quant in candidates:
         weights = weight_bytes(counts, dtype, quant)

@@ -141,3 +141,55 @@ def test_plan_command_exits_2_without_traceback_when_it_does_not_fit():
     assert "Traceback" not in run.stderr
     bad = _cli("plan", "meta-llama/Llama-2-7b-chat-hf", "--gpu", "T5")
     assert bad.returncode == 1 and "Unknown GPU" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_nf4_bytes_match_what_bitsandbytes_allocates(tiny_dir):
+    from llama2_colab.models import load_with_plan
+
+    plan = make_plan("tiny", preset_runtime("cpu"), quantization="nf4")
+    model, _ = load_with_plan(plan)  # bitsandbytes NF4 works on the CPU for the tiny model
+    stored = sum(p.numel() * p.element_size() for p in model.parameters())
+    scales = 0
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is not None:
+            assert state.quant_type == "nf4" and state.nested  # double quantization
+            scales += state.absmax.nbytes + state.state2.absmax.nbytes
+    assert scales > 0
+    assert stored + scales == plan.weights_bytes
+
+
+def test_quantization_config_computes_in_float16_on_a_t4_and_bfloat16_on_an_a100():
+    import torch
+
+    from llama2_colab.models import make_quantization_config
+
+    t4 = make_quantization_config(make_plan("meta-llama/Llama-2-13b-chat-hf", T4))
+    assert t4.load_in_4bit and t4.bnb_4bit_quant_type == "nf4"
+    assert t4.bnb_4bit_compute_dtype == torch.float16
+    l4 = make_plan("meta-llama/Llama-2-13b-chat-hf", preset_runtime("L4"))
+    assert l4.quantization == "nf4"
+    assert make_quantization_config(l4).bnb_4bit_compute_dtype == torch.bfloat16
+    assert make_quantization_config(make_plan("meta-llama/Llama-2-7b-chat-hf", T4)) is None
+
+
+def test_a_plan_that_does_not_fit_is_refused_before_any_download():
+    from llama2_colab.models import load_with_plan
+
+    plan = make_plan("meta-llama/Llama-2-70b-chat-hf", T4)
+    with pytest.raises(UserFacingError) as err:
+        load_with_plan(plan)
+    assert "does not fit" in err.value.what and "A100-40GB" in err.value.todo
+
+
+def test_cuda_out_of_memory_becomes_the_plans_advice():
+    import torch
+
+    from llama2_colab.models import oom_as_advice
+
+    plan = make_plan("meta-llama/Llama-2-7b-chat-hf", T4)
+    with pytest.raises(UserFacingError) as err:
+        with oom_as_advice(plan):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+    assert "ran out of memory" in err.value.what and "2,451 tokens" in err.value.what
+    assert "Restart the runtime" in err.value.todo and "4-bit NF4" in err.value.todo

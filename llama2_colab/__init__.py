@@ -5,7 +5,14 @@ Data flows one way: facts about the machine (`detect_runtime`) -> a decision
 (`stream_generate`). Importing this package has no side effects.
 """
 
-from .auth import find_token, mask_token
+from .auth import (
+    AccessResult,
+    check_access,
+    describe_token,
+    find_token,
+    format_access,
+    mask_token,
+)
 from .chat import (
     ChatSession,
     DialogFit,
@@ -26,8 +33,12 @@ from .models import (
     choose_model,
     load_model_and_tokenizer,
     load_pipeline,
+    load_with_plan,
+    make_quantization_config,
+    oom_as_advice,
     resolve_model_path,
 )
+from .plan import LoadPlan, format_plan, make_plan
 from .runtime import (
     GPU_PRESETS,
     GpuFacts,
@@ -76,4 +87,14 @@ __all__ = [
     "recommend_settings",
     "resolve_model_path",
     "stream_generate",
+    "AccessResult",
+    "LoadPlan",
+    "check_access",
+    "describe_token",
+    "format_access",
+    "format_plan",
+    "load_with_plan",
+    "make_plan",
+    "make_quantization_config",
+    "oom_as_advice",
 ]

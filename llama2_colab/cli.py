@@ -105,6 +105,34 @@ def _cmd_access(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import FAST_PATHS, bench_model, format_bench
+
+    fast: list[str] = []
+    for item in args.fast or []:
+        for name in item.split(","):
+            name = name.strip()
+            if name == "all":
+                fast.extend(FAST_PATHS)
+            elif name and name not in fast:
+                fast.append(name)
+    result = bench_model(
+        model_name=args.model,
+        random_weights=args.random_weights,
+        dtype=args.dtype,
+        quantization=args.quantization,
+        fast=tuple(dict.fromkeys(fast)),
+        prompt_tokens=args.prompt_tokens,
+        new_tokens=args.new_tokens,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        measure_bandwidth=not args.no_bandwidth,
+        log=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True),
+    )
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -123,6 +151,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=None, help="make the sampled reply reproducible")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "bench", help="measure tokens/s, first-token time and memory against plain transformers"
+    )
+    p.add_argument("--model", default=None, help="'tiny', a catalog name, a Hub id or a directory")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="build the catalog model's architecture with random weights (no download, no token)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None)
+    p.add_argument("--quantization", choices=["none", "nf4"], default=None)
+    p.add_argument(
+        "--fast",
+        action="append",
+        metavar="PATH",
+        help="also measure a fast path: static, lookup, eager or all (comma-separated, repeatable)",
+    )
+    p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument("--new-tokens", type=int, default=None, help="default: 128 on a GPU, 64 on CPU")
+    p.add_argument("--repeats", type=int, default=None, help="default: 5 on a GPU, 15 on CPU")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per path first")
+    p.add_argument("--no-bandwidth", action="store_true", help="skip the copy-bandwidth test")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("tiny", help="write the offline tiny Llama 2 (model + tokenizer) to DIR")
     p.add_argument("dir")

@@ -5,6 +5,7 @@ Data flows one way: facts about the machine (`detect_runtime`) -> a decision
 (`stream_generate`). Importing this package has no side effects.
 """
 
+from .app import ChatApp, describe_models
 from .auth import (
     AccessResult,
     check_access,
@@ -65,9 +66,11 @@ __all__ = [
     "RuntimeFacts",
     "Settings",
     "UserFacingError",
+    "ChatApp",
     "ChatSession",
     "DialogFit",
     "check_dialog",
+    "describe_models",
     "encode_dialog",
     "fit_dialog",
     "read_context_limit",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import html
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -183,6 +184,10 @@ class ChatApp:
             who = "You" if msg["role"] == "user" else "Llama 2"
             lines.append(f"{who}: {msg['content']}")
         return "\n".join(lines)
+
+    def status_text(self) -> str:
+        """Return the status line under the app (speed, context used, or an error) as text."""
+        return html.unescape(re.sub(r"<[^>]+>", "", self.status.value))
 
     def _messages(self) -> list[dict]:
         msgs = [dict(m) for m in self.session.history]

@@ -291,7 +291,7 @@ class ChatSession:
 
     History changes only when a turn completes: an exception or a KeyboardInterrupt during
     generation leaves it exactly as before. `stop()` (thread-safe, for a Stop button) ends the
-    reply early; the partial reply is kept as the answer and `last_stopped` is True, so you can
+    reply early: the partial reply is kept as the answer and `last_stopped` is True, so you can
     read it and `regenerate()` if you want a whole one. A reply stopped before any text arrived
     is not recorded at all.
     """
@@ -345,30 +345,36 @@ class ChatSession:
 
     # -- turns ---------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Ask a running send() or regenerate() to finish early (safe from any thread)."""
+        """End the reply being generated early (safe from any thread; for a Stop button).
+
+        The request is consumed by the reply it ends; one made just before a reply starts
+        ends that reply at its first token.
+        """
         self._stop.set()
 
     def _generate(self, history, text, on_text, stopping_criteria) -> _Turn:
         import torch
 
-        fit = self.plan_prompt(text, history)
-        self._stop.clear()
-        criteria = StoppingCriteriaList([StopOnEvent(self._stop), *(stopping_criteria or [])])
-        if self.do_sample:
-            sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
-        else:
-            sampling = {"do_sample": False, "temperature": None, "top_p": None}
-        reply, _, stats = stream_generate(
-            self.model,
-            self.tokenizer,
-            torch.tensor([fit.input_ids]),
-            on_text=on_text,
-            max_new_tokens=fit.max_new_tokens,
-            eos_token_id=self.tokenizer.eos_token_id,
-            stopping_criteria=criteria,
-            **(sampling | self.generate_kwargs),
-        )
-        return _Turn(reply.strip(), stats, fit, stopped=self._stop.is_set())
+        try:
+            fit = self.plan_prompt(text, history)
+            criteria = [StopOnEvent(self._stop), *(stopping_criteria or [])]
+            if self.do_sample:
+                sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+            else:
+                sampling = {"do_sample": False, "temperature": None, "top_p": None}
+            reply, _, stats = stream_generate(
+                self.model,
+                self.tokenizer,
+                torch.tensor([fit.input_ids]),
+                on_text=on_text,
+                max_new_tokens=fit.max_new_tokens,
+                eos_token_id=self.tokenizer.eos_token_id,
+                stopping_criteria=StoppingCriteriaList(criteria),
+                **(sampling | self.generate_kwargs),
+            )
+            return _Turn(reply.strip(), stats, fit, stopped=self._stop.is_set())
+        finally:
+            self._stop.clear()
 
     def _record(self, turn: _Turn, history: list[dict], text: str) -> str:
         self.last_stats, self.last_fit, self.last_stopped = turn.stats, turn.fit, turn.stopped

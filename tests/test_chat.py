@@ -380,6 +380,15 @@ def test_stop_keeps_the_partial_reply(session):
     assert not session.last_stopped and len(session.history) == 4
 
 
+def test_a_stop_just_before_a_reply_ends_it_at_once_and_is_then_used_up(session):
+    session.max_new_tokens = 30
+    session.stop()  # e.g. Stop clicked while the app's worker thread was starting
+    session.send("Hello")
+    assert session.last_stopped and session.last_stats.new_tokens == 1
+    session.send("Hello again")
+    assert not session.last_stopped and session.last_stats.new_tokens > 1
+
+
 def test_regenerate_undo_clear(session):
     session.send("one")
     session.send("two")

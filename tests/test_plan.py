@@ -193,3 +193,12 @@ def test_cuda_out_of_memory_becomes_the_plans_advice():
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
     assert "ran out of memory" in err.value.what and "2,451 tokens" in err.value.what
     assert "Restart the runtime" in err.value.todo and "4-bit NF4" in err.value.todo
+
+
+def test_drive_cache_dir_only_when_drive_is_mounted(tmp_path):
+    from llama2_colab.colab import drive_cache_dir
+
+    assert drive_cache_dir(str(tmp_path / "drive")) is None  # not mounted: default cache
+    (tmp_path / "drive" / "MyDrive").mkdir(parents=True)
+    path = drive_cache_dir(str(tmp_path / "drive"))
+    assert path == tmp_path / "drive" / "MyDrive" / "llama2-colab" / "hf-cache" and path.is_dir()

@@ -320,8 +320,9 @@ class ChatApp:
         s, fit = self.session.last_stats, self.session.last_fit
         if s is None or fit is None:
             return ""
+        speed = f" at {s.tokens_per_s:.1f} tokens/s" if s.new_tokens > 1 else ""
         parts = [
-            f"{s.new_tokens} tokens at {s.tokens_per_s:.1f} tokens/s",
+            f"{s.new_tokens} token{'s' if s.new_tokens != 1 else ''}{speed}",
             f"first token after {s.ttft_s:.2f} s",
             f"context used {self.session.context_used:,} of {fit.context_limit:,}",
         ]

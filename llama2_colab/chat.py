@@ -73,13 +73,7 @@ def check_dialog(messages: Sequence[dict]) -> None:
                 f"Message {i} ({role}) has content of type {type(content).__name__}; "
                 "the content must be a string."
             )
-        for tag in SPECIAL_TAGS:
-            if tag in content:
-                raise ValueError(
-                    f"Message {i} ({role}) contains {tag!r}. The tags {', '.join(SPECIAL_TAGS)} "
-                    "mark turns in the Llama 2 prompt, so a message must not contain them "
-                    "(Meta's reference refuses them too). Remove or reword that text."
-                )
+        _check_tags(content, f"Message {i} ({role})")
         if role == "system" and i != 0:
             raise ValueError(
                 f"Message {i} is a system message; a system message may only come first. "
@@ -104,6 +98,17 @@ def check_dialog(messages: Sequence[dict]) -> None:
             "The last message is from the assistant; the dialog must end with a user message "
             "for Llama 2 to answer. Append the user's next message."
         )
+
+
+def _check_tags(text: str, what: str) -> None:
+    """Raise ValueError if text contains one of the tags that delimit Llama 2 turns."""
+    for tag in SPECIAL_TAGS:
+        if tag in text:
+            raise ValueError(
+                f"{what} contains {tag!r}. The tags {', '.join(SPECIAL_TAGS)} mark turns in the "
+                "Llama 2 prompt, so a message must not contain them (Meta's reference refuses "
+                "them too). Remove or reword that text."
+            )
 
 
 def _fold_dialog(messages: Sequence[dict]) -> tuple[list[tuple[str, str]], str]:
@@ -333,6 +338,8 @@ class ChatSession:
         """Return the prompt that send(text) would use, fitted to the context window."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError("The message is empty; type something to send.")
+        _check_tags(text, "Your message")
+        _check_tags(self.system_prompt, "The system prompt")
         messages = self.build_messages(text, history)
         return fit_dialog(self.tokenizer, messages, self.limit, self.max_new_tokens)
 
@@ -458,9 +465,9 @@ class ChatSession:
 
 def _check_history(messages: list, system: str = "") -> None:
     """Raise ValueError unless messages are finished user/assistant pairs (plus system text)."""
-    probe = ([{"role": "system", "content": system}] if system else []) + list(messages)
-    # A history is a dialog that is still waiting for its next user message.
     try:
-        check_dialog(probe + [{"role": "user", "content": "next"}])
+        _check_tags(system, "The system prompt")
+        # A history is a dialog that is still waiting for its next user message.
+        check_dialog(list(messages) + [{"role": "user", "content": "next"}])
     except ValueError as err:
         raise ValueError(f"This chat history cannot be used: {err}") from None

@@ -92,7 +92,9 @@ class ChatApp:
         self.facts = facts
         self.model_name = model_name
         self.loader = loader or load_chat_model
-        self.models = models if models is not None else describe_models(facts)
+        self.models = dict(models if models is not None else describe_models(facts))
+        if model_name not in self.models:  # e.g. Code Llama, or a local directory
+            self.models[model_name] = (f"{model_name} (loaded)", None)
         self._worker: threading.Thread | None = None
         # While streaming: (user text, reply so far, whether it replaces the last exchange).
         self._pending: tuple[str, str, bool] | None = None
@@ -101,7 +103,7 @@ class ChatApp:
         wide = w.Layout(width="100%")
         self.model = w.Dropdown(
             options=[(label, name) for name, (label, _) in self.models.items()],
-            value=model_name if model_name in self.models else None,
+            value=model_name,
             description="Model",
             layout=wide,
         )
@@ -360,11 +362,19 @@ class ChatApp:
             return
         name = self.model.value
         label, plan = self.models[name]
-        if plan is not None and not getattr(plan, "fits", True):
-            advice = getattr(plan, "advice", "")
-            return self._show(f"{CHAT_MODELS.get(name, name)} does not fit: {advice}", error=True)
         if name == self.model_name and self.session.model is not None:
             return self._show(f"{label.split(':')[0]} is already loaded.")
+        if plan is None:
+            from .plan import make_plan
+
+            try:
+                plan = make_plan(name, self.facts)
+            except Exception as err:  # noqa: BLE001 - shown in the app
+                return self._show(f"Cannot plan {name}: {_message_of(err)}", error=True)
+        if not plan.fits:
+            return self._show(
+                f"{CHAT_MODELS.get(name, name)} does not fit: {plan.advice}", error=True
+            )
         self._show(f"Loading {name}... (a real model downloads once, then loads in minutes)")
         self._start(lambda: self._load(name, plan))
 
@@ -382,6 +392,7 @@ class ChatApp:
         else:
             self.session.model, self.session.tokenizer = model, tokenizer
             self.model_name = name
+            self.models[name] = (self.models[name][0], plan)
             self._apply_limit()
             self._show(f"Loaded {name}; the conversation continues with it.")
         finally:

@@ -173,3 +173,11 @@ def test_switching_models_keeps_the_conversation(app):
     assert app.session.model is not old and app.session.history == history
     send(app, "still there?")
     assert len(app.session.history) == 4
+
+
+def test_a_model_outside_the_list_is_shown_as_loaded(tiny_model_and_tokenizer, tiny_dir):
+    session = ChatSession(*tiny_model_and_tokenizer)
+    app = ChatApp(session, preset_runtime("cpu"), model_name=str(tiny_dir), models={})
+    assert app.model.value == str(tiny_dir) and app.model.label.endswith("(loaded)")
+    app.load_button.click()
+    assert "already loaded" in app.status_text() and not app.busy

@@ -14,6 +14,7 @@ from .auth import (
     format_access,
     mask_token,
 )
+from .bench import bandwidth_limit_tokens_per_s, bench_model, format_bench, run_bench
 from .chat import (
     ChatSession,
     DialogFit,
@@ -25,7 +26,7 @@ from .chat import (
 )
 from .colab import badge_markdown, colab_url
 from .errors import UserFacingError
-from .generation import GenerationStats, stream_generate
+from .generation import GenerationStats, fast_generate_kwargs, stream_generate
 from .models import (
     DEFAULT_MODEL,
     MODEL_ENV,
@@ -90,6 +91,11 @@ __all__ = [
     "recommend_settings",
     "resolve_model_path",
     "stream_generate",
+    "bandwidth_limit_tokens_per_s",
+    "bench_model",
+    "fast_generate_kwargs",
+    "format_bench",
+    "run_bench",
     "AccessResult",
     "LoadPlan",
     "check_access",

@@ -545,7 +545,7 @@ def bench_model(
     import torch
 
     from .auth import find_token
-    from .models import TINY, choose_model, load_model_and_tokenizer
+    from .models import TINY, choose_model, load_model_and_tokenizer, load_with_plan, oom_as_advice
     from .plan import kv_bytes_per_token, load_config, make_plan
     from .runtime import detect_runtime, recommend_settings
     from .tiny import ensure_tiny_llama
@@ -590,25 +590,23 @@ def bench_model(
 
         say(f"building {choice.name} with random weights on {settings.device} ({settings.dtype})")
         config, _ = load_config(choice.name)
-        model = build_random_model(
-            choice.name, settings.device, settings.dtype, quantization, config=config
-        )
+        guard = oom_as_advice(plan, "building") if plan is not None else contextlib.nullcontext()
+        with guard:
+            model = build_random_model(
+                choice.name, settings.device, settings.dtype, quantization, config=config
+            )
         # The real tokenizer is gated too; the tiny model's Llama-2-layout tokenizer gives
         # valid ids (all below 32000), and speed does not depend on which words they are.
         tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_llama())
+    elif plan is not None:
+        say(
+            f"loading {choice.name} ({settings.dtype}{', ' + quantization if quantization else ''})"
+        )
+        chosen = dataclasses.replace(plan, dtype=settings.dtype, quantization=quantization)
+        model, tokenizer = load_with_plan(chosen, token=token)
     else:
-        qconfig = None
-        if quantization == "nf4":
-            from transformers import BitsAndBytesConfig
-
-            qconfig = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=settings.torch_dtype,
-            )
         say(f"loading {choice.name} ({settings.dtype})")
-        model, tokenizer = load_model_and_tokenizer(choice, settings, token, qconfig)
+        model, tokenizer = load_model_and_tokenizer(choice, settings, token)
     load_s = time.perf_counter() - start
 
     cap = plan.max_context_tokens if (plan and on_gpu and plan.max_context_tokens) else None

@@ -364,7 +364,9 @@ class ChatSession:
 
         try:
             fit = self.plan_prompt(text, history)
+            extra = dict(self.generate_kwargs)
             criteria = [StopOnEvent(self._stop), *(stopping_criteria or [])]
+            criteria += list(extra.pop("stopping_criteria", None) or [])
             if self.do_sample:
                 sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
             else:
@@ -377,7 +379,7 @@ class ChatSession:
                 max_new_tokens=fit.max_new_tokens,
                 eos_token_id=self.tokenizer.eos_token_id,
                 stopping_criteria=StoppingCriteriaList(criteria),
-                **(sampling | self.generate_kwargs),
+                **(sampling | extra),
             )
             return _Turn(reply.strip(), stats, fit, stopped=self._stop.is_set())
         finally:

@@ -287,8 +287,12 @@ class ChatApp:
 
     def on_regenerate(self) -> None:
         """Replace the last reply with a new one (new settings apply)."""
-        if self.busy or not self.session.history:
-            return self._show("Nothing to regenerate yet.", error=not self.busy)
+        if self.busy:
+            return self._show("Still answering; press Stop first.", error=True)
+        if not self.session.history:
+            return self._show("Nothing to regenerate yet: send a message first.", error=True)
+        if self.session.model is None:
+            return self._show("No model is loaded: pick one and press Load model.", error=True)
         self._sync_settings()
         self._pending = (self.session.history[-2]["content"], "", True)
         self._render(force=True)

@@ -139,6 +139,8 @@ def test_stop_right_after_send_is_not_lost(app):
 
 
 def test_regenerate_undo_clear_buttons(app):
+    app.regenerate_button.click()
+    assert "send a message first" in app.status_text() and not app.busy
     send(app, "one")
     send(app, "two")
     first = [dict(m) for m in app.session.history[:2]]

@@ -17,8 +17,10 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 
 from .chat import ChatSession, encode_dialog, read_context_limit
+from .models import oom_as_advice
 from .runtime import RuntimeFacts
 
 __all__ = ["CHAT_MODELS", "ChatApp", "describe_models", "load_chat_model"]
@@ -305,8 +307,11 @@ class ChatApp:
             self._pending = (user, reply + piece, replaces)
             self._render()
 
+        plan = self.models.get(self.model_name, (None, None))[1]
         try:
-            reply = call(on_text)
+            # A CUDA out-of-memory error becomes the plan's advice (shorter chat, restart...).
+            with oom_as_advice(plan, "generating") if plan is not None else nullcontext():
+                reply = call(on_text)
         except BaseException as err:  # noqa: BLE001 - shown in the app; history is untouched
             self._pending = None
             if text is not None and not self.message.value:

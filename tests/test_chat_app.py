@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from llama2_colab import ChatSession, preset_runtime
@@ -80,7 +81,7 @@ class FailOnStep(LogitsProcessor):
     def __call__(self, input_ids, scores):
         self.calls += 1
         if self.calls >= self.step:
-            raise RuntimeError("CUDA out of memory (simulated)")
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return scores
 
 
@@ -89,7 +90,9 @@ def test_an_error_mid_reply_loses_nothing(app):
     before = [dict(m) for m in app.session.history]
     app.session.generate_kwargs = {"logits_processor": LogitsProcessorList([FailOnStep()])}
     send(app, "second")
-    assert "out of memory" in app.status_text() and "nothing was lost" in app.status_text()
+    status = app.status_text()
+    assert "ran out of memory while generating" in status and "nothing was lost" in status
+    assert "Restart the runtime" in status  # the plan's advice, not a traceback
     assert app.session.history == before
     assert app.message.value == "second"  # your message is back in the box
     assert "second" not in app.conversation_text()

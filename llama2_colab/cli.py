@@ -173,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=None, help="default: 128 on a GPU, 64 on CPU")
     p.add_argument("--repeats", type=int, default=None, help="default: 5 on a GPU, 15 on CPU")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls per path first")
+    p.add_argument(
+        "--warmup", type=int, default=1, help="untimed calls per path after its first (default 1)"
+    )
     p.add_argument("--no-bandwidth", action="store_true", help="skip the copy-bandwidth test")
     p.set_defaults(func=_cmd_bench)
 

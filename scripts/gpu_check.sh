@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Measure this package on one GPU, offline, in under 8 minutes, and write the JSON results.
+#
+#   scripts/gpu_check.sh            run every step (repository root as working directory)
+#   scripts/gpu_check.sh --dry-run  print the steps and their time limits, run nothing
+#   scripts/gpu_check.sh --smoke    run every step on the tiny model with few tokens: checks the
+#                                   script itself on any machine, a CPU-only one included
+#
+# Steps (each under its own time limit, so one failure does not sink the rest):
+#   env        versions, GPU name and memory
+#   7b-fp16    Llama-2-7B architecture, random weights, float16 (the T4 format): the package's
+#              default path vs a plain transformers text-generation pipeline, plus the fast
+#              paths prompt lookup and eager attention; copy bandwidth and the bandwidth limit
+#   7b-static  the same model with a static KV cache + torch.compile (compiling takes a while)
+#   13b-nf4    Llama-2-13B architecture in 4-bit NF4 with float16 compute, if bitsandbytes imports
+#
+# Needs torch, transformers and accelerate (bitsandbytes optional); no network, no token: random
+# weights are built on the GPU from the architectures in llama2_colab/data/catalog.json.
+# Results go to $OUT if set, else bench-results/: one JSON per step, plus summary.txt.
+set -u
+
+MODE="run"
+case "${1:-}" in
+  --dry-run) MODE="dry" ;;
+  --smoke) MODE="smoke" ;;
+  "") ;;
+  *) echo "usage: $0 [--dry-run|--smoke]" >&2; exit 2 ;;
+esac
+
+cd "$(dirname "$0")/.." || exit 1
+PY="${PYTHON:-$(command -v python || command -v python3)}"
+OUT_DIR="${OUT:-bench-results}"
+mkdir -p "$OUT_DIR"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+if [ "$MODE" = "smoke" ]; then
+  M7="tiny"; M13="tiny"; DT=(); Q=(--quantization nf4)
+  WORK=(--prompt-tokens 64 --new-tokens 8 --repeats 2 --warmup 0)
+  LIMITS=(60 120 240 120)
+else
+  M7="meta-llama/Llama-2-7b-chat-hf"; M13="meta-llama/Llama-2-13b-chat-hf"
+  DT=(--dtype float16); Q=(--quantization nf4)
+  WORK=(--prompt-tokens 512 --new-tokens 64 --repeats 3 --warmup 0)
+  LIMITS=(30 170 190 80)  # seconds per step: 470 s in all, under 8 minutes with the summary
+fi
+
+run_step() {  # name, limit, command...: run it with a time limit; record a failure as JSON
+  local name="$1" limit="$2"; shift 2
+  if [ "$MODE" = "dry" ]; then
+    printf '%-10s %4ss  %s\n' "$name" "$limit" "$(echo "$*" | tr '\n' ' ' | cut -c1-150)"
+    return 0
+  fi
+  echo "== $name (limit ${limit}s): $(echo "$*" | tr '\n' ' ' | cut -c1-150)"
+  local start=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" >"$OUT_DIR/$name.json" 2>"$OUT_DIR/$name.log"
+  local rc=$?
+  if [ $rc -ne 0 ]; then
+    local why="exit status $rc"
+    [ $rc -eq 124 ] || [ $rc -eq 137 ] && why="timed out after ${limit}s"
+    tail -n 5 "$OUT_DIR/$name.log" >&2
+    "$PY" - "$OUT_DIR/$name.json" "$name" "$why" <<'EOF'
+import json, sys
+path, step, why = sys.argv[1:]
+json.dump({"step": step, "error": why}, open(path, "w"))
+EOF
+  fi
+  echo "   $name: done in $((SECONDS - start)) s (rc=$rc)"
+}
+
+BENCH=("$PY" -m llama2_colab bench --json)
+
+run_step env "${LIMITS[0]}" "$PY" -c '
+import json, platform, torch, transformers
+gpu = None
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    gpu = {"name": p.name, "compute_capability": [p.major, p.minor],
+           "total_memory_bytes": p.total_memory}
+try:
+    import bitsandbytes
+    bnb = bitsandbytes.__version__
+except Exception as err:
+    bnb = f"unavailable: {type(err).__name__}"
+print(json.dumps({"python": platform.python_version(), "torch": torch.__version__,
+                  "transformers": transformers.__version__, "bitsandbytes": bnb,
+                  "cuda": torch.version.cuda, "gpu": gpu}, indent=2))'
+
+run_step 7b-fp16 "${LIMITS[1]}" "${BENCH[@]}" --model "$M7" --random-weights "${DT[@]}" \
+  --fast lookup,eager "${WORK[@]}"
+
+run_step 7b-static "${LIMITS[2]}" "${BENCH[@]}" --model "$M7" --random-weights "${DT[@]}" \
+  --fast static --no-bandwidth "${WORK[@]}"
+
+if [ "$MODE" = "dry" ] || "$PY" -c "import bitsandbytes" >/dev/null 2>&1; then
+  run_step 13b-nf4 "${LIMITS[3]}" "${BENCH[@]}" --model "$M13" --random-weights "${DT[@]}" \
+    "${Q[@]}" "${WORK[@]}"
+else
+  echo "== 13b-nf4: skipped, bitsandbytes does not import"
+  echo '{"step": "13b-nf4", "error": "skipped: bitsandbytes does not import"}' \
+    >"$OUT_DIR/13b-nf4.json"
+fi
+
+[ "$MODE" = "dry" ] && exit 0
+
+"$PY" - "$OUT_DIR" <<'EOF' | tee "$OUT_DIR/summary.txt"
+import json, pathlib, sys
+
+out = pathlib.Path(sys.argv[1])
+env = json.loads((out / "env.json").read_text() or "{}") if (out / "env.json").exists() else {}
+gpu = (env.get("gpu") or {}).get("name", "no GPU")
+print(f"\nMachine: {gpu}; torch {env.get('torch')}, transformers {env.get('transformers')}, "
+      f"bitsandbytes {env.get('bitsandbytes')}")
+for step in ("7b-fp16", "7b-static", "13b-nf4"):
+    path = out / f"{step}.json"
+    try:
+        r = json.loads(path.read_text())
+    except Exception as err:
+        print(f"{step:<10} no result ({type(err).__name__})")
+        continue
+    if "error" in r:
+        print(f"{step:<10} {r['error']}")
+        continue
+    line = (f"{step:<10} {r['model'].split('/')[-1]} {r['dtype']}"
+            f"{' ' + r['quantization'] if r.get('quantization') else ''}: "
+            f"package {r['tokens_per_s']:.1f} tok/s, pipeline {r['baseline_tokens_per_s']:.1f}, "
+            f"ratio {r['ratio']:.3f}; TTFT({r['prompt_tokens']}) {r['ttft_s'] * 1000:.0f} ms; "
+            f"peak {r['peak_memory_bytes'] / 2**30:.2f} GiB")
+    if "bandwidth_limit_tokens_per_s" in r:
+        line += (f"; copy {r['copy_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s, limit "
+                 f"{r['bandwidth_limit_tokens_per_s']:.0f} tok/s "
+                 f"({100 * r['fraction_of_bandwidth_limit']:.0f}% reached)")
+    print(line)
+    for name, fp in r.get("fast_paths", {}).items():
+        if "error" in fp:
+            print(f"{'':<10}   {name}: failed: {fp['error'][:200]}")
+        else:
+            print(f"{'':<10}   {name}: {fp['tokens_per_s']:.1f} tok/s = "
+                  f"{fp['ratio_to_default']:.2f}x default; warm-up {fp['warmup_s']:.0f} s; "
+                  f"same output {fp['same_output_as_default']}")
+print(f"\nJSON results in {out}/")
+EOF

@@ -62,80 +62,143 @@ def _run(args: list[str], env: dict, timeout: int = 120) -> subprocess.Completed
     return run
 
 
-def _access(tmp_path, hub_url, repo, token, **extra) -> subprocess.CompletedProcess:
-    env = _env(tmp_path, hub_url, token, **extra)
-    return _run(["-m", "llama2_colab", "access", repo], env)
+@pytest.fixture
+def online(hub, monkeypatch, tmp_path):
+    """This process as a fresh one would be with HF_ENDPOINT at the stand-in Hub and no login.
+
+    huggingface_hub reads HF_HOME's cache, HF_HUB_OFFLINE and the token file's path when it is
+    imported, so those are set on its constants; HF_ENDPOINT (which this package passes on
+    explicitly) and HF_TOKEN are read when used. transformers' own downloads build URLs from
+    import-time constants, so the tests that load through transformers run in a fresh process.
+    """
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-login"))
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    for var in ("HF_HUB_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+
+    def use_token(token: str | None) -> None:
+        if token:
+            monkeypatch.setenv("HF_TOKEN", token)
+        else:
+            monkeypatch.delenv("HF_TOKEN", raising=False)
+
+    return use_token
 
 
-def test_granted_token_has_access_and_is_shown_masked(hub, tmp_path):
-    run = _access(tmp_path, hub.url, "meta-llama/Llama-2-7b-chat-hf", GOOD)
+def _cli(capfd, *args: str) -> tuple[int, str, str]:
+    """Run `python -m llama2_colab ARGS` in this process; return (status, stdout, stderr)."""
+    from llama2_colab.cli import main
+
+    status = main(list(args))
+    out, err = capfd.readouterr()
+    for token in TOKENS:
+        assert token not in out + err
+    return status, out, err
+
+
+def _access(capfd, repo: str) -> tuple[int, str]:
+    status, out, _ = _cli(capfd, "access", repo)
+    return status, out
+
+
+def test_granted_token_has_access_through_the_real_command(hub, tmp_path):
+    # A fresh process, as a user runs it: HF_ENDPOINT and HF_TOKEN come from the environment.
+    run = _run(
+        ["-m", "llama2_colab", "access", "meta-llama/Llama-2-7b-chat-hf"],
+        _env(tmp_path, hub.url, GOOD),
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Access  : yes" in run.stdout
     assert f"Token   : hf_...{GOOD[-4:]}" in run.stdout
     assert f"Hub     : {hub.url}" in run.stdout  # HF_ENDPOINT is honoured
 
 
-def test_no_token_on_a_gated_repo_says_log_in(hub, tmp_path):
-    run = _access(tmp_path, hub.url, "meta-llama/Llama-2-7b-chat-hf", None)
-    assert run.returncode == 3
-    assert "not logged in" in run.stdout and "HF_TOKEN" in run.stdout
+def test_no_token_on_a_gated_repo_says_log_in(online, capfd):
+    online(None)
+    status, out = _access(capfd, "meta-llama/Llama-2-7b-chat-hf")
+    assert status == 3
+    assert "not logged in" in out and "HF_TOKEN" in out
 
 
-def test_invalid_token_is_rejected_with_its_own_message(hub, tmp_path):
-    run = _access(tmp_path, hub.url, "meta-llama/Llama-2-7b-chat-hf", BAD)
-    assert run.returncode == 3
-    assert "rejected your token" in run.stdout
-    assert "https://huggingface.co/settings/tokens" in run.stdout
+def test_invalid_token_is_rejected_with_its_own_message(online, capfd):
+    online(BAD)
+    status, out = _access(capfd, "meta-llama/Llama-2-7b-chat-hf")
+    assert status == 3
+    assert "rejected your token" in out and "https://huggingface.co/settings/tokens" in out
 
 
-def test_gate_not_granted_explains_both_forms_same_email_and_wait(hub, tmp_path):
-    run = _access(tmp_path, hub.url, "meta-llama/Llama-2-13b-chat-hf", OTHER)
-    assert run.returncode == 4
-    out = run.stdout
+def test_gate_not_granted_explains_both_forms_same_email_and_wait(online, capfd, hub):
+    online(OTHER)
+    status, out = _access(capfd, "meta-llama/Llama-2-13b-chat-hf")
+    assert status == 4
     assert "not been granted" in out
     assert f"{hub.url}/meta-llama/Llama-2-13b-chat-hf" in out  # the model page, to request
     assert META_FORM in out and "same email" in out and "1-2 days" in out
 
 
-def test_missing_repo_suggests_the_closest_catalog_name(hub, tmp_path):
-    run = _access(tmp_path, hub.url, "meta-llama/Llama-2-7b-chat", GOOD)
-    assert run.returncode == 5
-    assert "no model repository" in run.stdout
-    assert "Did you mean meta-llama/Llama-2-7b-chat-hf" in run.stdout
+def test_missing_repo_suggests_the_closest_catalog_name(online, capfd):
+    online(GOOD)
+    status, out = _access(capfd, "meta-llama/Llama-2-7b-chat")
+    assert status == 5
+    assert "no model repository" in out
+    assert "Did you mean meta-llama/Llama-2-7b-chat-hf" in out
 
 
-def test_hub_error_500_is_not_mistaken_for_an_access_problem(hub, tmp_path):
-    run = _access(tmp_path, hub.url, "test-org/broken", GOOD)
-    assert run.returncode == 7
-    assert "HTTP 500" in run.stdout and "Try again" in run.stdout
+def test_hub_error_500_is_not_mistaken_for_an_access_problem(online, capfd):
+    online(GOOD)
+    status, out = _access(capfd, "test-org/broken")
+    assert status == 7
+    assert "HTTP 500" in out and "Try again" in out
 
 
-def test_unreachable_hub_and_offline_mode_say_so(hub, tmp_path):
+def test_unreachable_hub_and_offline_mode_say_so(online, capfd, monkeypatch):
+    online(GOOD)
     with socket.socket() as sock:  # a port that nothing listens on
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    run = _access(tmp_path, dead, "meta-llama/Llama-2-7b-chat-hf", GOOD)
-    assert run.returncode == 6 and "Could not reach the Hub" in run.stdout
-    run = _access(tmp_path, hub.url, "meta-llama/Llama-2-7b-chat-hf", GOOD, HF_HUB_OFFLINE="1")
-    assert run.returncode == 6 and "Offline mode is on" in run.stdout
-    assert not [r for r in hub.log if r.path.endswith("/auth-check") and r.status == 0]
+    monkeypatch.setenv("HF_ENDPOINT", dead)
+    status, out = _access(capfd, "meta-llama/Llama-2-7b-chat-hf")
+    assert status == 6 and "Could not reach the Hub" in out
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    status, out = _access(capfd, "meta-llama/Llama-2-7b-chat-hf")
+    assert status == 6 and "Offline mode is on" in out
 
 
-def test_access_json_has_the_masked_token_only(hub, tmp_path):
-    env = _env(tmp_path, hub.url, OTHER)
-    run = _run(["-m", "llama2_colab", "access", "meta-llama/Llama-2-13b-chat-hf", "--json"], env)
-    data = json.loads(run.stdout)
-    assert data["status"] == "gated" and data["ok"] is False
+def test_access_json_has_the_masked_token_only(online, capfd):
+    online(OTHER)
+    status, out, _ = _cli(capfd, "access", "meta-llama/Llama-2-13b-chat-hf", "--json")
+    data = json.loads(out)
+    assert status == 4 and data["status"] == "gated" and data["ok"] is False
     assert data["token"] == mask_token(OTHER)
 
 
-def test_plan_fetches_an_unknown_models_config_from_the_hub(hub, tmp_path):
-    env = _env(tmp_path, hub.url, GOOD)
-    run = _run(["-m", "llama2_colab", "plan", "test-org/tiny-llama", "--gpu", "T4", "--json"], env)
-    assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout)["params"] == 268_352
-    missing = _run(["-m", "llama2_colab", "plan", "meta-llama/Llama-2-7b-chat", "--gpu", "T4"], env)
-    assert missing.returncode == 1 and "Did you mean" in missing.stderr
+def test_plan_fetches_an_unknown_models_config_from_the_hub(online, capfd):
+    online(GOOD)
+    status, out, _ = _cli(capfd, "plan", "test-org/tiny-llama", "--gpu", "T4", "--json")
+    assert status == 0
+    assert json.loads(out)["params"] == 268_352
+    status, _, err = _cli(capfd, "plan", "meta-llama/Llama-2-7b-chat", "--gpu", "T4")
+    assert status == 1 and "Did you mean meta-llama/Llama-2-7b-chat-hf" in err
+
+
+GATED_LOAD_SCRIPT = """
+from llama2_colab import UserFacingError, load_with_plan, make_plan, preset_runtime
+plan = make_plan("meta-llama/Llama-2-13b-chat-hf", preset_runtime("A100-80GB"))
+try:
+    load_with_plan(plan)
+except UserFacingError as err:
+    print("USER", err.what, "|", err.todo)
+"""
+
+
+def test_loading_a_gated_model_without_access_is_a_message_not_a_traceback(hub, tmp_path):
+    run = _run(["-c", GATED_LOAD_SCRIPT], _env(tmp_path, hub.url, OTHER), timeout=240)
+    assert "USER" in run.stdout, run.stderr[-2000:]
+    assert "not been granted" in run.stdout and "same email" in run.stdout
 
 
 LOAD_SCRIPT = """
@@ -185,25 +248,6 @@ def test_a_dropped_download_resumes_where_it_stopped(hub, tmp_path):
     assert [r.status for r in gets] == [200, 206]
     assert gets[1].range == f"bytes={10 * 1024**2}-"  # the first 10 MiB were not lost
     assert Path(run.stdout.strip()).read_bytes() == shard
-
-
-GATED_LOAD_SCRIPT = """
-from llama2_colab.errors import UserFacingError
-from llama2_colab.models import load_with_plan
-from llama2_colab.plan import make_plan
-from llama2_colab.runtime import preset_runtime
-plan = make_plan("meta-llama/Llama-2-13b-chat-hf", preset_runtime("A100-80GB"))
-try:
-    load_with_plan(plan)
-except UserFacingError as err:
-    print("USER", err.what, "|", err.todo)
-"""
-
-
-def test_loading_a_gated_model_without_access_is_a_message_not_a_traceback(hub, tmp_path):
-    run = _run(["-c", GATED_LOAD_SCRIPT], _env(tmp_path, hub.url, OTHER), timeout=240)
-    assert "USER" in run.stdout and "not been granted" in run.stdout, run.stderr[-2000:]
-    assert "same email" in run.stdout
 
 
 def test_describe_token_names_the_source_and_masks_it(monkeypatch):

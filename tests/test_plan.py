@@ -116,16 +116,19 @@ def test_unknown_model_names_the_closest_catalog_entry():
         make_plan("meta-llama/Llama-2-13b-chat", T4)
 
 
-def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "llama2_colab", *args], capture_output=True, text=True, timeout=120
-    )
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run `python -m llama2_colab ARGS` in this process; return (status, stdout, stderr)."""
+    from llama2_colab.cli import main
+
+    status = main(list(args))
+    out, err = capsys.readouterr()
+    return status, out, err
 
 
-def test_plan_command_json_for_13b_on_a_t4():
-    run = _cli("plan", "meta-llama/Llama-2-13b-chat-hf", "--gpu", "T4", "--json")
-    assert run.returncode == 0, run.stderr
-    data = json.loads(run.stdout)
+def test_plan_command_json_for_13b_on_a_t4(capsys):
+    status, out, _ = _cli(capsys, "plan", "meta-llama/Llama-2-13b-chat-hf", "--gpu", "T4", "--json")
+    assert status == 0
+    data = json.loads(out)
     for key in (
         "model", "params", "dtype", "quantization", "weights_bytes",
         "kv_bytes_per_token", "max_context_tokens", "fits", "reason",
@@ -134,13 +137,23 @@ def test_plan_command_json_for_13b_on_a_t4():
     assert data["quantization"] == "nf4" and data["dtype"] == "float16" and data["fits"] is True
 
 
-def test_plan_command_exits_2_without_traceback_when_it_does_not_fit():
-    run = _cli("plan", "meta-llama/Llama-2-70b-chat-hf", "--gpu", "T4")
-    assert run.returncode == 2
-    assert "Fits       : NO" in run.stdout and "A100-40GB" in run.stdout
+def test_plan_command_exits_2_when_it_does_not_fit_and_1_on_a_bad_gpu(capsys):
+    status, out, _ = _cli(capsys, "plan", "meta-llama/Llama-2-70b-chat-hf", "--gpu", "T4")
+    assert status == 2
+    assert "Fits       : NO" in out and "A100-40GB" in out
+    status, _, err = _cli(capsys, "plan", "meta-llama/Llama-2-7b-chat-hf", "--gpu", "T5")
+    assert status == 1 and "Unknown GPU" in err and "T4, V100, L4" in err
+
+
+def test_plan_command_runs_as_a_module_without_a_traceback():
+    run = subprocess.run(
+        [sys.executable, "-m", "llama2_colab", "plan", "Llama-2-7b-chat-hf", "--gpu", "T4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0 and "Plan       : float16" in run.stdout
     assert "Traceback" not in run.stderr
-    bad = _cli("plan", "meta-llama/Llama-2-7b-chat-hf", "--gpu", "T5")
-    assert bad.returncode == 1 and "Unknown GPU" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_nf4_bytes_match_what_bitsandbytes_allocates(tiny_dir):

@@ -228,7 +228,7 @@ def check_access(repo_id: str, token: str | None = None) -> AccessResult:
     """Ask the Hub whether the token (default: `find_token()`) may download `repo_id`."""
     import httpx2
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 
     repo_id = repo_id.strip()
     token = find_token() if token is None else (token.strip() or None)
@@ -240,6 +240,19 @@ def check_access(repo_id: str, token: str | None = None) -> AccessResult:
 
     if repo_id.lower() == "tiny":
         return result("ok", "The tiny model is built on this machine: no access needed.", "")
+    if "/" not in repo_id:  # a bare name such as Llama-2-7b-chat-hf: the catalog knows its owner
+        from .catalog import find_entry, suggest_names
+
+        entry = find_entry(repo_id)
+        if entry is None:
+            close = suggest_names(repo_id)
+            hint = f"Did you mean {' or '.join(close)}? " if close else ""
+            return result(
+                "not_found",
+                f"{repo_id!r} is not a full Hub id (owner/name) and not in the catalog.",
+                f"{hint}Give the full id, e.g. meta-llama/Llama-2-7b-chat-hf.",
+            )
+        repo_id = entry.id
     if _offline():
         status, what, todo = explain_hub_error(OfflineModeIsEnabled(), repo_id, bool(token))
         return result(status, what, todo)
@@ -247,6 +260,13 @@ def check_access(repo_id: str, token: str | None = None) -> AccessResult:
         HfApi(endpoint=endpoint).auth_check(repo_id, token=token or False)
     except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.TransportError, OSError) as err:
         return result(*explain_hub_error(err, repo_id, bool(token)))
+    except HFValidationError:
+        return result(
+            "not_found",
+            f"{repo_id!r} is not a valid Hub repository id.",
+            "Use owner/name with letters, digits, '-', '_' and '.', e.g. "
+            "meta-llama/Llama-2-7b-chat-hf.",
+        )
     who = "your token" if token else "anonymous access (no token)"
     return result("ok", f"Access to {repo_id} confirmed for {who} on {endpoint}.", "")
 

@@ -148,6 +148,14 @@ def test_missing_repo_suggests_the_closest_catalog_name(online, capfd):
     assert "Did you mean meta-llama/Llama-2-7b-chat-hf" in out
 
 
+def test_a_bare_catalog_name_is_checked_under_its_owner(online, capfd):
+    online(GOOD)
+    status, out = _access(capfd, "llama-2-7b-chat-hf")
+    assert status == 0 and "Model   : meta-llama/Llama-2-7b-chat-hf" in out
+    status, out = _access(capfd, "Llama-2-7b-chta")
+    assert status == 5 and "meta-llama/Llama-2-7b-chat-hf" in out
+
+
 def test_hub_error_500_is_not_mistaken_for_an_access_problem(online, capfd):
     online(GOOD)
     status, out = _access(capfd, "test-org/broken")

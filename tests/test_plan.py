@@ -215,3 +215,13 @@ def test_drive_cache_dir_only_when_drive_is_mounted(tmp_path):
     (tmp_path / "drive" / "MyDrive").mkdir(parents=True)
     path = drive_cache_dir(str(tmp_path / "drive"))
     assert path == tmp_path / "drive" / "MyDrive" / "llama2-colab" / "hf-cache" and path.is_dir()
+
+
+def test_too_little_system_ram_for_loading_is_caught_before_the_crash():
+    from dataclasses import replace
+
+    starved = replace(T4, ram_available_bytes=2 * 1024**3)  # a T4 box with 2 GiB of RAM left
+    plan = make_plan("meta-llama/Llama-2-7b-chat-hf", starved)
+    assert not plan.fits and plan.ram_needed_bytes > plan.ram_available_bytes
+    assert "System RAM" in plan.reason and "safetensors" in plan.advice
+    assert make_plan("meta-llama/Llama-2-7b-chat-hf", T4).ram_needed_bytes < T4.ram_available_bytes

@@ -103,15 +103,29 @@ def load_model_and_tokenizer(
     settings: Settings,
     token: str | None = None,
     quantization_config=None,
+    cache_dir: str | None = None,
 ):
-    """Load (model, tokenizer) for the choice with the settings' dtype, attention and placement."""
+    """Load (model, tokenizer) for the choice with the settings' dtype, attention and placement.
+
+    A Hub refusal (not logged in, access not granted, offline) becomes a `UserFacingError`
+    saying what to do; files already downloaded stay in the cache, so the next try resumes.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(choice)
-    tokenizer = AutoTokenizer.from_pretrained(path, token=token)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, token=token, **_model_kwargs(settings, quantization_config)
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, token=token, cache_dir=cache_dir)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, token=token, cache_dir=cache_dir, **_model_kwargs(settings, quantization_config)
+        )
+    except OSError as err:
+        hub_err = _hub_error_in(err)
+        if hub_err is None:
+            raise
+        from .auth import explain_hub_error, find_token
+
+        _, what, todo = explain_hub_error(hub_err, choice.name, bool(token or find_token()))
+        raise UserFacingError(what, todo) from err
     model.eval()
     return model, tokenizer
 
@@ -185,36 +199,23 @@ def oom_as_advice(plan, doing: str = "generating") -> Iterator[None]:
 def load_with_plan(plan, token: str | None = None, cache_dir: str | None = None):
     """Load (model, tokenizer) the way a `LoadPlan` says; refuse early if it does not fit.
 
-    A CUDA out-of-memory error while loading, or a Hub refusal (not logged in, access not
-    granted), becomes a `UserFacingError` with the plan's advice instead of a traceback.
-    Files already downloaded stay in the cache, so the next try resumes.
+    The plan's dtype and quantization become the loading settings; a CUDA out-of-memory error
+    while loading becomes the plan's advice, and a Hub refusal a clear message, not a traceback.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if not plan.fits:
         raise UserFacingError(f"{plan.model} does not fit: {plan.reason}", plan.advice)
-    path = resolve_model_path(ModelChoice(plan.model, "from the plan"))
-    kwargs = {"dtype": getattr(torch, plan.dtype), "attn_implementation": "sdpa"}
-    if plan.device == "cuda":
-        kwargs["device_map"] = "auto"
-    quantization_config = make_quantization_config(plan)
-    if quantization_config is not None:
-        kwargs["quantization_config"] = quantization_config
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, token=token, cache_dir=cache_dir)
-        with oom_as_advice(plan, "loading"):
-            model = AutoModelForCausalLM.from_pretrained(
-                path, token=token, cache_dir=cache_dir, **kwargs
-            )
-    except OSError as err:
-        hub_err = _hub_error_in(err)
-        if hub_err is None:
-            raise
-        from .auth import explain_hub_error, find_token
-
-        has_token = bool(token or find_token())
-        _, what, todo = explain_hub_error(hub_err, plan.model, has_token)
-        raise UserFacingError(what, todo) from err
-    model.eval()
-    return model, tokenizer
+    settings = Settings(
+        device=plan.device,
+        dtype=plan.dtype,
+        attn_implementation="sdpa",
+        device_map="auto" if plan.device == "cuda" else None,
+        reason=plan.reason,
+    )
+    with oom_as_advice(plan, "loading"):
+        return load_model_and_tokenizer(
+            ModelChoice(plan.model, "from the plan"),
+            settings,
+            token=token,
+            quantization_config=make_quantization_config(plan),
+            cache_dir=cache_dir,
+        )

@@ -128,6 +128,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         warmup=args.warmup,
         measure_bandwidth=not args.no_bandwidth,
+        threads=args.threads,
         log=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True),
     )
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
@@ -178,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup", type=int, default=1, help="untimed calls per path after its first (default 1)"
     )
     p.add_argument("--no-bandwidth", action="store_true", help="skip the copy-bandwidth test")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's; tiny: 1)"
+    )
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("tiny", help="write the offline tiny Llama 2 (model + tokenizer) to DIR")

@@ -35,6 +35,7 @@ def bench_json():
     import io
 
     out = io.StringIO()
+    threads = torch.get_num_threads()
     with contextlib.redirect_stdout(out):
         code = main(
             [
@@ -52,6 +53,7 @@ def bench_json():
             + ["--prompt-tokens", "128"]
         )
     assert code == 0
+    assert torch.get_num_threads() == threads  # the bench leaves the process as it found it
     return json.loads(out.getvalue())
 
 
@@ -71,6 +73,7 @@ def test_bench_json_has_the_documented_keys(bench_json):
     assert bench_json["model"] == "tiny"
     assert bench_json["device"] == "cpu"
     assert bench_json["dtype"] == "float32"
+    assert bench_json["threads"] == 1  # the tiny model gains nothing from a second core
     assert bench_json["tokens_per_s"] > 0 and bench_json["baseline_tokens_per_s"] > 0
     assert bench_json["ttft_s"] > 0
     assert bench_json["peak_memory_bytes"] > 0

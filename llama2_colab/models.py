@@ -72,7 +72,7 @@ def choose_model(
             TINY,
             f"no Hugging Face token found and {DEFAULT_MODEL} is gated, so the offline tiny "
             "Llama 2 stands in (random weights: expect gibberish). Add HF_TOKEN to Colab "
-            "Secrets or run `huggingface-cli login`, then run again.",
+            "Secrets or run `hf auth login`, then run again.",
         )
     return ModelChoice(DEFAULT_MODEL, f"the default; {facts.gpu.name} can run it")
 

@@ -709,7 +709,7 @@ def format_bench(result: dict) -> str:
         f"Model      : {result['model']}"
         + (" (random weights)" if result["random_weights"] else ""),
         f"Device     : {result['device_name']} ({result['device']}), {result['dtype']}{quant}, "
-        f"{result['attn_implementation']} attention",
+        f"{result['attn_implementation']} attention, {result['threads']} CPU thread(s)",
         f"Work       : {result['prompt_tokens']}-token prompt, {result['new_tokens']} new tokens, "
         f"greedy, batch 1; median of {result['repeats']} (IQR in brackets)",
         f"Package    : {result['tokens_per_s']:.1f} tok/s "

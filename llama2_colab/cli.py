@@ -30,33 +30,44 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .auth import find_token
-    from .chat import ChatSession
-    from .models import choose_model, load_model_and_tokenizer
+    from .chat import ChatSession, read_context_limit
+    from .models import choose_model, load_with_plan, oom_as_advice
+    from .plan import make_plan
     from .runtime import detect_runtime, format_report, recommend_settings
 
     facts = detect_runtime()
-    settings = recommend_settings(facts)
-    print(format_report(facts, settings))
+    print(format_report(facts, recommend_settings(facts)))
     token = find_token()
     choice = choose_model(facts, requested=args.model, has_token=bool(token))
     print(f"Model   : {choice.name} ({choice.reason})")
+    # Decide, then act: the plan picks fp16/bf16 or 4-bit and refuses what cannot fit.
+    plan = make_plan(choice.name, facts)
+    print(
+        f"Plan    : {plan.quantization or plan.dtype}, room for {plan.max_context_tokens:,} tokens"
+    )
     start = time.perf_counter()
-    model, tokenizer = load_model_and_tokenizer(choice, settings, token=token)
+    model, tokenizer = load_with_plan(plan, token=token)
     print(f"Loaded in {time.perf_counter() - start:.1f} s\n")
     if args.seed is not None:
         from transformers import set_seed
 
         set_seed(args.seed)
-    # The one chat path: Meta's reference format, token for token (see llama2_colab.chat).
+    # The one chat path: Meta's reference format, token for token (see llama2_colab.chat),
+    # within the context the model has and the GPU memory leaves.
     session = ChatSession(
-        model, tokenizer, system_prompt=DEMO_SYSTEM, max_new_tokens=args.max_new_tokens
+        model,
+        tokenizer,
+        system_prompt=DEMO_SYSTEM,
+        max_new_tokens=args.max_new_tokens,
+        context_limit=min(read_context_limit(model), plan.max_context_tokens),
     )
     try:
         session.plan_prompt(args.prompt)  # refuses forged turns, checks the budget
     except ValueError as err:
         raise UserFacingError(str(err), "Reword the prompt and run the demo again.") from None
     print(f"You: {args.prompt}\nLlama 2: ", end="", flush=True)
-    session.send(args.prompt, on_text=lambda text: print(text, end="", flush=True))
+    with oom_as_advice(plan):
+        session.send(args.prompt, on_text=lambda text: print(text, end="", flush=True))
     stats = session.last_stats
     print(
         f"\n\n-- {stats.new_tokens} new tokens; first token after {stats.ttft_s:.2f} s; "

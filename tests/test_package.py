@@ -1,0 +1,29 @@
+"""The package imports cheaply and every public name it lists resolves."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import llama2_colab
+
+
+def test_every_public_name_resolves():
+    for name in llama2_colab.__all__:
+        assert getattr(llama2_colab, name) is not None, name
+
+
+def test_import_has_no_heavy_side_effects():
+    heavy = "('torch', 'transformers', 'ipywidgets')"
+    code = f"import sys, llama2_colab; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_unknown_name_is_a_plain_attribute_error():
+    try:
+        llama2_colab.no_such_helper  # noqa: B018
+    except AttributeError as err:
+        assert "no_such_helper" in str(err)
+    else:
+        raise AssertionError("expected AttributeError")

@@ -27,3 +27,22 @@ def test_unknown_name_is_a_plain_attribute_error():
         assert "no_such_helper" in str(err)
     else:
         raise AssertionError("expected AttributeError")
+
+
+def test_the_wheel_colab_installs_carries_the_data_files(tmp_path):
+    """Colab installs from git (a wheel, not editable): the catalog and corpus must be inside."""
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = tmp_path.glob("llama2_colab-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"llama2_colab/data/catalog.json", "llama2_colab/data/tiny_corpus.txt"} <= names
+    assert "llama2_colab/__main__.py" in names

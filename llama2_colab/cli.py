@@ -45,6 +45,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"Plan    : {plan.quantization or plan.dtype}, room for {plan.max_context_tokens:,} tokens"
     )
+    if choice.is_tiny and plan.device == "cpu":
+        import torch
+
+        # A hidden-64 model gains nothing from a second thread, and on a busy 2-core machine
+        # the threads' hand-offs make it ~5x slower (measured; bench does the same).
+        torch.set_num_threads(1)
     start = time.perf_counter()
     model, tokenizer = load_with_plan(plan, token=token)
     print(f"Loaded in {time.perf_counter() - start:.1f} s\n")

@@ -125,9 +125,24 @@ def _in_colab() -> bool:
         return False
 
 
+def _memory_bytes() -> tuple[int, int]:
+    """(total, available) system RAM: psutil if installed, else the OS's own counters."""
+    try:
+        import psutil
+    except ImportError:  # e.g. a bare GPU box running scripts/gpu_check.sh from the repo
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        try:
+            with open("/proc/meminfo", encoding="ascii") as f:
+                info = dict(line.split(":", 1) for line in f)
+            return total, int(info["MemAvailable"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError):
+            return total, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    mem = psutil.virtual_memory()
+    return int(mem.total), int(mem.available)
+
+
 def detect_runtime() -> RuntimeFacts:
     """Probe this machine: Colab or not, the first CUDA GPU, RAM and free disk."""
-    import psutil
     import torch
 
     gpu = None
@@ -138,13 +153,13 @@ def detect_runtime() -> RuntimeFacts:
             compute_capability=(props.major, props.minor),
             total_memory_bytes=int(props.total_memory),
         )
-    mem = psutil.virtual_memory()
+    ram_total, ram_available = _memory_bytes()
     disk = shutil.disk_usage(os.path.expanduser("~"))
     return RuntimeFacts(
         colab=_in_colab(),
         gpu=gpu,
-        ram_total_bytes=int(mem.total),
-        ram_available_bytes=int(mem.available),
+        ram_total_bytes=ram_total,
+        ram_available_bytes=ram_available,
         disk_free_bytes=int(disk.free),
     )
 

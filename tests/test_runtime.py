@@ -66,3 +66,18 @@ def test_doctor_json_on_this_cpu_machine():
     assert report["dtype"] == "float32"
     assert report["attn_implementation"] == "sdpa"
     assert isinstance(report["ram_total_bytes"], int) and report["ram_total_bytes"] > 0
+
+
+def test_detect_runtime_works_without_psutil():
+    """scripts/gpu_check.sh runs from the repo on bare GPU boxes that may lack psutil."""
+    code = (
+        "import sys; sys.modules['psutil'] = None\n"
+        "from llama2_colab.runtime import detect_runtime\n"
+        "f = detect_runtime(); print(f.ram_total_bytes, f.ram_available_bytes)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    total, available = map(int, out.stdout.split())
+    import psutil
+
+    assert total == psutil.virtual_memory().total
+    assert 0 < available <= total

@@ -20,6 +20,7 @@ EXPECTED = [
     "05_chat_prompting.ipynb",
     "06_chat_app.ipynb",
     "07_bigger_models.ipynb",
+    "08_fine_tuning.ipynb",
 ]
 TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{30,}")
 

@@ -252,22 +252,12 @@ def _choose(counts: ParamCounts, config, facts: RuntimeFacts, quantization: str)
     else:
         candidates = [None, "nf4"]  # int8 is never chosen: NF4 is smaller and faster
     needed = min(MIN_CONTEXT_TOKENS, limit)
-    for quant in candidates:
+    fits = False
+    for quant in candidates:  # smallest change first; if none fits, report the last one tried
         weights = weight_bytes(counts, dtype, quant)
-        if weights + needed * kv <= usable:
-            ctx = _context(usable, weights, kv, limit)
-            return dict(
-                dtype=dtype,
-                quantization=quant,
-                weights=weights,
-                kv=kv,
-                ctx=ctx,
-                usable=usable,
-                reserve=reserve,
-                fits=True,
-            )
-    quant = candidates[-1]
-    weights = weight_bytes(counts, dtype, quant)
+        fits = weights + needed * kv <= usable
+        if fits:
+            break
     return dict(
         dtype=dtype,
         quantization=quant,
@@ -276,7 +266,7 @@ def _choose(counts: ParamCounts, config, facts: RuntimeFacts, quantization: str)
         ctx=_context(usable, weights, kv, limit),
         usable=usable,
         reserve=reserve,
-        fits=False,
+        fits=fits,
     )
 
 

@@ -32,6 +32,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "ModelChoice",
         "TINY",
         "choose_model",
+        "cpu_threads_for",
         "load_model_and_tokenizer",
         "load_pipeline",
         "load_with_plan",

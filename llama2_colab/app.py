@@ -20,10 +20,10 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 from .chat import ChatSession, encode_dialog, read_context_limit
-from .models import oom_as_advice
+from .models import load_with_plan, oom_as_advice
 from .runtime import RuntimeFacts
 
-__all__ = ["CHAT_MODELS", "ChatApp", "describe_models", "load_chat_model"]
+__all__ = ["CHAT_MODELS", "ChatApp", "describe_models"]
 
 # What the model dropdown offers: the three Llama 2 chat models and the offline tiny one.
 CHAT_MODELS = {
@@ -49,13 +49,6 @@ def describe_models(facts: RuntimeFacts) -> dict[str, tuple[str, object]]:
             label = f"{title}: does not fit this runtime"
         out[name] = (label, plan)
     return out
-
-
-def load_chat_model(plan, token: str | None = None):
-    """Return (model, tokenizer) loaded the way the plan says (4-bit where it says so)."""
-    from .models import load_with_plan
-
-    return load_with_plan(plan, token=token)
 
 
 def _free_memory() -> None:
@@ -93,7 +86,7 @@ class ChatApp:
         self.session = session
         self.facts = facts
         self.model_name = model_name
-        self.loader = loader or load_chat_model
+        self.loader = loader or load_with_plan
         self.models = dict(models if models is not None else describe_models(facts))
         if model_name not in self.models:  # e.g. Code Llama, or a local directory
             self.models[model_name] = (f"{model_name} (loaded)", None)

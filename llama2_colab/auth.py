@@ -21,6 +21,7 @@ __all__ = [
     "hub_endpoint",
     "check_access",
     "explain_hub_error",
+    "find_hub_error",
     "format_access",
 ]
 
@@ -128,10 +129,10 @@ class AccessResult:
 
 
 def _gated_todo(repo_id: str, endpoint: str) -> str:
-    from .catalog import META_LLAMA_FORM
+    from .catalog import META_LLAMA_FORM, model_page_url
 
     return (
-        f"1. Open {endpoint}/{repo_id} while logged in and request access there. "
+        f"1. Open {model_page_url(repo_id, endpoint)} while logged in and request access there. "
         f"2. Fill in Meta's form at {META_LLAMA_FORM}. Use the same email address on both: Meta "
         "approves the Hugging Face request by matching it. "
         f"Approval comes {APPROVAL_TIME}, by email from Hugging Face; then run this again."
@@ -146,6 +147,18 @@ def _login_todo() -> str:
     )
 
 
+def find_hub_error(err: BaseException):
+    """Return the huggingface_hub error behind an error (transformers wraps them), or None."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    seen = err
+    while seen is not None:
+        if isinstance(seen, (HfHubHTTPError, OfflineModeIsEnabled)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def explain_hub_error(err: BaseException, repo_id: str, has_token: bool) -> tuple[str, str, str]:
     """Return (status, what happened, what to do) for an error raised by huggingface_hub."""
     from huggingface_hub.errors import (
@@ -155,7 +168,7 @@ def explain_hub_error(err: BaseException, repo_id: str, has_token: bool) -> tupl
         RepositoryNotFoundError,
     )
 
-    from .catalog import suggest_names
+    from .catalog import did_you_mean
 
     endpoint = hub_endpoint()
     if isinstance(err, OfflineModeIsEnabled):
@@ -181,8 +194,7 @@ def explain_hub_error(err: BaseException, repo_id: str, has_token: bool) -> tupl
             _gated_todo(repo_id, endpoint),
         )
     if isinstance(err, RepositoryNotFoundError):
-        close = [name for name in suggest_names(repo_id) if name.lower() != repo_id.lower()]
-        hint = f"Did you mean {' or '.join(close)}? " if close else ""
+        hint = did_you_mean(repo_id)
         login = "" if has_token else " If it is private or gated, log in first."
         return (
             "not_found",
@@ -241,16 +253,14 @@ def check_access(repo_id: str, token: str | None = None) -> AccessResult:
     if repo_id.lower() == "tiny":
         return result("ok", "The tiny model is built on this machine: no access needed.", "")
     if "/" not in repo_id:  # a bare name such as Llama-2-7b-chat-hf: the catalog knows its owner
-        from .catalog import find_entry, suggest_names
+        from .catalog import did_you_mean, find_entry
 
         entry = find_entry(repo_id)
         if entry is None:
-            close = suggest_names(repo_id)
-            hint = f"Did you mean {' or '.join(close)}? " if close else ""
             return result(
                 "not_found",
                 f"{repo_id!r} is not a full Hub id (owner/name) and not in the catalog.",
-                f"{hint}Give the full id, e.g. meta-llama/Llama-2-7b-chat-hf.",
+                f"{did_you_mean(repo_id)}Give the full id, e.g. meta-llama/Llama-2-7b-chat-hf.",
             )
         repo_id = entry.id
     if _offline():

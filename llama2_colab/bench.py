@@ -567,7 +567,14 @@ def bench_model(
     import torch
 
     from .auth import find_token
-    from .models import TINY, choose_model, load_model_and_tokenizer, load_with_plan, oom_as_advice
+    from .models import (
+        TINY,
+        choose_model,
+        cpu_threads_for,
+        load_model_and_tokenizer,
+        load_with_plan,
+        oom_as_advice,
+    )
     from .plan import kv_bytes_per_token, load_config, make_plan
     from .runtime import detect_runtime, recommend_settings
     from .tiny import ensure_tiny_llama
@@ -585,10 +592,8 @@ def bench_model(
         model_name = DEFAULT_MODEL
     choice = choose_model(facts, requested=model_name, has_token=bool(token) or random_weights)
     on_gpu = settings.device == "cuda"
-    if threads is None and not on_gpu and choice.name == TINY:
-        # The tiny model's matrices are too small to share between cores: one thread is faster
-        # here, and a second thread waiting on a busy core makes a shared machine's figures jump.
-        threads = 1
+    if threads is None:
+        threads = cpu_threads_for(choice, settings.device)
     if new_tokens is None:
         new_tokens = 128 if on_gpu else 64
     if repeats is None:

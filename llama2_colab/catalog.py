@@ -17,6 +17,7 @@ __all__ = [
     "load_catalog",
     "find_entry",
     "suggest_names",
+    "did_you_mean",
     "model_page_url",
 ]
 
@@ -75,6 +76,12 @@ def suggest_names(name: str, limit: int = 3) -> list[str]:
         return [shorts[c] for c in close]
     close = difflib.get_close_matches(wanted, list(lowered), n=limit, cutoff=0.5)
     return [lowered[c] for c in close]
+
+
+def did_you_mean(name: str) -> str:
+    """Return "Did you mean X or Y? " for the closest catalog ids other than name, or ""."""
+    close = [c for c in suggest_names(name) if c.lower() != name.strip().lower()]
+    return f"Did you mean {' or '.join(close)}? " if close else ""
 
 
 def model_page_url(repo_id: str, endpoint: str = "https://huggingface.co") -> str:

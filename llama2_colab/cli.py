@@ -31,7 +31,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .auth import find_token
     from .chat import ChatSession, read_context_limit
-    from .models import choose_model, load_with_plan, oom_as_advice
+    from .models import choose_model, cpu_threads_for, load_with_plan, oom_as_advice
     from .plan import make_plan
     from .runtime import detect_runtime, format_report, recommend_settings
 
@@ -45,12 +45,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"Plan    : {plan.quantization or plan.dtype}, room for {plan.max_context_tokens:,} tokens"
     )
-    if choice.is_tiny and plan.device == "cpu":
+    threads = cpu_threads_for(choice, plan.device)
+    if threads is not None:  # this process is ours: no need to restore the setting
         import torch
 
-        # A hidden-64 model gains nothing from a second thread, and on a busy 2-core machine
-        # the threads' hand-offs make it ~5x slower (measured; bench does the same).
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
     start = time.perf_counter()
     model, tokenizer = load_with_plan(plan, token=token)
     print(f"Loaded in {time.perf_counter() - start:.1f} s\n")

@@ -17,6 +17,7 @@ __all__ = [
     "ModelChoice",
     "choose_model",
     "resolve_model_path",
+    "cpu_threads_for",
     "load_model_and_tokenizer",
     "load_pipeline",
     "make_quantization_config",
@@ -77,6 +78,15 @@ def choose_model(
     return ModelChoice(DEFAULT_MODEL, f"the default; {facts.gpu.name} can run it")
 
 
+def cpu_threads_for(choice: ModelChoice, device: str) -> int | None:
+    """Return the torch CPU threads to use for the choice on device (None: torch's default).
+
+    The tiny model on a CPU gets one thread: its hidden-64 matrices gain nothing from a second
+    one, and on a busy 2-core machine the threads' hand-offs made it ~5x slower (measured).
+    """
+    return 1 if choice.is_tiny and device == "cpu" else None
+
+
 def resolve_model_path(choice: ModelChoice) -> str:
     """Return what `from_pretrained` should get: the tiny model's directory, or the name as is."""
     if choice.is_tiny:
@@ -119,11 +129,11 @@ def load_model_and_tokenizer(
             path, token=token, cache_dir=cache_dir, **_model_kwargs(settings, quantization_config)
         )
     except OSError as err:
-        hub_err = _hub_error_in(err)
+        from .auth import explain_hub_error, find_hub_error, find_token
+
+        hub_err = find_hub_error(err)
         if hub_err is None:
             raise
-        from .auth import explain_hub_error, find_token
-
         _, what, todo = explain_hub_error(hub_err, choice.name, bool(token or find_token()))
         raise UserFacingError(what, todo) from err
     model.eval()
@@ -162,18 +172,6 @@ def make_quantization_config(plan):
         bnb_4bit_compute_dtype=getattr(torch, plan.dtype),
         bnb_4bit_use_double_quant=plan.double_quant,
     )
-
-
-def _hub_error_in(err: BaseException):
-    """Return the huggingface_hub error behind a transformers error, if there is one."""
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    seen = err
-    while seen is not None:
-        if isinstance(seen, (HfHubHTTPError, OfflineModeIsEnabled)):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 @contextmanager

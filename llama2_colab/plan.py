@@ -108,7 +108,7 @@ def load_config(model_name: str):
     """Return (transformers config, canonical name) for "tiny", a catalog name or a local dir."""
     from transformers import AutoConfig, LlamaConfig
 
-    from .catalog import find_entry, suggest_names
+    from .catalog import did_you_mean, find_entry
 
     name = model_name.strip()
     if name.lower() == "tiny":
@@ -124,11 +124,9 @@ def load_config(model_name: str):
         return AutoConfig.from_pretrained(path), name
     if name.count("/") == 1 and not path.exists():
         return _config_from_hub(name), name
-    close = suggest_names(name)
-    hint = f" Did you mean {' or '.join(close)}?" if close else ""
     raise UserFacingError(
         f"No architecture known for {name!r}: it is not in the catalog and not a local "
-        f"directory with a config.json.{hint}",
+        f"directory with a config.json. {did_you_mean(name)}".rstrip(),
         "Use a catalog name (`python -m llama2_colab plan --list`), 'tiny', or a local model "
         "directory.",
     )
@@ -139,20 +137,17 @@ def _config_from_hub(repo_id: str):
     from huggingface_hub import hf_hub_download
     from transformers import AutoConfig
 
-    from .auth import explain_hub_error, find_token, hub_endpoint
-    from .catalog import suggest_names
+    from .auth import explain_hub_error, find_hub_error, find_token, hub_endpoint
+    from .catalog import did_you_mean
 
     token = find_token()
     try:
         file = hf_hub_download(repo_id, "config.json", token=token, endpoint=hub_endpoint())
     except Exception as err:  # noqa: BLE001 - every Hub failure becomes a message
-        from .models import _hub_error_in
-
-        hub_err = _hub_error_in(err) or err
+        hub_err = find_hub_error(err) or err
         status, what, todo = explain_hub_error(hub_err, repo_id, bool(token))
-        close = suggest_names(repo_id)
-        if close and status != "not_found":
-            todo = f"Did you mean {' or '.join(close)}? {todo}"
+        if status != "not_found":  # explain_hub_error already suggests names for a missing repo
+            todo = did_you_mean(repo_id) + todo
         raise UserFacingError(
             f"{repo_id} is not in the catalog, and its config could not be fetched: {what}",
             todo,

@@ -161,3 +161,13 @@ def test_load_pipeline_uses_the_runtime_dtype():
     assert generator.model.config._attn_implementation == "sdpa"
     out = generator([{"role": "user", "content": "Hi"}], max_new_tokens=4, do_sample=False)
     assert out[0]["generated_text"][-1]["role"] == "assistant"
+
+
+def test_only_the_tiny_model_on_a_cpu_is_pinned_to_one_thread():
+    from llama2_colab import cpu_threads_for
+
+    tiny = choose_model(preset_runtime("cpu"), env={})
+    real = choose_model(preset_runtime("T4"), env={})
+    assert cpu_threads_for(tiny, "cpu") == 1
+    assert cpu_threads_for(tiny, "cuda") is None  # the GPU does the work; leave torch alone
+    assert cpu_threads_for(real, "cpu") is None  # a real model's matrices do use both cores

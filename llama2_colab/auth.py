@@ -8,6 +8,7 @@ granted yet; no such repository; the Hub cannot be reached. The token never appe
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import asdict, dataclass
 
@@ -19,6 +20,7 @@ __all__ = [
     "mask_token",
     "describe_token",
     "hub_endpoint",
+    "transport_errors",
     "check_access",
     "explain_hub_error",
     "find_hub_error",
@@ -92,6 +94,21 @@ def hub_endpoint() -> str:
     from huggingface_hub import constants
 
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """Return the "could not reach the server" errors of every HTTP client huggingface_hub uses.
+
+    The client moved twice: requests in huggingface_hub 0.x, httpx in 1.x (Colab ships 1.27),
+    httpx2 in 2.x. Each is looked up only if installed, so this works on all three.
+    """
+    errors: list[type[BaseException]] = [OSError]  # requests' ConnectionError is an OSError
+    for client in ("httpx", "httpx2"):
+        try:
+            errors.append(importlib.import_module(client).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
 
 
 def _offline() -> bool:
@@ -238,7 +255,6 @@ def explain_hub_error(err: BaseException, repo_id: str, has_token: bool) -> tupl
 
 def check_access(repo_id: str, token: str | None = None) -> AccessResult:
     """Ask the Hub whether the token (default: `find_token()`) may download `repo_id`."""
-    import httpx2
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 
@@ -268,7 +284,7 @@ def check_access(repo_id: str, token: str | None = None) -> AccessResult:
         return result(status, what, todo)
     try:
         HfApi(endpoint=endpoint).auth_check(repo_id, token=token or False)
-    except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.TransportError, OSError) as err:
+    except (HfHubHTTPError, OfflineModeIsEnabled, *transport_errors()) as err:
         return result(*explain_hub_error(err, repo_id, bool(token)))
     except HFValidationError:
         return result(

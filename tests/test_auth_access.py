@@ -176,6 +176,36 @@ def test_unreachable_hub_and_offline_mode_say_so(online, capfd, monkeypatch):
     assert status == 6 and "Offline mode is on" in out
 
 
+ACCESS_WITHOUT_HTTPX2 = """
+import sys
+sys.modules["httpx2"] = None  # as on a machine where httpx2 is not installed
+from llama2_colab.cli import main
+raise SystemExit(main(["access", "meta-llama/Llama-2-7b-chat-hf"]))
+"""
+
+
+@pytest.mark.parametrize("httpx2", ["installed", "missing"])
+def test_unreachable_hub_is_a_message_on_every_http_client(hub, tmp_path, httpx2):
+    # huggingface_hub 1.x (Colab: 1.27) talks httpx, 2.x httpx2; Colab may or may not have httpx2.
+    import huggingface_hub
+
+    if httpx2 == "missing" and int(huggingface_hub.__version__.split(".")[0]) >= 2:
+        pytest.skip("huggingface_hub 2.x needs httpx2 itself")
+    if httpx2 == "installed":
+        pytest.importorskip("httpx2")
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    script = (
+        ACCESS_WITHOUT_HTTPX2
+        if httpx2 == "missing"
+        else ACCESS_WITHOUT_HTTPX2.replace('sys.modules["httpx2"] = None', "pass")
+    )
+    run = _run(["-c", script], _env(tmp_path, dead, GOOD))
+    assert run.returncode == 6, run.stdout + run.stderr[-2000:]
+    assert "Could not reach the Hub" in run.stdout
+
+
 def test_access_json_has_the_masked_token_only(online, capfd):
     online(OTHER)
     status, out, _ = _cli(capfd, "access", "meta-llama/Llama-2-13b-chat-hf", "--json")
@@ -184,11 +214,17 @@ def test_access_json_has_the_masked_token_only(online, capfd):
     assert data["token"] == mask_token(OTHER)
 
 
-def test_plan_fetches_an_unknown_models_config_from_the_hub(online, capfd):
+@pytest.fixture(scope="module")
+def tiny_params(tiny_model_and_tokenizer) -> int:
+    """The tiny model's parameter count, as loaded locally."""
+    return tiny_model_and_tokenizer[0].num_parameters()
+
+
+def test_plan_fetches_an_unknown_models_config_from_the_hub(online, capfd, tiny_params):
     online(GOOD)
     status, out, _ = _cli(capfd, "plan", "test-org/tiny-llama", "--gpu", "T4", "--json")
     assert status == 0
-    assert json.loads(out)["params"] == 268_352
+    assert json.loads(out)["params"] == tiny_params
     status, _, err = _cli(capfd, "plan", "meta-llama/Llama-2-7b-chat", "--gpu", "T4")
     assert status == 1 and "Did you mean meta-llama/Llama-2-7b-chat-hf" in err
 
@@ -219,13 +255,13 @@ print("loaded", type(model).__name__, model.num_parameters(), plan.dtype)
 """
 
 
-def test_tiny_model_downloads_with_progress_survives_a_drop_and_loads(hub, tmp_path):
+def test_tiny_model_downloads_with_progress_survives_a_drop_and_loads(hub, tmp_path, tiny_params):
     weights = hub.repos["test-org/tiny-llama"].files["model.safetensors"]
     hub.drop_after["test-org/tiny-llama/model.safetensors"] = len(weights) // 2
     hub.log.clear()
     run = _run(["-c", LOAD_SCRIPT], _env(tmp_path, hub.url, GOOD), timeout=240)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "loaded LlamaForCausalLM 268352 float32" in run.stdout
+    assert f"loaded LlamaForCausalLM {tiny_params} float32" in run.stdout
     assert "model.safetensors" in run.stderr and "100%" in run.stderr  # the progress bar
     assert "Trying to resume download" in run.stderr
     gets = [r for r in hub.log if r.method == "GET" and r.path.endswith("model.safetensors")]

@@ -49,17 +49,24 @@ LLAMA2_CHAT_TEMPLATE = (
 )
 
 # Bump when the recipe changes, so a stale cache is never reused.
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 _SEED = 0
 _PIECE_VOCAB = 1200  # word pieces learned from the corpus, on top of 3 specials + 256 bytes
 
 
 def tiny_cache_dir() -> Path:
-    """Return where the tiny model is cached: $LLAMA2_COLAB_CACHE or ~/.cache/llama2_colab."""
+    """Return where the tiny model is cached: $LLAMA2_COLAB_CACHE or ~/.cache/llama2_colab.
+
+    One folder per recipe and transformers version: the files a build writes depend on the
+    transformers that wrote them, and two stacks on one machine (Colab's and the newest) must
+    never read each other's build.
+    """
+    import transformers
+
     root = os.environ.get("LLAMA2_COLAB_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "llama2_colab"
     )
-    return Path(root) / f"tiny-llama-2-v{TINY_VERSION}"
+    return Path(root) / f"tiny-llama-2-v{TINY_VERSION}-transformers-{transformers.__version__}"
 
 
 def _train_pieces() -> tuple[list[str], list[tuple[str, str]]]:
@@ -115,7 +122,10 @@ def build_tiny_llama(out_dir: str | os.PathLike) -> Path:
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
-        intermediate_size=172,
+        # Every quantized layer's output size is a multiple of 32 and its input size a multiple
+        # of 64 (the NF4 block): bitsandbytes repacks 4-bit weights that way on CPUs with
+        # AVX512-BF16 and refuses other shapes (172, Llama 2's 11008/4096 scaled down, failed).
+        intermediate_size=192,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

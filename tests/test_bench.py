@@ -183,7 +183,7 @@ def test_random_weights_have_the_real_architecture(name, params, layers, hidden)
 
 def _scaled_down_13b():
     config, _ = load_config("meta-llama/Llama-2-13b-chat-hf")
-    config.hidden_size, config.intermediate_size = 128, 344
+    config.hidden_size, config.intermediate_size = 128, 384  # bitsandbytes' CPU packing: tiny.py
     config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads = 2, 4, 4
     return config
 

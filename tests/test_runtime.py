@@ -53,7 +53,9 @@ def test_unknown_preset_names_the_known_ones():
         preset_runtime("RTX9090")
 
 
-def test_doctor_json_on_this_cpu_machine():
+def test_doctor_json_reports_this_machine_as_torch_sees_it():
+    import torch
+
     out = subprocess.run(
         [sys.executable, "-m", "llama2_colab", "doctor", "--json"],
         capture_output=True,
@@ -62,10 +64,18 @@ def test_doctor_json_on_this_cpu_machine():
     ).stdout
     report = json.loads(out)
     assert report["colab"] is False
-    assert report["gpu"] is None
-    assert report["dtype"] == "float32"
     assert report["attn_implementation"] == "sdpa"
     assert isinstance(report["ram_total_bytes"], int) and report["ram_total_bytes"] > 0
+    if not torch.cuda.is_available():
+        assert report["gpu"] is None
+        assert (report["device"], report["dtype"]) == ("cpu", "float32")
+        return
+    props = torch.cuda.get_device_properties(0)
+    assert report["gpu"]["name"] == props.name
+    assert report["gpu"]["compute_capability"] == [props.major, props.minor]
+    assert report["device"] == "cuda"
+    # float16 below compute capability 8.0 (a T4 is 7.5), bfloat16 from Ampere up.
+    assert report["dtype"] == ("bfloat16" if props.major >= 8 else "float16")
 
 
 def test_detect_runtime_works_without_psutil():

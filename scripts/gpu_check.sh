@@ -5,6 +5,10 @@
 #   scripts/gpu_check.sh --dry-run  print the steps and their time limits, run nothing
 #   scripts/gpu_check.sh --smoke    run every step on the tiny model with few tokens: checks the
 #                                   script itself on any machine, a CPU-only one included
+#   scripts/gpu_check.sh --suite    run the whole test suite (every notebook included) on this
+#                                   machine's GPU instead, in under 5 minutes: the GPU branch of
+#                                   each notebook executes. Needs pytest, nbval, ipykernel and
+#                                   ipywidgets (see docs/benchmarks.md for carrying wheels).
 #
 # Steps (each under its own time limit, so one failure does not sink the rest):
 #   env        versions, GPU name and memory
@@ -23,8 +27,9 @@ MODE="run"
 case "${1:-}" in
   --dry-run) MODE="dry" ;;
   --smoke) MODE="smoke" ;;
+  --suite) MODE="suite" ;;
   "") ;;
-  *) echo "usage: $0 [--dry-run|--smoke]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--dry-run|--smoke|--suite]" >&2; exit 2 ;;
 esac
 
 cd "$(dirname "$0")/.." || exit 1
@@ -69,6 +74,25 @@ EOF
 }
 
 BENCH=("$PY" -m llama2_colab bench --json)
+
+if [ "$MODE" = "suite" ]; then
+  # The whole suite, notebooks included, on the GPU: 290 s at most, a line of JSON per outcome.
+  echo "== suite (limit 290s): $PY -m pytest"
+  start=$SECONDS
+  timeout --kill-after=10 290 "$PY" -m pytest -q -p no:cacheprovider -rfE \
+    >"$OUT_DIR/suite.log" 2>&1
+  rc=$?
+  "$PY" - "$OUT_DIR" "$rc" "$((SECONDS - start))" <<'EOF' | tee "$OUT_DIR/suite.json"
+import json, pathlib, re, sys
+out, rc, seconds = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+log = (out / "suite.log").read_text(errors="replace")
+counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error)", log)}
+failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", log, re.M)
+print(json.dumps({"step": "suite", "exit_status": rc, "seconds": seconds, **counts,
+                  "failed_tests": failed}, indent=2))
+EOF
+  exit "$rc"
+fi
 
 run_step env "${LIMITS[0]}" "$PY" -c '
 import json, platform, torch, transformers

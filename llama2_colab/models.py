@@ -164,6 +164,17 @@ def make_quantization_config(plan):
     import torch
     from transformers import BitsAndBytesConfig
 
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserFacingError(
+            f"{plan.model} is planned in {plan.quantization}, which needs the bitsandbytes "
+            "package, and it is not installed (Colab does not ship it).",
+            "On Colab: run `%pip install bitsandbytes` in a cell (the Setup cell does this on a "
+            "GPU runtime), then run this cell again; no restart is needed. Elsewhere: "
+            "`pip install bitsandbytes`.",
+        ) from None
+
     if plan.quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(

@@ -176,3 +176,25 @@ def test_the_setup_report_names_versions_and_says_when_to_restart():
     fresh = describe_install()
     assert f"transformers {importlib.metadata.version('transformers')}" in fresh
     assert "No restart needed" in fresh
+
+
+NO_BITSANDBYTES = """
+import sys
+sys.modules["bitsandbytes"] = None  # as on a fresh Colab runtime: it does not ship bitsandbytes
+from llama2_colab import UserFacingError, load_with_plan, make_plan, preset_runtime
+plan = make_plan("meta-llama/Llama-2-13b-chat-hf", preset_runtime("T4"))
+try:
+    load_with_plan(plan)
+except UserFacingError as err:
+    print("USER", err.what, "|", err.todo)
+"""
+
+
+def test_a_4bit_load_without_bitsandbytes_says_what_to_install():
+    run = subprocess.run(
+        [sys.executable, "-c", NO_BITSANDBYTES], capture_output=True, text=True, timeout=300
+    )
+    assert "USER" in run.stdout, run.stderr[-2000:]
+    assert "needs the bitsandbytes package" in run.stdout
+    assert "%pip install bitsandbytes" in run.stdout
+    assert "Traceback" not in run.stderr

@@ -409,3 +409,30 @@ def test_refuses_a_tokenizer_of_another_model(meta_copy, tmp_path):
     (meta_copy / "params.json").write_text(json.dumps({**params, "vocab_size": 32016}))
     err = _error(meta_copy, tmp_path / "o")
     assert "320 tokens" in err.what and "vocab_size=32016" in err.what
+
+
+def test_code_llama_instruct_folder(tmp_path):
+    """Code Llama's params.json: vocab_size 32016, rope_theta 1e6; tokenizer.model inside."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from llama2_colab.codellama import write_tiny_code_tokenizer_model
+
+    folder = tmp_path / "CodeLlama-7b-Instruct"
+    folder.mkdir()
+    write_tiny_code_tokenizer_model(folder / "tokenizer.model")
+    params = {**make_params(None), "vocab_size": 32016, "rope_theta": 1000000.0}
+    sd = random_weights(params, 32016, seed=3)
+    (folder / "params.json").write_text(json.dumps(params))
+    for i, shard in enumerate(split_shards(sd, 2)):
+        torch.save(shard, folder / f"consolidated.{i:02d}.pth")
+    out = convert_meta_checkpoint(folder, tmp_path / "hf", dtype="float32")
+    config = AutoConfig.from_pretrained(out)
+    assert (config.vocab_size, config.max_position_embeddings) == (32016, 16384)
+    assert config.rope_parameters["rope_theta"] == 1_000_000.0
+    tokens = torch.tensor([[1, 32007, 5, 300, 32008, 42, 32009, 31000, 17]])
+    torch.testing.assert_close(
+        _hf_logits(out, tokens), meta_forward(sd, params, tokens), atol=1e-5, rtol=1e-5
+    )
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.convert_tokens_to_ids("▁<PRE>") == 32007
+    assert tokenizer.chat_template is not None  # an Instruct model: the [INST] template

@@ -23,6 +23,7 @@ Code Llama's rope_theta of 1e6 and 16k positions, and random weights.
 from __future__ import annotations
 
 import io
+import json
 import os
 from collections.abc import Sequence
 from importlib import resources
@@ -242,6 +243,12 @@ def build_tiny_code_llama(out_dir: str | os.PathLike) -> Path:
         model = LlamaForCausalLM(config)
     finally:
         torch.random.set_rng_state(state)
+    # A trained model never predicts the slots no text maps to; give them zero logits so the
+    # tiny one's greedy gibberish is made of real pieces rather than `<unused123>`.
+    tokenizer_vocab = json.loads((out / "tokenizer.json").read_text("utf-8"))["model"]["vocab"]
+    unused = [i for piece, i in tokenizer_vocab.items() if piece.startswith("<unused")]
+    with torch.no_grad():
+        model.lm_head.weight[unused] = 0.0
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
     model.save_pretrained(out, safe_serialization=True)
     (out / "README.md").write_text(

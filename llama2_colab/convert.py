@@ -45,6 +45,7 @@ __all__ = [
     "MARKER_FILE",
     "MetaCheckpoint",
     "check_resources",
+    "conversion_needs",
     "compute_intermediate_size",
     "convert_meta_checkpoint",
     "inspect_meta_checkpoint",
@@ -165,7 +166,6 @@ def inspect_meta_checkpoint(meta_dir: str | os.PathLike) -> MetaCheckpoint:
             f"{folder} is already a Hugging Face folder (config.json and weights): "
             "nothing to convert.",
             f"Load it as it is: AutoModelForCausalLM.from_pretrained({str(folder)!r}).",
-            exit_code=0,
         )
     params = _read_params(folder)
     shards = _find_shards(folder)
@@ -213,6 +213,18 @@ def inspect_meta_checkpoint(meta_dir: str | os.PathLike) -> MetaCheckpoint:
     return checkpoint
 
 
+def conversion_needs(checkpoint: MetaCheckpoint, dtype: str) -> tuple[int, int]:
+    """Return (RAM, disk) bytes the conversion needs: one output file in RAM, the model on disk."""
+    out_bytes = checkpoint.n_params * (4 if dtype == "float32" else 2)
+    biggest = max(checkpoint.intermediate_size, checkpoint.vocab_size, 32000) * checkpoint.dim
+    # One output file being filled, plus the tensor being joined and cast (float32 at most);
+    # without memory-mapping (an old-format shard), every shard is read into RAM as well.
+    ram = min(out_bytes, _MAX_FILE_BYTES) + 2 * biggest * 4 + GiB // 2
+    if not checkpoint.mmap_ok:
+        ram += checkpoint.checkpoint_bytes
+    return ram, out_bytes + 64 * 2**20  # the weights, plus the tokenizer and some slack
+
+
 def check_resources(
     checkpoint: MetaCheckpoint,
     dtype: str,
@@ -220,13 +232,7 @@ def check_resources(
     disk_free_bytes: int,
 ) -> None:
     """Raise UserFacingError, with the numbers, if RAM or disk cannot hold the conversion."""
-    out_bytes = checkpoint.n_params * (4 if dtype == "float32" else 2)
-    biggest = max(checkpoint.intermediate_size, checkpoint.vocab_size, 32000) * checkpoint.dim
-    # One output file being filled, plus the tensor being concatenated and cast; without
-    # memory-mapping (an old-format shard), every shard is read into RAM as well.
-    need_ram = min(out_bytes, _MAX_FILE_BYTES) + 2 * biggest * 4 + GiB // 2
-    if not checkpoint.mmap_ok:
-        need_ram += checkpoint.checkpoint_bytes
+    need_ram, need_disk = conversion_needs(checkpoint, dtype)
     if ram_available_bytes < need_ram:
         raise UserFacingError(
             f"Converting {checkpoint.folder.name} needs about {need_ram / GiB:.1f} GiB of free "
@@ -234,9 +240,9 @@ def check_resources(
             "Free memory (restart the runtime, close other notebooks) or convert on a machine "
             "with more RAM.",
         )
-    if disk_free_bytes < out_bytes * 1.05:
+    if disk_free_bytes < need_disk:
         raise UserFacingError(
-            f"The converted {checkpoint.folder.name} takes {out_bytes / GiB:.1f} GiB of disk in "
+            f"The converted {checkpoint.folder.name} takes {need_disk / GiB:.1f} GiB of disk in "
             f"{dtype}; the output folder's disk has {disk_free_bytes / GiB:.1f} GiB free.",
             "Free disk space or write OUT_DIR to a bigger disk (on Colab: /content, not Drive).",
         )

@@ -43,6 +43,7 @@ from .errors import UserFacingError
 
 __all__ = [
     "MARKER_FILE",
+    "MAX_FILE_BYTES",
     "MetaCheckpoint",
     "check_resources",
     "conversion_needs",
@@ -57,7 +58,7 @@ GiB = 1024**3
 MARKER_FILE = "llama2_colab_conversion.json"  # marks an OUT_DIR this command wrote
 _SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
 _DTYPES = ("float16", "bfloat16", "float32")
-_MAX_FILE_BYTES = 2 * GiB  # one output safetensors file; bounds the RAM the conversion needs
+MAX_FILE_BYTES = 2 * GiB  # one output safetensors file; bounds the RAM the conversion needs
 _REQUIRED_PARAMS = ("dim", "n_layers", "n_heads", "norm_eps")
 
 
@@ -213,13 +214,15 @@ def inspect_meta_checkpoint(meta_dir: str | os.PathLike) -> MetaCheckpoint:
     return checkpoint
 
 
-def conversion_needs(checkpoint: MetaCheckpoint, dtype: str) -> tuple[int, int]:
+def conversion_needs(
+    checkpoint: MetaCheckpoint, dtype: str, max_file_bytes: int = MAX_FILE_BYTES
+) -> tuple[int, int]:
     """Return (RAM, disk) bytes the conversion needs: one output file in RAM, the model on disk."""
     out_bytes = checkpoint.n_params * (4 if dtype == "float32" else 2)
     biggest = max(checkpoint.intermediate_size, checkpoint.vocab_size, 32000) * checkpoint.dim
     # One output file being filled, plus the tensor being joined and cast (float32 at most);
     # without memory-mapping (an old-format shard), every shard is read into RAM as well.
-    ram = min(out_bytes, _MAX_FILE_BYTES) + 2 * biggest * 4 + GiB // 2
+    ram = min(out_bytes, max_file_bytes) + 2 * biggest * 4 + GiB // 2
     if not checkpoint.mmap_ok:
         ram += checkpoint.checkpoint_bytes
     return ram, out_bytes + 64 * 2**20  # the weights, plus the tokenizer and some slack
@@ -230,9 +233,10 @@ def check_resources(
     dtype: str,
     ram_available_bytes: int,
     disk_free_bytes: int,
+    max_file_bytes: int = MAX_FILE_BYTES,
 ) -> None:
     """Raise UserFacingError, with the numbers, if RAM or disk cannot hold the conversion."""
-    need_ram, need_disk = conversion_needs(checkpoint, dtype)
+    need_ram, need_disk = conversion_needs(checkpoint, dtype, max_file_bytes)
     if ram_available_bytes < need_ram:
         raise UserFacingError(
             f"Converting {checkpoint.folder.name} needs about {need_ram / GiB:.1f} GiB of free "
@@ -387,9 +391,14 @@ def write_hf_tokenizer(tokenizer_model: str | os.PathLike, out_dir: str | os.Pat
 
 
 def _write_weights(
-    checkpoint: MetaCheckpoint, out: Path, dtype: str, vocab: int, log: Callable[[str], None]
+    checkpoint: MetaCheckpoint,
+    out: Path,
+    dtype: str,
+    vocab: int,
+    max_file_bytes: int,
+    log: Callable[[str], None],
 ) -> None:
-    """Write the weights as safetensors files of at most ~2 GiB plus their index."""
+    """Write the weights as safetensors files of about max_file_bytes at most, and an index."""
     import torch
     from safetensors.torch import save_file
 
@@ -424,7 +433,7 @@ def _write_weights(
     for group in groups:
         tensors = {k: v.to(torch_dtype).contiguous() for k, v in group().items()}
         size = sum(t.numel() * t.element_size() for t in tensors.values())
-        if pending and pending_bytes + size > _MAX_FILE_BYTES:
+        if pending and pending_bytes + size > max_file_bytes:
             flush()
         pending.update(tensors)
         pending_bytes += size
@@ -465,6 +474,7 @@ def convert_meta_checkpoint(
     out_dir: str | os.PathLike,
     dtype: str = "float16",
     ram_available_bytes: int | None = None,
+    max_file_bytes: int = MAX_FILE_BYTES,
     log: Callable[[str], None] = lambda msg: None,
 ) -> Path:
     """Convert a Meta-format model folder into a Hugging Face folder at out_dir; return it.
@@ -482,7 +492,8 @@ def convert_meta_checkpoint(
         from .runtime import detect_runtime
 
         ram_available_bytes = detect_runtime().ram_available_bytes
-    check_resources(checkpoint, dtype, ram_available_bytes, shutil.disk_usage(out.parent).free)
+    disk_free = shutil.disk_usage(out.parent).free
+    check_resources(checkpoint, dtype, ram_available_bytes, disk_free, max_file_bytes)
     log(
         f"{checkpoint.folder.name}: {len(checkpoint.shards)} shard(s), {checkpoint.n_layers} "
         f"layers, dim {checkpoint.dim}, {checkpoint.n_heads} heads ({checkpoint.n_kv_heads} "
@@ -503,7 +514,7 @@ def convert_meta_checkpoint(
                 "with these weights.",
             )
         try:
-            _write_weights(checkpoint, tmp, dtype, vocab, log)
+            _write_weights(checkpoint, tmp, dtype, vocab, max_file_bytes, log)
             _write_config(checkpoint, tmp, dtype, vocab, chat)
         except OSError as err:
             if err.errno == 28:  # ENOSPC

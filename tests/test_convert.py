@@ -439,3 +439,38 @@ def test_code_llama_instruct_folder(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.convert_tokens_to_ids("▁<PRE>") == 32007
     assert tokenizer.chat_template is not None  # an Instruct model: the [INST] template
+
+
+@pytest.mark.parametrize("layout", ["bfloat16", "legacy-format"])
+def test_meta_release_formats(tmp_path, layout):
+    """Meta ships bfloat16 tensors; very old torch files are not zip archives (no mmap)."""
+    params = make_params(2)
+    folder, sd = write_meta_folder(tmp_path, params, 2, seed=5)
+    if layout == "bfloat16":
+        sd = {k: v.to(torch.bfloat16) for k, v in sd.items()}
+        for i, shard in enumerate(split_shards(sd, 2)):
+            torch.save(shard, folder / f"consolidated.{i:02d}.pth")
+        sd = {k: v.float() for k, v in sd.items()}  # the reference computes in float32
+    else:
+        for i, shard in enumerate(split_shards(sd, 2)):
+            path = folder / f"consolidated.{i:02d}.pth"
+            torch.save(shard, path, _use_new_zipfile_serialization=False)
+        assert not inspect_meta_checkpoint(folder).mmap_ok
+    out = convert_meta_checkpoint(folder, tmp_path / "hf", dtype="float32")
+    tokens = torch.tensor([[1, 5, 17, 300, 42, 8]])
+    want = meta_forward(sd, params, tokens)
+    torch.testing.assert_close(_hf_logits(out, tokens), want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_big_model_is_written_in_several_files_with_an_index(tmp_path):
+    params = make_params(2)
+    folder, sd = write_meta_folder(tmp_path, params, 2, seed=6)
+    out = convert_meta_checkpoint(folder, tmp_path / "hf", dtype="float32", max_file_bytes=100_000)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) >= 3 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
+    assert sorted(p.name for p in out.glob("*.safetensors")) == files
+    tokens = torch.tensor([[1, 5, 17, 300]])
+    torch.testing.assert_close(
+        _hf_logits(out, tokens), meta_forward(sd, params, tokens), atol=1e-5, rtol=1e-5
+    )

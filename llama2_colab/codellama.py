@@ -215,7 +215,7 @@ def build_tiny_code_llama(out_dir: str | os.PathLike) -> Path:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from .convert import write_hf_tokenizer
+    from .convert import compute_intermediate_size, write_hf_tokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -225,7 +225,7 @@ def build_tiny_code_llama(out_dir: str | os.PathLike) -> Path:
     config = LlamaConfig(
         vocab_size=CODE_LLAMA_VOCAB_SIZE,
         hidden_size=64,
-        intermediate_size=172,
+        intermediate_size=compute_intermediate_size(64, multiple_of=32),  # 192, Meta's rule
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=4,

@@ -12,6 +12,8 @@ github.com/meta-llama/codellama:
   tokens are `▁<PRE>`=32007, `▁<SUF>`=32008, `▁<MID>`=32009, `▁<EOT>`=32010 in Code Llama's
   32016-token vocabulary. Meta trained infilling into the 7B and 13B models (base and
   Instruct), not into 34B, 70B or the Python models;
+- text is encoded as SentencePiece encodes it, with one `▁` in front, also when it starts with
+  spaces (indented code), where transformers' Llama tokenizer would drop that `▁`;
 - Instruct (`chat_completion`): the Llama 2 chat format, `[INST]`, `<<SYS>>` and all, which
   `llama2_colab.chat.encode_dialog` already builds exactly.
 
@@ -110,9 +112,19 @@ def _encode_without_space(tokenizer, text: str) -> list[int]:
     return ids[len(sentinel) :]
 
 
+def _encode_like_sentencepiece(tokenizer, text: str) -> list[int]:
+    """Meta's encode(text): one space marker in front, even if text starts with a space.
+
+    transformers' Llama tokenizer adds no marker when the text starts with a space, so
+    `"    return"` loses one of its five `▁`. Encoding `" " + text` without the added space
+    gives exactly the marker SentencePiece adds.
+    """
+    return _encode_without_space(tokenizer, " " + text) if text else []
+
+
 def encode_completion(tokenizer, code: str) -> list[int]:
     """Return the token ids of a completion prompt: BOS, then the code (Meta's text_completion)."""
-    return [tokenizer.bos_token_id] + _encode(tokenizer, code)
+    return [tokenizer.bos_token_id] + _encode_like_sentencepiece(tokenizer, code)
 
 
 def encode_infilling(tokenizer, prefix: str, suffix: str, suffix_first: bool = False) -> list[int]:
@@ -124,11 +136,11 @@ def encode_infilling(tokenizer, prefix: str, suffix: str, suffix_first: bool = F
             [bos, t.prefix, t.suffix]
             + _encode_without_space(tokenizer, suffix)
             + [t.middle]
-            + _encode(tokenizer, prefix)
+            + _encode_like_sentencepiece(tokenizer, prefix)
         )
     return (
         [bos, t.prefix]
-        + _encode(tokenizer, prefix)
+        + _encode_like_sentencepiece(tokenizer, prefix)
         + [t.suffix]
         + _encode_without_space(tokenizer, suffix)
         + [t.middle]

@@ -25,8 +25,8 @@ from llama2_colab.errors import UserFacingError  # noqa: E402
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
 
-# Prefixes start with code, as a file does: transformers' Llama tokenizer and SentencePiece
-# differ only on text that starts with a space.
+# Code that starts with spaces is where transformers' Llama tokenizer and SentencePiece differ:
+# the library must still give Meta's tokens there.
 INFILL_CASES = [
     ('def remove_non_ascii(s: str) -> str:\n    """ ', "\n    return result\n"),
     ("def fibonacci(n):\n", "    return fibonacci(n - 1) + fibonacci(n - 2)"),
@@ -34,6 +34,10 @@ INFILL_CASES = [
     ("for i in range(10):", ""),
     ("html = '<s>strike</s>'  # ", " ▁<PRE> stays text"),
     ("s = '☺ smile'\n", "print(s)  # ☺"),
+    ("    return x", "\n\ndef g():\n    pass"),
+    (" leading space", "  two spaces"),
+    ("▁x = 1\n", "▁"),
+    ("", "only a suffix"),
 ]
 
 
@@ -144,7 +148,9 @@ def test_infilling_prompt_reads_as_the_documented_format(tokenizer):
     assert tokenizer.decode(ids) == f"<s> <PRE> {pre} <SUF>{suf} <MID>"
 
 
-@pytest.mark.parametrize("code", ["def fibonacci(n):", "import numpy as np\n\nx = ", "<s>"])
+@pytest.mark.parametrize(
+    "code", ["def fibonacci(n):", "import numpy as np\n\nx = ", "<s>", "    indented", ""]
+)
 def test_completion_prompt_matches_meta(tokenizer, meta, code):
     assert encode_completion(tokenizer, code) == meta.encode(code, bos=True, eos=False)
 

@@ -62,6 +62,15 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "plan": ("LoadPlan", "format_plan", "make_plan"),
     "bench": ("bandwidth_limit_tokens_per_s", "bench_model", "format_bench", "run_bench"),
+    "convert": ("convert_meta_checkpoint", "inspect_meta_checkpoint"),
+    "codellama": (
+        "decode_infilling",
+        "encode_completion",
+        "encode_infilling",
+        "encode_instruct",
+        "ensure_tiny_code_llama",
+        "infill_tokens",
+    ),
     "colab": ("badge_markdown", "colab_url"),
     "errors": ("UserFacingError",),
 }

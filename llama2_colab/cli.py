@@ -89,6 +89,16 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert_meta_checkpoint
+
+    out = convert_meta_checkpoint(
+        args.meta_dir, args.out_dir, dtype=args.dtype, log=lambda msg: print(msg, flush=True)
+    )
+    print(f"Load it with AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     from .plan import format_plan, make_plan
     from .runtime import detect_runtime, preset_runtime
@@ -203,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tiny", help="write the offline tiny Llama 2 (model + tokenizer) to DIR")
     p.add_argument("dir")
     p.set_defaults(func=_cmd_tiny)
+
+    p = sub.add_parser(
+        "convert", help="turn Meta's download (consolidated.*.pth) into a Hugging Face folder"
+    )
+    p.add_argument("meta_dir", help="the folder download.sh made, e.g. llama-2-7b-chat")
+    p.add_argument("out_dir", help="a new or empty folder for the Hugging Face files")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("plan", help="will MODEL fit this GPU: format, memory, context (exit 2: no)")
     p.add_argument("model", nargs="?", help="'tiny', a catalog name, or a local model directory")

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -27,6 +28,7 @@ __all__ = [
     "LLAMA2_CHAT_TEMPLATE",
     "TINY_VERSION",
     "build_tiny_llama",
+    "ensure_built",
     "ensure_tiny_llama",
     "tiny_cache_dir",
 ]
@@ -166,14 +168,20 @@ def build_tiny_llama(out_dir: str | os.PathLike) -> Path:
 
 def ensure_tiny_llama(cache_dir: str | os.PathLike | None = None) -> Path:
     """Return the cached tiny Llama 2 directory, building it first if it is missing."""
-    target = Path(cache_dir) if cache_dir is not None else tiny_cache_dir()
+    return ensure_built(
+        Path(cache_dir) if cache_dir is not None else tiny_cache_dir(), build_tiny_llama
+    )
+
+
+def ensure_built(target: Path, build: Callable[[Path], object]) -> Path:
+    """Return target, running build(folder) first if target holds no model and tokenizer yet."""
     if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build next to the target and rename, so a killed build never leaves half a model behind.
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=target.parent))
     try:
-        build_tiny_llama(tmp)
+        build(tmp)
         try:
             tmp.rename(target)
         except OSError:

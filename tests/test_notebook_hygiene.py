@@ -21,6 +21,7 @@ EXPECTED = [
     "06_chat_app.ipynb",
     "07_bigger_models.ipynb",
     "08_fine_tuning.ipynb",
+    "09_code_llama.ipynb",
 ]
 TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{30,}")
 

@@ -1,0 +1,572 @@
+"""Meta's download route: turn the folder `download.sh` leaves into a Hugging Face folder.
+
+Meta's form mails you a link; `download.sh` asks for it and leaves one folder per model:
+
+    llama-2-7b-chat/consolidated.00.pth   the weights (13B: .00-.01, 70B: .00-.07, split for
+                                          model parallelism: each file holds a slice of each matrix)
+    llama-2-7b-chat/params.json           dim, n_layers, n_heads, n_kv_heads (70B), multiple_of,
+                                          ffn_dim_multiplier, norm_eps, rope_theta, vocab_size
+    llama-2-7b-chat/checklist.chk         md5 sums (`md5sum -c checklist.chk`)
+    tokenizer.model                       SentencePiece: beside (Llama 2) or inside (Code Llama)
+
+`convert_meta_checkpoint` writes what `AutoModelForCausalLM` and `AutoTokenizer` load. What it
+has to get right, as transformers' old `convert_llama_weights_to_hf.py` did (the transformers 5
+wheel no longer ships it):
+
+- the rotary permutation: Meta rotates adjacent pairs (x0, x1), Hugging Face rotates the two
+  halves of each head (x0, x_{d/2}), so the rows of `wq` and `wk` are reordered per head
+  (`wk` with the key/value heads: 8 for the 70B, grouped-query attention);
+- the shards: column-parallel matrices (wq, wk, wv, w1, w3, output) are split along dim 0,
+  row-parallel ones (wo, w2) and the embedding along dim 1; the norms are copied in every shard;
+- the config: the feed-forward size derived from `multiple_of`/`ffn_dim_multiplier` as Meta's
+  `llama/model.py` does, `norm_eps`, `rope_theta`, and the vocabulary size (Code Llama: 32016).
+
+It streams: shards are memory-mapped and the output is written a few layers at a time, so the
+RAM it needs is about one output file (2 GiB) plus the largest matrix, 3.5 GiB in all for 7B,
+not the whole model (the old script held every shard in RAM and then built a second copy).
+Measured on a 0.77 GiB bf16 checkpoint with 256 MiB files: 0.45 GiB of memory at the peak.
+`check_resources` states the need, with numbers, before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserFacingError
+
+__all__ = [
+    "MARKER_FILE",
+    "MAX_FILE_BYTES",
+    "MetaCheckpoint",
+    "check_resources",
+    "conversion_needs",
+    "compute_intermediate_size",
+    "convert_meta_checkpoint",
+    "inspect_meta_checkpoint",
+    "permute_rotary",
+    "write_hf_tokenizer",
+]
+
+GiB = 1024**3
+MARKER_FILE = "llama2_colab_conversion.json"  # marks an OUT_DIR this command wrote
+_SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
+_DTYPES = ("float16", "bfloat16", "float32")
+MAX_FILE_BYTES = 2 * GiB  # one output safetensors file; bounds the RAM the conversion needs
+_REQUIRED_PARAMS = ("dim", "n_layers", "n_heads", "norm_eps")
+
+
+@dataclass(frozen=True)
+class MetaCheckpoint:
+    """What a Meta-format folder holds, read from params.json and the file sizes alone."""
+
+    folder: Path
+    shards: tuple[Path, ...]  # consolidated.00.pth, consolidated.01.pth, ... in order
+    tokenizer: Path  # tokenizer.model (in the folder or its parent)
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int  # == n_heads unless grouped-query attention (70B, Code Llama 34B)
+    intermediate_size: int  # feed-forward size, derived as Meta's llama/model.py does
+    norm_eps: float
+    rope_theta: float
+    vocab_size: int  # from params.json, or -1 there: read from the tokenizer later
+    checkpoint_bytes: int  # sum of the shard files (bf16 for Meta's releases)
+    mmap_ok: bool  # every shard is a zip-format torch file, so torch.load can memory-map it
+
+    @property
+    def n_params(self) -> int:
+        """Return the parameter count params.json implies (vocab from params or 32000)."""
+        head_dim = self.dim // self.n_heads
+        vocab = self.vocab_size if self.vocab_size > 0 else 32000
+        attn = 2 * self.dim * self.dim + 2 * self.dim * self.n_kv_heads * head_dim
+        ffn = 3 * self.dim * self.intermediate_size
+        return self.n_layers * (attn + ffn + 2 * self.dim) + 2 * vocab * self.dim + self.dim
+
+
+def compute_intermediate_size(
+    dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None
+) -> int:
+    """Return the feed-forward size Meta's `FeedForward` builds (11008 for 7B, 28672 for 70B)."""
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def permute_rotary(weight, n_heads: int):
+    """Return wq/wk with each head's rows reordered from Meta's pairwise rotary to HF's halves."""
+    rows, cols = weight.shape
+    return weight.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def _read_params(folder: Path) -> dict:
+    path = folder / "params.json"
+    if not path.is_file():
+        raise UserFacingError(
+            f"{folder} has no params.json, so it is not a Meta-format model folder.",
+            "Point convert at the folder download.sh made for one model, e.g. llama-2-7b-chat/.",
+        )
+    try:
+        params = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserFacingError(
+            f"{path} is not valid JSON ({err}).",
+            "Download it again with download.sh (it is a few hundred bytes).",
+        ) from None
+    params = params.get("model", params) if isinstance(params, dict) else params
+    missing = [k for k in _REQUIRED_PARAMS if not isinstance(params, dict) or k not in params]
+    if missing:
+        raise UserFacingError(
+            f"{path} lacks {', '.join(missing)}: it does not describe a Llama model.",
+            "Download it again with download.sh.",
+        )
+    return params
+
+
+def _find_shards(folder: Path) -> tuple[Path, ...]:
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _SHARD_RE.match(p.name)))
+    if not found:
+        raise UserFacingError(
+            f"{folder} has params.json but no consolidated.00.pth.",
+            "The download stopped early: run download.sh again (wget --continue resumes).",
+        )
+    numbers = [n for n, _ in found]
+    if numbers != list(range(len(numbers))):
+        gaps = sorted(set(range(max(numbers) + 1)) - set(numbers))
+        raise UserFacingError(
+            f"{folder} lacks shard(s) {', '.join(f'consolidated.{n:02d}.pth' for n in gaps)}.",
+            "The download stopped early: run download.sh again (wget --continue resumes).",
+        )
+    return tuple(p for _, p in found)
+
+
+def _is_hf_folder(folder: Path) -> bool:
+    has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+    return (folder / "config.json").is_file() and has_weights
+
+
+def inspect_meta_checkpoint(meta_dir: str | os.PathLike) -> MetaCheckpoint:
+    """Return what a Meta-format folder holds; raise UserFacingError if it is not one."""
+    folder = Path(meta_dir).expanduser()
+    if not folder.exists():
+        raise UserFacingError(f"{folder} does not exist.", "Check the path to the model folder.")
+    if not folder.is_dir():
+        raise UserFacingError(
+            f"{folder} is a file, not a folder.",
+            "Give the folder that holds params.json and consolidated.00.pth.",
+        )
+    if _is_hf_folder(folder):
+        raise UserFacingError(
+            f"{folder} is already a Hugging Face folder (config.json and weights): "
+            "nothing to convert.",
+            f"Load it as it is: AutoModelForCausalLM.from_pretrained({str(folder)!r}).",
+        )
+    params = _read_params(folder)
+    shards = _find_shards(folder)
+    tokenizer = next(
+        (p for p in (folder / "tokenizer.model", folder.parent / "tokenizer.model") if p.is_file()),
+        None,
+    )
+    if tokenizer is None:
+        raise UserFacingError(
+            f"No tokenizer.model in {folder} or in {folder.parent}.",
+            "download.sh puts it next to the model folders (Llama 2) or inside them (Code "
+            "Llama); download it again or copy it into the model folder.",
+        )
+    try:
+        dim, n_heads = int(params["dim"]), int(params["n_heads"])
+        n_kv = int(params.get("n_kv_heads") or n_heads)
+        checkpoint = MetaCheckpoint(
+            folder=folder,
+            shards=shards,
+            tokenizer=tokenizer,
+            dim=dim,
+            n_layers=int(params["n_layers"]),
+            n_heads=n_heads,
+            n_kv_heads=n_kv,
+            intermediate_size=compute_intermediate_size(
+                dim, int(params.get("multiple_of", 256)), params.get("ffn_dim_multiplier")
+            ),
+            norm_eps=float(params["norm_eps"]),
+            rope_theta=float(params.get("rope_theta") or 10000.0),
+            vocab_size=int(params.get("vocab_size", -1)),
+            checkpoint_bytes=sum(p.stat().st_size for p in shards),
+            mmap_ok=all(zipfile.is_zipfile(p) for p in shards),
+        )
+    except (TypeError, ValueError) as err:
+        raise UserFacingError(
+            f"{folder / 'params.json'} has a value of the wrong type ({err}).",
+            "Download it again with download.sh.",
+        ) from None
+    if dim % n_heads or n_heads % n_kv or (dim // n_heads) % 2:
+        raise UserFacingError(
+            f"params.json says dim={dim}, n_heads={n_heads}, n_kv_heads={n_kv}: these do not "
+            "split into whole heads.",
+            "Download params.json again with download.sh.",
+        )
+    return checkpoint
+
+
+def conversion_needs(
+    checkpoint: MetaCheckpoint, dtype: str, max_file_bytes: int = MAX_FILE_BYTES
+) -> tuple[int, int]:
+    """Return (RAM, disk) bytes the conversion needs: one output file in RAM, the model on disk."""
+    out_bytes = checkpoint.n_params * (4 if dtype == "float32" else 2)
+    biggest = max(checkpoint.intermediate_size, checkpoint.vocab_size, 32000) * checkpoint.dim
+    # One output file being filled, plus the tensor being joined and cast (float32 at most);
+    # without memory-mapping (an old-format shard), every shard is read into RAM as well.
+    ram = min(out_bytes, max_file_bytes) + 2 * biggest * 4 + GiB // 2
+    if not checkpoint.mmap_ok:
+        ram += checkpoint.checkpoint_bytes
+    return ram, out_bytes + 64 * 2**20  # the weights, plus the tokenizer and some slack
+
+
+def check_resources(
+    checkpoint: MetaCheckpoint,
+    dtype: str,
+    ram_available_bytes: int,
+    disk_free_bytes: int,
+    max_file_bytes: int = MAX_FILE_BYTES,
+) -> None:
+    """Raise UserFacingError, with the numbers, if RAM or disk cannot hold the conversion."""
+    need_ram, need_disk = conversion_needs(checkpoint, dtype, max_file_bytes)
+    if ram_available_bytes < need_ram:
+        raise UserFacingError(
+            f"Converting {checkpoint.folder.name} needs about {need_ram / GiB:.1f} GiB of free "
+            f"RAM; this machine has {ram_available_bytes / GiB:.1f} GiB available.",
+            "Free memory (restart the runtime, close other notebooks) or convert on a machine "
+            "with more RAM.",
+        )
+    if disk_free_bytes < need_disk:
+        raise UserFacingError(
+            f"The converted {checkpoint.folder.name} takes {need_disk / GiB:.1f} GiB of disk in "
+            f"{dtype}; the output folder's disk has {disk_free_bytes / GiB:.1f} GiB free.",
+            "Free disk space or write OUT_DIR to a bigger disk (on Colab: /content, not Drive).",
+        )
+
+
+def _load_shard(path: Path, mmap: bool) -> dict:
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        raise UserFacingError(
+            f"{path.name} could not be read ({type(err).__name__}: {str(err)[:200]}).",
+            "The file is damaged or incomplete: run download.sh again and check it with "
+            "`md5sum -c checklist.chk` in the model folder.",
+        ) from None
+
+
+class _Shards:
+    """The model-parallel shards, joined back into whole tensors one name at a time."""
+
+    def __init__(self, checkpoint: MetaCheckpoint):
+        self.ckpt = checkpoint
+        self.parts = [_load_shard(p, checkpoint.mmap_ok) for p in checkpoint.shards]
+        # Each shard holds 1/N of wq's rows, so the first shard tells how many there must be.
+        wq = self.parts[0].get("layers.0.attention.wq.weight")
+        if wq is not None and wq.shape[0] and checkpoint.dim % wq.shape[0] == 0:
+            expected, found = checkpoint.dim // wq.shape[0], len(self.parts)
+            if expected != found:
+                last = f"consolidated.{expected - 1:02d}.pth"
+                raise UserFacingError(
+                    f"This model comes in {expected} shards (consolidated.00.pth to {last}); "
+                    f"{checkpoint.folder} has {found}.",
+                    "The download stopped early: run download.sh again (wget --continue "
+                    "resumes), then check it with `md5sum -c checklist.chk`.",
+                )
+
+    def get(self, name: str, dim: int | None):
+        """Return tensor `name` joined along dim (None: replicated, the same in every shard)."""
+        import torch
+
+        try:
+            pieces = [part[name] for part in self.parts]
+        except KeyError:
+            bad = next(
+                p.name
+                for p, part in zip(self.ckpt.shards, self.parts, strict=True)
+                if name not in part
+            )
+            raise UserFacingError(
+                f"{bad} has no tensor {name!r}: it is not a Llama checkpoint or it is damaged.",
+                "Download it again with download.sh.",
+            ) from None
+        if any(p.shape != pieces[0].shape for p in pieces):
+            shapes = ", ".join(str(tuple(p.shape)) for p in pieces)
+            raise UserFacingError(
+                f"The shards disagree on the shape of {name}: {shapes}.",
+                "The folder mixes files of different models: download the model again.",
+            )
+        if dim is None:
+            if any(not torch.equal(p, pieces[0]) for p in pieces[1:]):
+                raise UserFacingError(
+                    f"The shards hold different copies of {name}, which every shard repeats.",
+                    "The folder mixes files of different models: download the model again.",
+                )
+            return pieces[0].clone()
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
+
+
+def _expect(name: str, tensor, shape: tuple[int, ...]) -> None:
+    if tuple(tensor.shape) != shape:
+        raise UserFacingError(
+            f"{name} has shape {tuple(tensor.shape)}, but params.json implies {shape}.",
+            "params.json and the weights come from different models, or a shard is missing: "
+            "download the model again.",
+        )
+
+
+def _layer_tensors(shards: _Shards, i: int) -> dict:
+    """Return layer i's tensors under Hugging Face names, joined and permuted."""
+    c = shards.ckpt
+    head_dim = c.dim // c.n_heads
+    kv_dim = c.n_kv_heads * head_dim
+    p = f"layers.{i}."
+    wq = shards.get(p + "attention.wq.weight", 0)
+    wk = shards.get(p + "attention.wk.weight", 0)
+    out = {
+        "self_attn.q_proj.weight": (wq, (c.dim, c.dim)),
+        "self_attn.k_proj.weight": (wk, (kv_dim, c.dim)),
+        "self_attn.v_proj.weight": (shards.get(p + "attention.wv.weight", 0), (kv_dim, c.dim)),
+        "self_attn.o_proj.weight": (shards.get(p + "attention.wo.weight", 1), (c.dim, c.dim)),
+        "mlp.gate_proj.weight": (
+            shards.get(p + "feed_forward.w1.weight", 0),
+            (c.intermediate_size, c.dim),
+        ),
+        "mlp.down_proj.weight": (
+            shards.get(p + "feed_forward.w2.weight", 1),
+            (c.dim, c.intermediate_size),
+        ),
+        "mlp.up_proj.weight": (
+            shards.get(p + "feed_forward.w3.weight", 0),
+            (c.intermediate_size, c.dim),
+        ),
+        "input_layernorm.weight": (shards.get(p + "attention_norm.weight", None), (c.dim,)),
+        "post_attention_layernorm.weight": (shards.get(p + "ffn_norm.weight", None), (c.dim,)),
+    }
+    for name, (tensor, shape) in out.items():
+        _expect(p + name, tensor, shape)
+    result = {f"model.layers.{i}.{name}": tensor for name, (tensor, _) in out.items()}
+    result[f"model.layers.{i}.self_attn.q_proj.weight"] = permute_rotary(wq, c.n_heads)
+    result[f"model.layers.{i}.self_attn.k_proj.weight"] = permute_rotary(wk, c.n_kv_heads)
+    return result
+
+
+def write_hf_tokenizer(tokenizer_model: str | os.PathLike, out_dir: str | os.PathLike, chat: bool):
+    """Write a Hugging Face Llama tokenizer built from Meta's tokenizer.model; return it."""
+    try:
+        import google.protobuf  # noqa: F401
+        import sentencepiece  # noqa: F401
+    except ImportError as err:
+        raise UserFacingError(
+            f"Reading tokenizer.model needs the `{err.name}` package.",
+            "pip install sentencepiece protobuf",
+        ) from None
+    from transformers import LlamaTokenizer
+
+    from .tiny import LLAMA2_CHAT_TEMPLATE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copyfile(tokenizer_model, Path(tmp) / "tokenizer.model")
+        # As in meta-llama/Llama-2-7b-hf: BOS added, EOS not, padding on the left.
+        tokenizer = LlamaTokenizer.from_pretrained(
+            tmp, add_bos_token=True, add_eos_token=False, legacy=False, padding_side="left"
+        )
+    if chat:
+        tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
+    tokenizer.save_pretrained(out_dir)
+    shutil.copyfile(tokenizer_model, Path(out_dir) / "tokenizer.model")
+    return tokenizer
+
+
+def _write_weights(
+    checkpoint: MetaCheckpoint,
+    out: Path,
+    dtype: str,
+    vocab: int,
+    max_file_bytes: int,
+    log: Callable[[str], None],
+) -> None:
+    """Write the weights as safetensors files of about max_file_bytes at most, and an index."""
+    import torch
+    from safetensors.torch import save_file
+
+    torch_dtype = getattr(torch, dtype)
+    shards = _Shards(checkpoint)
+    embed = shards.get("tok_embeddings.weight", 1)
+    head = shards.get("output.weight", 0)
+    norm = shards.get("norm.weight", None)
+    _expect("tok_embeddings.weight", embed, (vocab, checkpoint.dim))
+    _expect("output.weight", head, (vocab, checkpoint.dim))
+    _expect("norm.weight", norm, (checkpoint.dim,))
+
+    groups: list[Callable[[], dict]] = [
+        lambda: {"model.embed_tokens.weight": embed},
+        *[(lambda i=i: _layer_tensors(shards, i)) for i in range(checkpoint.n_layers)],
+        lambda: {"model.norm.weight": norm, "lm_head.weight": head},
+    ]
+    files: list[dict] = []
+    pending: dict = {}
+    pending_bytes = 0
+    total_bytes = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_bytes
+        if pending:
+            name = f"part-{len(files) + 1:05d}.safetensors"
+            save_file(pending, str(out / name), metadata={"format": "pt"})
+            files.append({k: name for k in pending})
+            log(f"wrote part {len(files)} ({pending_bytes / GiB:.2f} GiB)")
+            pending, pending_bytes = {}, 0
+
+    for group in groups:
+        tensors = {k: v.to(torch_dtype).contiguous() for k, v in group().items()}
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        if pending and pending_bytes + size > max_file_bytes:
+            flush()
+        pending.update(tensors)
+        pending_bytes += size
+        total_bytes += size
+    flush()
+
+    # Name the files the way save_pretrained does, now that their count is known.
+    weight_map = {}
+    for n, names in enumerate(files, start=1):
+        old = next(iter(names.values()))
+        new = (
+            "model.safetensors"
+            if len(files) == 1
+            else f"model-{n:05d}-of-{len(files):05d}.safetensors"
+        )
+        (out / old).rename(out / new)
+        weight_map.update({k: new for k in names})
+    if len(files) > 1:
+        index = {
+            "metadata": {"total_size": total_bytes},
+            "weight_map": dict(sorted(weight_map.items())),
+        }
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), "utf-8")
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserFacingError(f"{out} is a file.", "Give a new folder name for OUT_DIR.")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER_FILE).is_file():
+        raise UserFacingError(
+            f"{out} is not empty and was not written by this command; it is left as it is.",
+            "Give a new or empty folder for OUT_DIR.",
+        )
+
+
+def convert_meta_checkpoint(
+    meta_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    dtype: str = "float16",
+    ram_available_bytes: int | None = None,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    log: Callable[[str], None] = lambda msg: None,
+) -> Path:
+    """Convert a Meta-format model folder into a Hugging Face folder at out_dir; return it.
+
+    The output appears whole or not at all: it is written into a temporary folder beside
+    out_dir and renamed. An existing out_dir is replaced only if this command wrote it.
+    """
+    if dtype not in _DTYPES:
+        raise UserFacingError(f"Unknown dtype {dtype!r}.", f"Use one of {', '.join(_DTYPES)}.")
+    checkpoint = inspect_meta_checkpoint(meta_dir)
+    out = Path(out_dir).expanduser().absolute()
+    _check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if ram_available_bytes is None:
+        from .runtime import detect_runtime
+
+        ram_available_bytes = detect_runtime().ram_available_bytes
+    disk_free = shutil.disk_usage(out.parent).free
+    check_resources(checkpoint, dtype, ram_available_bytes, disk_free, max_file_bytes)
+    log(
+        f"{checkpoint.folder.name}: {len(checkpoint.shards)} shard(s), {checkpoint.n_layers} "
+        f"layers, dim {checkpoint.dim}, {checkpoint.n_heads} heads ({checkpoint.n_kv_heads} "
+        f"key/value), feed-forward {checkpoint.intermediate_size}"
+    )
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.converting-", dir=out.parent))
+    try:
+        name = checkpoint.folder.name.lower()
+        chat = "chat" in name or "instruct" in name
+        tokenizer = write_hf_tokenizer(checkpoint.tokenizer, tmp, chat=chat)
+        vocab = checkpoint.vocab_size if checkpoint.vocab_size > 0 else len(tokenizer)
+        if len(tokenizer) != vocab:
+            raise UserFacingError(
+                f"tokenizer.model has {len(tokenizer)} tokens but params.json says "
+                f"vocab_size={vocab}.",
+                "The tokenizer belongs to another model: use the one download.sh fetched "
+                "with these weights.",
+            )
+        try:
+            _write_weights(checkpoint, tmp, dtype, vocab, max_file_bytes, log)
+            _write_config(checkpoint, tmp, dtype, vocab, chat)
+        except OSError as err:
+            if err.errno == 28:  # ENOSPC
+                raise UserFacingError(
+                    f"The disk filled up while writing {out.name}.",
+                    "Free disk space or write OUT_DIR to a bigger disk, then run convert again.",
+                ) from None
+            raise
+        if out.exists():  # ours (checked above): replace it
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"Wrote {out}")
+    return out
+
+
+def _write_config(checkpoint: MetaCheckpoint, out: Path, dtype: str, vocab: int, chat: bool):
+    from transformers import GenerationConfig, LlamaConfig
+
+    # Llama 2: 4096 positions. Code Llama (rope_theta 1e6) was trained on 16k sequences.
+    positions = 16384 if checkpoint.rope_theta > 10000.0 else 4096
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=checkpoint.dim,
+        intermediate_size=checkpoint.intermediate_size,
+        num_hidden_layers=checkpoint.n_layers,
+        num_attention_heads=checkpoint.n_heads,
+        num_key_value_heads=checkpoint.n_kv_heads,
+        max_position_embeddings=positions,
+        rms_norm_eps=checkpoint.norm_eps,
+        rope_theta=checkpoint.rope_theta,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=None,
+        tie_word_embeddings=False,
+        dtype=dtype,
+        architectures=["LlamaForCausalLM"],
+    )
+    config.save_pretrained(out)
+    generation = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_length": positions}
+    if chat:  # the sampling settings of Meta's chat examples, as in Llama-2-7b-chat-hf
+        generation.update(do_sample=True, temperature=0.6, top_p=0.9)
+    GenerationConfig(**generation).save_pretrained(out)
+    marker = {
+        "converted_from": str(checkpoint.folder.absolute()),
+        "shards": [p.name for p in checkpoint.shards],
+        "dtype": dtype,
+    }
+    (out / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", "utf-8")

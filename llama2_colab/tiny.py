@@ -56,9 +56,9 @@ LLAMA2_CHAT_TEMPLATE = (
 TINY_VERSION = "1"
 _SEED = 0
 _PIECE_VOCAB = 1200  # word pieces learned from the corpus, on top of 3 specials + 256 bytes
-# Written into every folder build_tiny_llama fills: the sign that writing over it loses nothing.
-MARKER = ".llama2_colab_tiny"
-_MARKER_TEXT = f"Offline tiny Llama 2 written by llama2_colab (recipe v{TINY_VERSION}).\n"
+# Written into every folder build_tiny_llama fills, with exactly the text _README: the sign that
+# writing over the folder loses nothing.
+MARKER = "README.md"
 _README = (
     "Offline tiny Llama 2 built by llama2_colab: real LlamaForCausalLM architecture and "
     "Llama 2 chat template, random weights (seed 0). Not a language model: it answers "
@@ -155,15 +155,14 @@ def _write_tiny_files(out: Path) -> None:
     )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / "README.md").write_text(_README, encoding="utf-8")
-    (out / MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
+    (out / MARKER).write_text(_README, encoding="utf-8")
 
 
 def _refuse_target(out_dir: str | os.PathLike) -> Path:
     """Return out_dir as a Path if the tiny model may be written there; else UserFacingError.
 
-    Allowed: a new folder, an empty one, or one this package wrote itself (it holds MARKER, or
-    the README of a build from before there was a marker). Nothing else is ever written over.
+    Allowed: a new folder, an empty one, or one this package wrote itself (its README.md is the
+    one build_tiny_llama writes). Nothing else is ever written over.
     """
     from .errors import UserFacingError
 
@@ -200,11 +199,8 @@ def _refuse_target(out_dir: str | os.PathLike) -> Path:
 
 def is_tiny_folder(folder: str | os.PathLike) -> bool:
     """Return True if folder was written by build_tiny_llama (so writing over it loses nothing)."""
-    folder = Path(folder)
-    if (folder / MARKER).is_file():
-        return True
-    try:  # a build from before the marker: its README is the signature
-        return (folder / "README.md").read_text(encoding="utf-8") == _README
+    try:
+        return (Path(folder) / MARKER).read_text(encoding="utf-8") == _README
     except (OSError, UnicodeDecodeError):
         return False
 

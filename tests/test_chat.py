@@ -263,8 +263,12 @@ def test_budget_keeps_everything_when_it_fits(tok):
 
 def test_a_single_message_too_long_for_the_window_is_a_clear_error(tok):
     huge = {"role": "user", "content": " ".join(["tomato"] * 800)}
-    with pytest.raises(UserFacingError, match="lower max new tokens to at most"):
+    with pytest.raises(UserFacingError, match="more than the model's whole 600-token context"):
         fit_dialog(tok, [S, *_chat(3, 2), huge], context_limit=600, max_new_tokens=64)
+    long = {"role": "user", "content": " ".join(["tomato"] * 100)}
+    need = len(encode_dialog(tok, [S, long]))
+    with pytest.raises(UserFacingError, match=f"lower max new tokens to at most {600 - need}"):
+        fit_dialog(tok, [S, *_chat(3, 2), long], context_limit=600, max_new_tokens=500)
     with pytest.raises(UserFacingError, match="between 1 and 599"):
         fit_dialog(tok, [U], context_limit=600, max_new_tokens=600)
 

@@ -38,6 +38,7 @@ __all__ = [
     "DialogFit",
     "StopOnEvent",
     "check_dialog",
+    "check_message",
     "encode_dialog",
     "fit_dialog",
     "read_context_limit",
@@ -103,6 +104,15 @@ def check_dialog(messages: Sequence[dict]) -> None:
             "The last message is from the assistant; the dialog must end with a user message "
             "for Llama 2 to answer. Append the user's next message."
         )
+
+
+def check_message(text: str) -> None:
+    """Raise TypeError/ValueError, saying what to fix, unless text can be sent as a message."""
+    if not isinstance(text, str):
+        raise TypeError(f"The message must be a string, not {type(text).__name__}.")
+    if not text.strip():
+        raise ValueError("The message is empty; type something to send.")
+    _check_text(text, "Your message")
 
 
 def _check_text(text: str, what: str) -> None:
@@ -382,11 +392,7 @@ class ChatSession:
 
     def plan_prompt(self, text: str, history: Sequence[dict] | None = None) -> DialogFit:
         """Return the prompt that send(text) would use, fitted to the context window."""
-        if not isinstance(text, str):
-            raise TypeError(f"The message must be a string, not {type(text).__name__}.")
-        if not text.strip():
-            raise ValueError("The message is empty; type something to send.")
-        _check_text(text, "Your message")
+        check_message(text)
         _check_text(self._system_text(), "The system prompt")
         if self.context_limit is not None:
             _check_count(self.context_limit, "context_limit", 2, "None uses the model's own")

@@ -72,16 +72,20 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .auth import find_token
-    from .chat import ChatSession, read_context_limit
+    from .chat import ChatSession, check_message, read_context_limit
     from .models import choose_model, cpu_threads_for, load_with_plan, oom_as_advice
     from .plan import make_plan
     from .runtime import detect_runtime, format_report, recommend_settings
 
+    try:
+        check_message(args.prompt)  # before anything loads
+    except ValueError as err:
+        raise UserFacingError(str(err), "Reword the prompt and run the demo again.") from None
     facts = detect_runtime()
     print(format_report(facts, recommend_settings(facts)))
     token = find_token()
     choice = choose_model(facts, requested=args.model, has_token=bool(token))
-    print(f"Model   : {choice.name} ({choice.reason})")
+    print(redact_secrets(f"Model   : {choice.name} ({choice.reason})"))
     _check_local_model(choice.name)
     # Decide, then act: the plan picks fp16/bf16 or 4-bit and refuses what cannot fit.
     plan = make_plan(choice.name, facts)

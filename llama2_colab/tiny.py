@@ -173,6 +173,15 @@ def _refuse_target(out_dir: str | os.PathLike) -> Path:
             "Name a new folder, e.g. `python -m llama2_colab tiny ./tiny-llama-2`.",
         )
     out = Path(out_dir).expanduser()
+    for above in out.parents:  # a file where a folder on the way should be
+        if above.exists():
+            if not above.is_dir():
+                raise UserFacingError(
+                    f"Cannot write the tiny model to {str(out)!r}: {str(above)!r} is a file, "
+                    "so no folder can be made inside it.",
+                    "Name a new folder, e.g. `python -m llama2_colab tiny ./tiny-llama-2`.",
+                )
+            break
     if out.exists() and not out.is_dir():
         raise UserFacingError(
             f"{str(out)!r} is a file, not a folder; the tiny model is a folder of files.",
@@ -285,7 +294,7 @@ def ensure_tiny_llama(cache_dir: str | os.PathLike | None = None, rebuild: bool 
     problem = "you asked for a rebuild" if rebuild else check_tiny_cache(target)
     if problem is None:
         return target
-    if problem != "it is missing":
+    if not rebuild and problem != "it is missing":  # a caller asking for a rebuild says why
         warnings.warn(
             f"The cached tiny Llama 2 at {target} cannot be used ({problem.rstrip('.')}); "
             "rebuilding it.",

@@ -116,6 +116,8 @@ def make_bench_prompt(tokenizer, n_tokens: int = 512) -> tuple[str, list[int]]:
     The text comes from the package's small corpus, repeated as needed, so a pipeline that is
     given the text tokenizes it to the same ids the package path is given.
     """
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+        raise ValueError(f"n_tokens must be a whole number of at least 1, not {n_tokens!r}.")
     corpus = resources.files("llama2_colab").joinpath("data/tiny_corpus.txt").read_text("utf-8")
     words = corpus.split()
     while len(words) < 4 * n_tokens:

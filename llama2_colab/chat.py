@@ -576,6 +576,11 @@ class ChatSession:
 
 def _check_history(messages: list, system: str = "") -> None:
     """Raise ValueError unless messages are finished user/assistant pairs (plus system text)."""
+    if not isinstance(messages, (list, tuple)):
+        raise ValueError(
+            f"This chat history cannot be used: it must be a list of messages, not "
+            f"{type(messages).__name__}."
+        )
     try:
         if not isinstance(system, str):
             raise ValueError(f"the system prompt must be a string, not {type(system).__name__}")

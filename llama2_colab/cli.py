@@ -163,7 +163,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         else:
             _emit("\n".join(f"{e.id:40} {e.family} {e.size} {e.variant}" for e in entries))
         return 0
-    if not args.model:
+    if not (args.model or "").strip():
         raise UserFacingError(
             "Which model? Give a name.", "e.g. `plan meta-llama/Llama-2-7b-chat-hf`"
         )

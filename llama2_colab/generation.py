@@ -84,6 +84,14 @@ def fast_generate_kwargs(
     Pass the result through `stream_generate(..., **fast_generate_kwargs(...))`. Greedy output is
     the same as without them.
     """
+    for name, value, least in (
+        ("prompt_lookup_tokens", prompt_lookup_tokens, 0),
+        ("max_cache_len", max_cache_len, 1),
+    ):
+        if value is None and name == "max_cache_len":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be a whole number of at least {least}, not {value!r}.")
     if static_cache and prompt_lookup_tokens:
         raise ValueError("Choose one fast path: a static cache or prompt lookup, not both.")
     kwargs: dict = {}

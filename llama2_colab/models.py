@@ -58,7 +58,7 @@ def choose_model(
     Hugging Face token (the repository is gated), and the reason says so.
     """
     env = os.environ if env is None else env
-    if requested:
+    if requested and requested.strip():
         return ModelChoice(requested.strip(), "you asked for it")
     from_env = (env.get(MODEL_ENV) or "").strip()
     if from_env:

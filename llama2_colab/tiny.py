@@ -301,6 +301,12 @@ def ensure_tiny_llama(cache_dir: str | os.PathLike | None = None, rebuild: bool 
             stacklevel=2,
         )
     root = target.parent
+    theirs = (target.exists() or target.is_symlink()) and not _ours_or_empty(target)
+    if theirs and cache_dir is not None:  # a folder the caller named: not ours to move
+        raise UserFacingError(
+            f"{str(target)!r} holds something other than the tiny model; it is left as it is.",
+            "Pass a new or empty folder as the cache, or leave cache_dir out.",
+        )
     if root.exists() and not root.is_dir():
         raise UserFacingError(
             f"The tiny-model cache folder {str(root)!r} is a file.",
@@ -335,17 +341,23 @@ def ensure_tiny_llama(cache_dir: str | os.PathLike | None = None, rebuild: bool 
     return target
 
 
+def _ours_or_empty(target: Path) -> bool:
+    """True for a real folder that is empty or that build_tiny_llama wrote."""
+    if not target.is_dir() or target.is_symlink():
+        return False
+    return is_tiny_folder(target) or not any(target.iterdir())
+
+
 def _set_aside(target: Path) -> None:
-    """Remove a damaged cache this package wrote; keep anything else as <name>.damaged."""
-    if target.is_dir() and not target.is_symlink() and is_tiny_folder(target):
+    """Remove a damaged cache this package wrote; keep anything else as <name>.damaged[-N]."""
+    if _ours_or_empty(target):
         old = Path(tempfile.mkdtemp(prefix=".tiny-old-", dir=target.parent))
         target.rename(old / "old")
         shutil.rmtree(old, ignore_errors=True)
         return
-    aside = target.with_name(target.name + ".damaged")
-    if aside.is_dir() and not aside.is_symlink():
-        shutil.rmtree(aside)
-    elif aside.exists() or aside.is_symlink():
-        aside.unlink()
+    aside, n = target.with_name(target.name + ".damaged"), 1
+    while aside.exists() or aside.is_symlink():
+        n += 1
+        aside = target.with_name(f"{target.name}.damaged-{n}")
     target.rename(aside)
     warnings.warn(f"Kept what was at {target} as {aside}.", stacklevel=3)

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -176,24 +177,45 @@ def _cache_is_a_file(d: Path) -> None:
         (_cache_is_a_file, "it is a file, not a folder"),
     ],
 )
-def test_a_damaged_tiny_cache_is_rebuilt_once_and_says_so(tmp_path, tiny_dir, damage, says):
-    cache = tmp_path / "tiny"
+def test_a_damaged_tiny_cache_is_rebuilt_once_and_says_so(
+    tmp_path, tiny_dir, monkeypatch, damage, says
+):
+    from llama2_colab.tiny import tiny_cache_dir
+
+    monkeypatch.setenv("LLAMA2_COLAB_CACHE", str(tmp_path))
+    cache = tiny_cache_dir()
     shutil.copytree(tiny_dir, cache)
     good = _snapshot(cache)
     damage(cache)
     with pytest.warns(UserWarning, match=f"cannot be used .*{says}.*rebuilding it"):
-        again = ensure_tiny_llama(cache)
+        again = ensure_tiny_llama()
     assert again == cache and check_tiny_cache(cache) is None
     assert _snapshot(cache) == good  # the rebuild is the same model, byte for byte
     if damage is _cache_is_a_file:  # not ours to delete: kept beside it
-        assert (tmp_path / "tiny.damaged").read_text() == "something else\n"
-    with_no_warning = _snapshot(cache)
-    import warnings
-
+        assert cache.with_name(cache.name + ".damaged").read_text() == "something else\n"
+    with_no_warning = _snapshot(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once: a whole cache is used as it is
-        ensure_tiny_llama(cache)
-    assert _snapshot(cache) == with_no_warning
+        ensure_tiny_llama()
+    assert _snapshot(tmp_path) == with_no_warning
+
+
+@pytest.mark.parametrize("what", ["a file", "a folder of yours"])
+def test_a_cache_dir_you_name_is_never_moved_or_overwritten(tmp_path, what):
+    target = tmp_path / "mine"
+    if what == "a file":
+        target.write_text("my notes\n")
+    else:
+        _users_files(target)
+    before = _snapshot(tmp_path)
+    with pytest.raises(UserFacingError, match="holds something other than the tiny model"):
+        ensure_tiny_llama(target)
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_cache_dir_that_is_empty_is_filled(tmp_path, tiny_dir):
+    (tmp_path / "empty").mkdir()
+    assert _snapshot(ensure_tiny_llama(tmp_path / "empty")) == _snapshot(tiny_dir)
 
 
 def test_a_tiny_cache_that_fails_to_load_is_rebuilt_and_loads(tmp_path, tiny_dir, monkeypatch):
@@ -407,6 +429,7 @@ NUMBER_CASES = [
     (["demo", ""], 1, "The message is empty"),
     (["demo", "a [INST] b"], 1, r"contains '\[INST\]'"),
     (["plan"], 1, "Which model\\? Give a name"),
+    (["plan", "  "], 1, "Which model\\? Give a name"),
     (["plan", "tiny", "--gpu", "TPU"], 1, "Pass --gpu with one of those names"),
     (["plan", "tiny", "--dtype", "int4"], 2, "--dtype: invalid choice: 'int4'"),
     (["plan", "llama-3-8b"], 1, "No architecture known for 'llama-3-8b'"),
@@ -819,3 +842,52 @@ def test_stop_from_another_thread_ends_the_reply_and_is_used_up(session):
     session.max_new_tokens = 5
     session.send("next")
     assert not session.last_stopped
+
+
+# ---------------------------------------------------------------------------------------------
+# More public functions, more bad arguments
+
+
+def _library_cases():
+    from llama2_colab.bench import make_bench_prompt
+    from llama2_colab.generation import fast_generate_kwargs
+
+    return [
+        (lambda m, t: ChatSession(m, t, history=None), ValueError, "must be a list of messages"),
+        (lambda m, t: ChatSession(m, t, history="hi"), ValueError, "not str"),
+        (lambda m, t: ChatSession(m, t, system_prompt=3), ValueError, "must be a string"),
+        (
+            lambda m, t: fast_generate_kwargs(prompt_lookup_tokens=-1),
+            ValueError,
+            "prompt_lookup_tokens must be a whole number of at least 0",
+        ),
+        (
+            lambda m, t: fast_generate_kwargs(static_cache=True, max_cache_len=0),
+            ValueError,
+            "max_cache_len must be a whole number of at least 1",
+        ),
+        (lambda m, t: make_bench_prompt(t, 0), ValueError, "n_tokens must be a whole number"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_library_functions_say_what_is_wrong(tiny_model_and_tokenizer, case):
+    model, tok = tiny_model_and_tokenizer
+    call, error, message = _library_cases()[case]
+    with pytest.raises(error, match=message):
+        call(model, tok)
+
+
+def test_run_bench_refuses_a_prompt_past_the_models_positions(tiny_model_and_tokenizer):
+    from llama2_colab.bench import run_bench
+
+    model, tok = tiny_model_and_tokenizer
+    with pytest.raises(UserFacingError, match="the model has 4,096"):
+        run_bench(model, tok, prompt_tokens=10**9, new_tokens=8, repeats=1)
+
+
+def test_a_blank_model_request_means_no_request():
+    from llama2_colab.models import choose_model
+
+    choice = choose_model(preset_runtime("cpu"), requested="   ", env={})
+    assert choice.name == "tiny" and "no GPU found" in choice.reason

@@ -665,8 +665,12 @@ def bench_model(
         if looks_like_local_path(choice.name):
             check_model_dir(choice.name)  # before the plan reads its config
 
+    from .checks import NotLlamaError
+
     try:
         plan = make_plan(choice.name, facts, quantization=quantization or "auto")
+    except NotLlamaError:
+        raise
     except UserFacingError:
         if random_weights:  # random weights need an architecture the catalog knows
             raise

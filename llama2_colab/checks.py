@@ -17,7 +17,9 @@ from .errors import UserFacingError
 
 __all__ = [
     "LLAMA_MODEL_TYPES",
+    "NotLlamaError",
     "check_config",
+    "check_family",
     "check_model_dir",
     "check_safetensors",
     "looks_like_local_path",
@@ -90,29 +92,40 @@ def read_config(path: str | os.PathLike) -> dict:
     return config
 
 
-def check_config(path: str | os.PathLike) -> dict:
-    """Return the config of a Llama-family model folder; UserFacingError for anything else."""
-    config = read_config(path)
-    model_type = config.get("model_type")
-    architectures = config.get("architectures") or []
-    if not isinstance(architectures, list):
+class NotLlamaError(UserFacingError):
+    """The model is not a Llama-family text generator (GPT-2, BERT, a classifier...)."""
+
+
+def check_family(model_type, architectures, where: str) -> None:
+    """Raise NotLlamaError unless a config's model_type and architectures are a Llama causal LM.
+
+    `where` names the model in the message: a folder or a Hub id.
+    """
+    architectures = architectures or []
+    if not isinstance(architectures, (list, tuple)):
         architectures = [architectures]
     arch = ", ".join(str(a) for a in architectures) or "no architecture given"
     if model_type not in LLAMA_MODEL_TYPES:
         kind = f"a {model_type} model" if isinstance(model_type, str) else "a model of no type"
-        raise UserFacingError(
-            f"{str(path)!r} holds {kind} ({arch}), not a Llama-family model. This project's chat "
+        raise NotLlamaError(
+            f"{where!r} holds {kind} ({arch}), not a Llama-family model. This project's chat "
             "format, memory plan and checks are Llama 2's; another model would answer in "
             "gibberish under Llama 2's name.",
-            'Use a Llama 2 folder (its config.json says "model_type": "llama"), \'tiny\', or a '
-            "Hub id such as meta-llama/Llama-2-7b-chat-hf.",
+            "Use a Llama 2 model (its config.json says model_type llama), 'tiny', or a Hub id "
+            "such as meta-llama/Llama-2-7b-chat-hf.",
         )
     if architectures and not any(str(a).endswith("ForCausalLM") for a in architectures):
-        raise UserFacingError(
-            f"{str(path)!r} holds a Llama model built as {arch}, not as a text generator "
+        raise NotLlamaError(
+            f"{where!r} holds a Llama model built as {arch}, not as a text generator "
             "(LlamaForCausalLM).",
-            "Use a Llama 2 folder saved from LlamaForCausalLM, 'tiny', or a Hub id.",
+            "Use a Llama 2 model saved from LlamaForCausalLM, 'tiny', or a Hub id.",
         )
+
+
+def check_config(path: str | os.PathLike) -> dict:
+    """Return the config of a Llama-family model folder; UserFacingError for anything else."""
+    config = read_config(path)
+    check_family(config.get("model_type"), config.get("architectures"), str(path))
     return config
 
 

@@ -132,9 +132,14 @@ def load_model_and_tokenizer(
     saying what to do; files already downloaded stay in the cache, so the next try resumes.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .checks import check_family
 
     def load(path: str):
+        if not choice.is_tiny and not Path(path).is_dir():  # a Hub id: its config first (KBs)
+            config = AutoConfig.from_pretrained(path, token=token, cache_dir=cache_dir)
+            check_family(config.model_type, getattr(config, "architectures", None), path)
         tokenizer = AutoTokenizer.from_pretrained(path, token=token, cache_dir=cache_dir)
         model = AutoModelForCausalLM.from_pretrained(
             path, token=token, cache_dir=cache_dir, **_model_kwargs(settings, quantization_config)
@@ -144,7 +149,7 @@ def load_model_and_tokenizer(
     path = resolve_model_path(choice)
     try:
         model, tokenizer = load(path)
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, UserFacingError):
         raise
     except Exception as err:
         if choice.is_tiny:  # a cache that fails to load is rebuilt, once

@@ -126,7 +126,11 @@ def load_config(model_name: str):
         check_config(path)  # valid JSON, Llama family: a clear message, not a traceback
         return AutoConfig.from_pretrained(path), name
     if name.count("/") == 1 and not path.exists():
-        return _config_from_hub(name), name
+        from .checks import check_family
+
+        config = _config_from_hub(name)
+        check_family(config.model_type, getattr(config, "architectures", None), name)
+        return config, name
     raise UserFacingError(
         f"No architecture known for {name!r}: it is not in the catalog and not a local "
         f"directory with a config.json. {did_you_mean(name)}".rstrip(),

@@ -891,3 +891,56 @@ def test_a_blank_model_request_means_no_request():
 
     choice = choose_model(preset_runtime("cpu"), requested="   ", env={})
     assert choice.name == "tiny" and "no GPU found" in choice.reason
+
+
+# ---------------------------------------------------------------------------------------------
+# A Hub model that is not Llama is named as such before any weight is downloaded
+
+GPT2_CONFIG = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": 12}
+BERT_CONFIG = {"model_type": "bert", "architectures": ["BertForMaskedLM"], "hidden_size": 768}
+
+
+@pytest.fixture(scope="module")
+def other_hub():
+    """The stand-in Hub (tests/hub_server.py) serving a GPT-2 and a BERT config, no weights."""
+    from hub_server import FakeRepo, start_hub
+
+    hub, server, thread = start_hub(set())
+    hub.repos["openai-community/gpt2"] = FakeRepo(
+        files={"config.json": json.dumps(GPT2_CONFIG).encode()}
+    )
+    hub.repos["google-bert/bert-base-uncased"] = FakeRepo(
+        files={"config.json": json.dumps(BERT_CONFIG).encode()}
+    )
+    yield hub
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("repo", "kind"),
+    [("openai-community/gpt2", "gpt2"), ("google-bert/bert-base-uncased", "bert")],
+)
+@pytest.mark.parametrize(
+    "command", [["plan", "--gpu", "T4"], ["demo", "--model"], ["bench", "--model"]]
+)
+def test_a_hub_model_that_is_not_llama_is_named(
+    other_hub, monkeypatch, tmp_path, capsys, repo, kind, command
+):
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-login"))
+    monkeypatch.setenv("HF_ENDPOINT", other_hub.url)
+    for var in ("HF_HUB_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    argv = [command[0], repo, *command[1:]] if command[0] == "plan" else [*command, repo]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 1
+    assert f"'{repo}' holds a {kind} model" in err and "not a Llama-family model" in err
+    assert "Loaded in" not in out
+    _no_traceback(err)
+    downloads = [record.path for record in other_hub.log if "/resolve/" in record.path]
+    assert downloads and all(path.endswith("/config.json") for path in downloads)

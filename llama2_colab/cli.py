@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 
 from .bench import MAX_REPEATS, MAX_WARMUP, MIN_NEW_TOKENS, MIN_PROMPT_TOKENS
 from .errors import UserFacingError, redact_secrets
@@ -35,7 +36,7 @@ def _silence_stdout() -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _bounded_int(low: int, high: int | None = None, why: str = "") -> type:
+def _bounded_int(low: int, high: int | None = None, why: str = "") -> Callable[[str], int]:
     """Return an argparse type: a whole number from low to high (None: no upper bound)."""
 
     def parse(text: str) -> int:

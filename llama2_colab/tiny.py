@@ -223,8 +223,9 @@ def build_tiny_llama(out_dir: str | os.PathLike) -> Path:
     """
     from .errors import UserFacingError
 
-    out = _refuse_target(out_dir)
+    out = out_dir
     try:
+        out = _refuse_target(out_dir)
         if not out.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=out.parent))
@@ -291,6 +292,18 @@ def ensure_tiny_llama(cache_dir: str | os.PathLike | None = None, rebuild: bool 
     from .errors import UserFacingError
 
     target = Path(cache_dir) if cache_dir is not None else tiny_cache_dir()
+    try:
+        return _ensure(target, cache_dir is not None, rebuild)
+    except OSError as err:
+        raise UserFacingError(
+            f"Cannot use {str(target)!r} for the tiny model's cache: {err.strerror or err}.",
+            "Set LLAMA2_COLAB_CACHE to a folder you can write to, with 10 MB free, and run again.",
+        ) from None
+
+
+def _ensure(target: Path, named: bool, rebuild: bool) -> Path:
+    from .errors import UserFacingError
+
     problem = "you asked for a rebuild" if rebuild else check_tiny_cache(target)
     if problem is None:
         return target
@@ -298,11 +311,11 @@ def ensure_tiny_llama(cache_dir: str | os.PathLike | None = None, rebuild: bool 
         warnings.warn(
             f"The cached tiny Llama 2 at {target} cannot be used ({problem.rstrip('.')}); "
             "rebuilding it.",
-            stacklevel=2,
+            stacklevel=3,
         )
     root = target.parent
     theirs = (target.exists() or target.is_symlink()) and not _ours_or_empty(target)
-    if theirs and cache_dir is not None:  # a folder the caller named: not ours to move
+    if theirs and named:  # a folder the caller named: not ours to move
         raise UserFacingError(
             f"{str(target)!r} holds something other than the tiny model; it is left as it is.",
             "Pass a new or empty folder as the cache, or leave cache_dir out.",
@@ -312,26 +325,20 @@ def ensure_tiny_llama(cache_dir: str | os.PathLike | None = None, rebuild: bool 
             f"The tiny-model cache folder {str(root)!r} is a file.",
             "Set LLAMA2_COLAB_CACHE to a folder (or move that file away) and run again.",
         )
+    root.mkdir(parents=True, exist_ok=True)
+    # Build next to the target and rename, so a killed build never leaves half a model.
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        # Build next to the target and rename, so a killed build never leaves half a model.
-        tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
+        _write_tiny_files(tmp)
+        if target.exists() or target.is_symlink():
+            _set_aside(target)
         try:
-            _write_tiny_files(tmp)
-            if target.exists() or target.is_symlink():
-                _set_aside(target)
-            try:
-                tmp.rename(target)
-            except OSError:
-                if check_tiny_cache(target) is not None:  # lost a race with another builder?
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    except OSError as err:
-        raise UserFacingError(
-            f"Cannot write the tiny model's cache to {str(root)!r}: {err.strerror or err}.",
-            "Set LLAMA2_COLAB_CACHE to a folder you can write to, with 10 MB free, and run again.",
-        ) from None
+            tmp.rename(target)
+        except OSError:
+            if check_tiny_cache(target) is not None:  # lost a race with another builder?
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     problem = check_tiny_cache(target)
     if problem is not None:
         raise UserFacingError(
@@ -360,4 +367,4 @@ def _set_aside(target: Path) -> None:
         n += 1
         aside = target.with_name(f"{target.name}.damaged-{n}")
     target.rename(aside)
-    warnings.warn(f"Kept what was at {target} as {aside}.", stacklevel=3)
+    warnings.warn(f"Kept what was at {target} as {aside}.", stacklevel=4)

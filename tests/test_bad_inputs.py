@@ -91,6 +91,7 @@ TINY_REFUSALS = [
     ("notes.txt", "a_file", "is a file, not a folder"),
     ("notes.txt/tiny", "a_file", "Cannot write the tiny model to 'notes.txt/tiny'"),
     ("hidden", "only_a_hidden_file", r"already holds files \(\.keep\)"),
+    ("x" * 300, None, "Cannot write the tiny model to 'x{300}'"),  # no file system takes it
 ]
 
 
@@ -236,6 +237,14 @@ def test_a_tiny_cache_that_fails_to_load_is_rebuilt_and_loads(tmp_path, tiny_dir
         model, tok = load_model_and_tokenizer(ModelChoice("tiny", "test"), settings)
     assert model.config.model_type == "llama" and tok.bos_token_id == 1
     assert _snapshot(cache) == _snapshot(tiny_dir)
+
+
+def test_a_cache_path_no_file_system_takes_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLAMA2_COLAB_CACHE", str(tmp_path / ("x" * 300)))
+    code, _, err = run_cli(capsys, "plan", "tiny")
+    assert code == 1 and "for the tiny model's cache" in err and "LLAMA2_COLAB_CACHE" in err
+    _no_traceback(err)
+    assert _snapshot(tmp_path) == {}
 
 
 def test_a_cache_root_that_is_a_file_is_named_and_kept(tmp_path, monkeypatch, capsys):

@@ -367,8 +367,8 @@ class ChatSession:
     last_fit: DialogFit | None = None
     last_stopped: bool = False
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
-    _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _busy: bool = field(default=False, repr=False)
+    _guard: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _busy: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.system_prompt is None:  # "no system prompt", as a caller would mean it

@@ -271,7 +271,7 @@ def check_tiny_cache(folder: str | os.PathLike) -> str | None:
     if not folder.is_dir():
         return "it is a file, not a folder" if folder.exists() else "it is missing"
     if not is_tiny_folder(folder):
-        return "it was not written by llama2_colab"
+        return "it is empty" if not any(folder.iterdir()) else "it was not written by llama2_colab"
     try:
         check_model_dir(folder)
         json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
@@ -307,7 +307,10 @@ def _ensure(target: Path, named: bool, rebuild: bool) -> Path:
     problem = "you asked for a rebuild" if rebuild else check_tiny_cache(target)
     if problem is None:
         return target
-    if not rebuild and problem != "it is missing":  # a caller asking for a rebuild says why
+    if not rebuild and problem not in (
+        "it is missing",
+        "it is empty",
+    ):  # a caller asking for a rebuild says why
         warnings.warn(
             f"The cached tiny Llama 2 at {target} cannot be used ({problem.rstrip('.')}); "
             "rebuilding it.",

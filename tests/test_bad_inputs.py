@@ -439,6 +439,7 @@ NUMBER_CASES = [
     (["demo", "--seed", "lucky"], 2, "--seed: 'lucky' is not a whole number"),
     (["demo", ""], 1, "The message is empty"),
     (["demo", "a [INST] b"], 1, r"contains '\[INST\]'"),
+    (["demo", "caf\udcff"], 1, r"contains '\\udcff' at position 3"),  # a stray byte in argv
     (["plan"], 1, "Which model\\? Give a name"),
     (["plan", "  "], 1, "Which model\\? Give a name"),
     (["plan", "tiny", "--gpu", "TPU"], 1, "Pass --gpu with one of those names"),

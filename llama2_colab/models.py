@@ -152,7 +152,7 @@ def load_model_and_tokenizer(
     except (torch.OutOfMemoryError, UserFacingError):
         raise
     except Exception as err:
-        if choice.is_tiny:  # a cache that fails to load is rebuilt, once
+        if choice.is_tiny and isinstance(err, _file_errors()):  # rebuilt, once
             from .tiny import ensure_tiny_llama
 
             warnings.warn(
@@ -173,6 +173,13 @@ def load_model_and_tokenizer(
             raise
     model.eval()
     return model, tokenizer
+
+
+def _file_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a damaged model file raises while loading (bad JSON, bad safetensors)."""
+    import safetensors
+
+    return (OSError, ValueError, getattr(safetensors, "SafetensorError", OSError))
 
 
 def _raise_hub_error(err: OSError, choice: ModelChoice, token: str | None) -> None:

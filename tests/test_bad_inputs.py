@@ -956,3 +956,15 @@ def test_a_hub_model_that_is_not_llama_is_named(
     _no_traceback(err)
     downloads = [record.path for record in other_hub.log if "/resolve/" in record.path]
     assert downloads and all(path.endswith("/config.json") for path in downloads)
+
+
+def test_plan_with_dtype_accepts_a_bf16_model_that_fits(capsys):
+    # The case: 7B on a 24 GB CPU machine does not fit in float32 (the CPU default),
+    # and does in bfloat16. Without --dtype the plan says no; with it, yes.
+    model = "meta-llama/Llama-2-7b-chat-hf"
+    code32, out32, _ = run_cli(capsys, "plan", model, "--gpu", "cpu", "--json")
+    code16, out16, _ = run_cli(
+        capsys, "plan", model, "--gpu", "cpu", "--dtype", "bfloat16", "--json"
+    )
+    assert (code32, json.loads(out32)["dtype"], json.loads(out32)["fits"]) == (2, "float32", False)
+    assert (code16, json.loads(out16)["dtype"], json.loads(out16)["fits"]) == (0, "bfloat16", True)

@@ -35,9 +35,14 @@ from .errors import UserFacingError
 
 __all__ = [
     "FAST_PATHS",
+    "MAX_REPEATS",
+    "MAX_WARMUP",
+    "MIN_NEW_TOKENS",
+    "MIN_PROMPT_TOKENS",
     "bandwidth_limit_tokens_per_s",
     "bench_model",
     "build_random_model",
+    "check_bench_numbers",
     "format_bench",
     "make_bench_prompt",
     "measure_copy_bandwidth",
@@ -52,6 +57,57 @@ FAST_PATHS = {
     "eager": "eager attention instead of SDPA",
 }
 PROMPT_LOOKUP_TOKENS = 10
+# Sane bounds for the numbers a user gives, checked before anything loads.
+MIN_PROMPT_TOKENS = 8  # a prompt of fewer tokens cannot be made exactly (BOS + one word)
+MIN_NEW_TOKENS = 2  # decode speed is (N - 1) / (t_N - t_1): one token measures no decoding
+MAX_REPEATS = 1000
+MAX_WARMUP = 100
+
+
+def check_bench_numbers(
+    prompt_tokens: int,
+    new_tokens: int | None,
+    repeats: int | None,
+    warmup: int,
+    threads: int | None = None,
+    context_limit: int | None = None,
+) -> None:
+    """Raise UserFacingError, saying the allowed range, unless the benchmark's numbers make sense.
+
+    None means "the default" for new_tokens, repeats and threads. With `context_limit` (the
+    model's positions), the prompt plus the new tokens must fit in it.
+    """
+    import os
+
+    cores = max(1, os.cpu_count() or 1)
+    for name, value, low, high, why in (
+        ("prompt_tokens", prompt_tokens, MIN_PROMPT_TOKENS, None, ""),
+        ("new_tokens", new_tokens, MIN_NEW_TOKENS, None, "; decode speed needs 2 or more"),
+        ("repeats", repeats, 1, MAX_REPEATS, ""),
+        ("warmup", warmup, 0, MAX_WARMUP, ""),
+        ("threads", threads, 1, cores, f"; this machine has {cores} CPU core(s)"),
+    ):
+        if value is None and name in ("new_tokens", "repeats", "threads"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserFacingError(
+                f"{name} must be a whole number, not {type(value).__name__} ({value!r}).",
+                "Pass an int.",
+            )
+        if value < low or (high is not None and value > high):
+            span = f"from {low:,} to {high:,}" if high is not None else f"at least {low:,}"
+            raise UserFacingError(
+                f"{name}={value:,} is out of range{why}.", f"Give a number {span}."
+            )
+    if context_limit is not None:
+        total = prompt_tokens + (new_tokens or 0)
+        if total > context_limit:
+            raise UserFacingError(
+                f"A {prompt_tokens:,}-token prompt plus {new_tokens or 0:,} new tokens is "
+                f"{total:,} positions; the model has {context_limit:,}.",
+                f"Keep --prompt-tokens plus --new-tokens within {context_limit:,} (the default "
+                "512 + 128 does).",
+            )
 
 
 def make_bench_prompt(tokenizer, n_tokens: int = 512) -> tuple[str, list[int]]:
@@ -60,6 +116,8 @@ def make_bench_prompt(tokenizer, n_tokens: int = 512) -> tuple[str, list[int]]:
     The text comes from the package's small corpus, repeated as needed, so a pipeline that is
     given the text tokenizes it to the same ids the package path is given.
     """
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+        raise ValueError(f"n_tokens must be a whole number of at least 1, not {n_tokens!r}.")
     corpus = resources.files("llama2_colab").joinpath("data/tiny_corpus.txt").read_text("utf-8")
     words = corpus.split()
     while len(words) < 4 * n_tokens:
@@ -259,6 +317,8 @@ def run_bench(
     from .generation import fast_generate_kwargs, stream_generate
 
     _check_fast_paths(fast)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    check_bench_numbers(prompt_tokens, new_tokens, repeats, warmup, None, limit)
     say = log or (lambda _msg: None)
     device = str(model.device)
     device_type = model.device.type
@@ -580,6 +640,7 @@ def bench_model(
     from .tiny import ensure_tiny_llama
 
     _check_fast_paths(fast)
+    check_bench_numbers(prompt_tokens, new_tokens, repeats, warmup, threads)
     say = log or (lambda _msg: None)
     facts = detect_runtime()
     settings = recommend_settings(facts)
@@ -598,14 +659,26 @@ def bench_model(
         new_tokens = 128 if on_gpu else 64
     if repeats is None:
         repeats = 5 if on_gpu else 15
+    if model_name is not None and choice.name != TINY:
+        from .checks import check_model_dir, looks_like_local_path
+
+        if looks_like_local_path(choice.name):
+            check_model_dir(choice.name)  # before the plan reads its config
+
+    from .checks import NotLlamaError
 
     try:
         plan = make_plan(choice.name, facts, quantization=quantization or "auto")
+    except NotLlamaError:
+        raise
     except UserFacingError:
         if random_weights:  # random weights need an architecture the catalog knows
             raise
         plan = None  # a Hub model outside the catalog: load it and see
     if plan is not None:
+        check_bench_numbers(
+            prompt_tokens, new_tokens, repeats, warmup, threads, plan.model_context_tokens
+        )
         if quantization is None and plan.quantization is not None and on_gpu:
             quantization = plan.quantization
         if not plan.fits and choice.name != TINY:
@@ -709,6 +782,11 @@ def format_bench(result: dict) -> str:
     def iqr(values: list[float], fmt: str) -> str:
         return f"[{format(values[0], fmt)}-{format(values[1], fmt)}]"
 
+    def speed(tokens_per_s: float, iqr_values: list[float]) -> str:
+        if not tokens_per_s:  # no N-token call took longer than its 1-token call
+            return "n/a (not measured: raise the new tokens)"
+        return f"{tokens_per_s:.1f} tok/s {iqr(iqr_values, '.1f')}"
+
     quant = f", {result['quantization']}" if result.get("quantization") else ""
     lines = [
         f"Model      : {result['model']}"
@@ -717,11 +795,12 @@ def format_bench(result: dict) -> str:
         f"{result['attn_implementation']} attention, {result['threads']} CPU thread(s)",
         f"Work       : {result['prompt_tokens']}-token prompt, {result['new_tokens']} new tokens, "
         f"greedy, batch 1; median of {result['repeats']} (IQR in brackets)",
-        f"Package    : {result['tokens_per_s']:.1f} tok/s "
-        f"{iqr(result['tokens_per_s_iqr'], '.1f')}, first token {result['ttft_s'] * 1000:.0f} ms",
-        f"Baseline   : {result['baseline_tokens_per_s']:.1f} tok/s "
-        f"{iqr(result['baseline_tokens_per_s_iqr'], '.1f')}, first token "
-        f"{result['baseline_ttft_s'] * 1000:.0f} ms (transformers text-generation pipeline)",
+        f"Package    : {speed(result['tokens_per_s'], result['tokens_per_s_iqr'])}, "
+        f"first token {result['ttft_s'] * 1000:.0f} ms",
+        f"Baseline   : "
+        f"{speed(result['baseline_tokens_per_s'], result['baseline_tokens_per_s_iqr'])}, "
+        f"first token {result['baseline_ttft_s'] * 1000:.0f} ms "
+        "(transformers text-generation pipeline)",
         f"Ratio      : {result['ratio']:.3f}x the baseline (ratio of medians); paired per "
         f"repetition {result['paired_ratio_median']:.3f}x {iqr(result['paired_ratio_iqr'], '.3f')}",
         f"Peak memory: {result['peak_memory_bytes'] / gib:.2f} GiB ({result['peak_memory_kind']})",

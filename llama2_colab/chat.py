@@ -18,8 +18,10 @@ Three layers, each usable on its own:
 from __future__ import annotations
 
 import json
+import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -36,6 +38,7 @@ __all__ = [
     "DialogFit",
     "StopOnEvent",
     "check_dialog",
+    "check_message",
     "encode_dialog",
     "fit_dialog",
     "read_context_limit",
@@ -51,11 +54,14 @@ ROLES = ("system", "user", "assistant")
 
 def check_dialog(messages: Sequence[dict]) -> None:
     """Raise ValueError, saying what to fix, unless messages form a dialog Llama 2 can answer."""
-    if not isinstance(messages, (list, tuple)) or not messages:
+    example = '[{"role": "user", "content": "Hello"}]'
+    if not isinstance(messages, (list, tuple)):
         raise ValueError(
-            "The dialog is empty. Pass a list of messages such as "
-            '[{"role": "user", "content": "Hello"}].'
+            f"The dialog must be a list of messages, not {type(messages).__name__}. Pass a list "
+            f"such as {example}."
         )
+    if not messages:
+        raise ValueError(f"The dialog is empty. Pass a list of messages such as {example}.")
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
             raise ValueError(
@@ -73,7 +79,7 @@ def check_dialog(messages: Sequence[dict]) -> None:
                 f"Message {i} ({role}) has content of type {type(content).__name__}; "
                 "the content must be a string."
             )
-        _check_tags(content, f"Message {i} ({role})")
+        _check_text(content, f"Message {i} ({role})")
         if role == "system" and i != 0:
             raise ValueError(
                 f"Message {i} is a system message; a system message may only come first. "
@@ -98,6 +104,28 @@ def check_dialog(messages: Sequence[dict]) -> None:
             "The last message is from the assistant; the dialog must end with a user message "
             "for Llama 2 to answer. Append the user's next message."
         )
+
+
+def check_message(text: str) -> None:
+    """Raise TypeError/ValueError, saying what to fix, unless text can be sent as a message."""
+    if not isinstance(text, str):
+        raise TypeError(f"The message must be a string, not {type(text).__name__}.")
+    if not text.strip():
+        raise ValueError("The message is empty; type something to send.")
+    _check_text(text, "Your message")
+
+
+def _check_text(text: str, what: str) -> None:
+    """Raise ValueError unless text is valid Unicode text without the Llama 2 turn tags."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{what} contains {text[err.start]!r} at position {err.start}, half of a character "
+            "pair (a lone surrogate, as from a damaged copy-paste or file), which is not text a "
+            "tokenizer can read. Remove that character, or retype the text around it."
+        ) from None
+    _check_tags(text, what)
 
 
 def _check_tags(text: str, what: str) -> None:
@@ -215,7 +243,9 @@ def fit_dialog(
     """Return the prompt for messages that leaves room for max_new_tokens, oldest turns dropped."""
     from .errors import UserFacingError
 
-    if max_new_tokens < 1 or max_new_tokens >= context_limit:
+    _check_count(context_limit, "context_limit", 2, "Llama 2 has 4096")
+    _check_count(max_new_tokens, "max_new_tokens", 1, "a few hundred is typical")
+    if max_new_tokens >= context_limit:
         raise UserFacingError(
             f"max_new_tokens={max_new_tokens} does not fit a {context_limit}-token context.",
             f"Choose a value between 1 and {context_limit - 1}; a few hundred is typical.",
@@ -259,12 +289,30 @@ def fit_dialog(
         if len(ids) <= budget:  # always true when segments add up, as they do for Llama 2
             return DialogFit(ids, kept, turns[: 2 * first], context_limit, max_new_tokens)
     need = len(encode_dialog(tokenizer, ([system] if system else []) + [turns[-1]]))
+    yours = f"Your message{' with the system prompt' if system else ''}"
+    if need >= context_limit:
+        raise UserFacingError(
+            f"{yours} takes {need} tokens: more than the model's whole {context_limit}-token "
+            "context, before any reply.",
+            f"Shorten the message (or the system prompt) to well under {context_limit} tokens.",
+        )
     raise UserFacingError(
-        f"Your message{' with the system prompt' if system else ''} takes {need} tokens, and with "
-        f"{max_new_tokens} new tokens that exceeds the model's {context_limit}-token context.",
+        f"{yours} takes {need} tokens, and with {max_new_tokens} new tokens that exceeds the "
+        f"model's {context_limit}-token context.",
         "Shorten the message (or the system prompt), or lower max new tokens "
-        f"to at most {max(context_limit - need, 0)}.",
+        f"to at most {context_limit - need}.",
     )
+
+
+def _check_count(value, name: str, least: int, hint: str) -> None:
+    """Raise TypeError/ValueError unless value is a whole number of tokens >= least."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{name} must be a whole number of tokens, not {type(value).__name__} ({value!r}); "
+            f"{hint}."
+        )
+    if value < least:
+        raise ValueError(f"{name}={value} is too small: it must be at least {least}; {hint}.")
 
 
 class StopOnEvent(StoppingCriteria):
@@ -296,9 +344,13 @@ class ChatSession:
 
     History changes only when a turn completes: an exception or a KeyboardInterrupt during
     generation leaves it exactly as before. `stop()` (thread-safe, for a Stop button) ends the
-    reply early: the partial reply is kept as the answer and `last_stopped` is True, so you can
-    read it and `regenerate()` if you want a whole one. A reply stopped before any text arrived
-    is not recorded at all.
+    reply being generated early: the partial reply is kept as the answer and `last_stopped` is
+    True, so you can read it and `regenerate()` if you want a whole one. A reply stopped before
+    any text arrived is not recorded at all.
+
+    One turn at a time: while a reply is being generated (say, in the chat app's thread), a
+    second `send`, `regenerate`, `undo`, `clear` or `import_json` is refused with a RuntimeError
+    that says so, rather than racing the first and losing one of the two turns.
     """
 
     model: object = field(repr=False)
@@ -315,8 +367,12 @@ class ChatSession:
     last_fit: DialogFit | None = None
     last_stopped: bool = False
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _guard: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _busy: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.system_prompt is None:  # "no system prompt", as a caller would mean it
+            self.system_prompt = ""
         _check_history(self.history, self.system_prompt)
         self.history = [dict(m) for m in self.history]
 
@@ -329,19 +385,30 @@ class ChatSession:
     def build_messages(self, text: str, history: Sequence[dict] | None = None) -> list[dict]:
         """Return system prompt + history + text: the messages of the next prompt."""
         history = self.history if history is None else history
+        system = self._system_text()
         # A blank system prompt is left out: an empty <<SYS>> block makes Llama 2 act oddly.
-        head = [{"role": "system", "content": self.system_prompt}]
-        head = head if self.system_prompt.strip() else []
+        head = [{"role": "system", "content": system}] if system.strip() else []
         return head + [dict(m) for m in history] + [{"role": "user", "content": text}]
 
     def plan_prompt(self, text: str, history: Sequence[dict] | None = None) -> DialogFit:
         """Return the prompt that send(text) would use, fitted to the context window."""
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("The message is empty; type something to send.")
-        _check_tags(text, "Your message")
-        _check_tags(self.system_prompt, "The system prompt")
+        check_message(text)
+        _check_text(self._system_text(), "The system prompt")
+        if self.context_limit is not None:
+            _check_count(self.context_limit, "context_limit", 2, "None uses the model's own")
         messages = self.build_messages(text, history)
         return fit_dialog(self.tokenizer, messages, self.limit, self.max_new_tokens)
+
+    def _system_text(self) -> str:
+        """The system prompt as text ("" for None); TypeError for anything else."""
+        if self.system_prompt is None:
+            return ""
+        if not isinstance(self.system_prompt, str):
+            raise TypeError(
+                f"The system prompt must be a string (or None for none), not "
+                f"{type(self.system_prompt).__name__}."
+            )
+        return self.system_prompt
 
     @property
     def context_used(self) -> int:
@@ -351,18 +418,45 @@ class ChatSession:
         return self.last_stats.prompt_tokens + self.last_stats.new_tokens
 
     # -- turns ---------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """True while a reply is being generated."""
+        return self._busy
+
     def stop(self) -> None:
         """End the reply being generated early (safe from any thread; for a Stop button).
 
-        The request is consumed by the reply it ends; one made just before a reply starts
-        ends that reply at its first token.
+        The request is consumed by the reply it ends. With no reply being generated it does
+        nothing: the next reply is not cut short.
         """
-        self._stop.set()
+        with self._guard:
+            if self._busy:
+                self._stop.set()
+
+    @contextmanager
+    def _one_turn(self, doing: str) -> Iterator[None]:
+        """Hold the session for one change of its history; refuse if a reply is in progress."""
+        with self._guard:
+            if self._busy:
+                raise RuntimeError(
+                    f"Cannot {doing} now: this chat session is still generating a reply (in "
+                    "another thread or the chat app). Wait for it to finish, or call stop(), "
+                    "then try again. Nothing was changed."
+                )
+            self._busy = True
+            self._stop.clear()
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._busy = False
+                self._stop.clear()
 
     def _generate(self, history, text, on_text, stopping_criteria) -> _Turn:
         import torch
 
         try:
+            _check_sampling(self.do_sample, self.temperature, self.top_p)
             fit = self.plan_prompt(text, history)
             extra = dict(self.generate_kwargs)
             criteria = [StopOnEvent(self._stop), *(stopping_criteria or [])]
@@ -402,9 +496,10 @@ class ChatSession:
         stopping_criteria: Sequence[StoppingCriteria] | None = None,
     ) -> str:
         """Stream Llama 2's reply to text (pieces go to on_text); return it and record the turn."""
-        history = list(self.history)
-        turn = self._generate(history, text, on_text, stopping_criteria)
-        return self._record(turn, history, text)
+        with self._one_turn("send a message"):
+            history = list(self.history)
+            turn = self._generate(history, text, on_text, stopping_criteria)
+            return self._record(turn, history, text)
 
     def regenerate(
         self,
@@ -412,39 +507,52 @@ class ChatSession:
         stopping_criteria: Sequence[StoppingCriteria] | None = None,
     ) -> str:
         """Replace the last reply with a fresh one and return it (a failure keeps the old one)."""
-        if not self.history:
-            raise ValueError("There is no reply to regenerate yet; send a message first.")
-        history, text = list(self.history[:-2]), self.history[-2]["content"]
-        turn = self._generate(history, text, on_text, stopping_criteria)
-        return self._record(turn, history, text)
+        with self._one_turn("regenerate"):
+            if not self.history:
+                raise ValueError("There is no reply to regenerate yet; send a message first.")
+            history, text = list(self.history[:-2]), self.history[-2]["content"]
+            turn = self._generate(history, text, on_text, stopping_criteria)
+            return self._record(turn, history, text)
 
     def undo(self) -> str | None:
         """Remove the last user/assistant exchange; return that user message (None if none)."""
-        if not self.history:
-            return None
-        text = self.history[-2]["content"]
-        self.history = self.history[:-2]
-        return text
+        with self._one_turn("undo"):
+            if not self.history:
+                return None
+            text = self.history[-2]["content"]
+            self.history = self.history[:-2]
+            return text
 
     def clear(self) -> None:
         """Forget the conversation (the system prompt and the settings stay)."""
-        self.history = []
-        self.last_stats, self.last_fit, self.last_stopped = None, None, False
+        with self._one_turn("clear the conversation"):
+            self.history = []
+            self.last_stats, self.last_fit, self.last_stopped = None, None, False
 
     # -- saving --------------------------------------------------------------------------------
     def export_json(self) -> str:
         """Return the system prompt and the history as a JSON string."""
-        data = {"system_prompt": self.system_prompt, "messages": self.history}
+        data = {"system_prompt": self._system_text(), "messages": self.history}
         return json.dumps(data, ensure_ascii=False, indent=1)
 
     def import_json(self, text: str) -> None:
         """Replace system prompt and history with an export; ValueError (nothing changed) if bad."""
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise TypeError(
+                f"import_json takes the JSON text export_json() produced, not "
+                f"{type(text).__name__}."
+            )
         try:
             data = json.loads(text)
-        except (TypeError, json.JSONDecodeError) as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(
                 f"That is not a chat export (not valid JSON: {err}). Paste the text that "
                 "export_json() produced."
+            ) from None
+        except RecursionError:
+            raise ValueError(
+                "That is not a chat export: its JSON is nested thousands of levels deep. Paste "
+                "the text that export_json() produced."
             ) from None
         if isinstance(data, list):  # a bare message list, optionally with a system message
             data = {"messages": data}
@@ -460,16 +568,41 @@ class ChatSession:
         if not isinstance(system, str):
             raise ValueError("The export's system prompt must be a string.")
         _check_history(messages, system)
-        self.system_prompt = system
-        self.history = [{"role": m["role"], "content": m["content"]} for m in messages]
-        self.last_stats, self.last_fit, self.last_stopped = None, None, False
+        with self._one_turn("import a chat"):
+            self.system_prompt = system
+            self.history = [{"role": m["role"], "content": m["content"]} for m in messages]
+            self.last_stats, self.last_fit, self.last_stopped = None, None, False
 
 
 def _check_history(messages: list, system: str = "") -> None:
     """Raise ValueError unless messages are finished user/assistant pairs (plus system text)."""
+    if not isinstance(messages, (list, tuple)):
+        raise ValueError(
+            f"This chat history cannot be used: it must be a list of messages, not "
+            f"{type(messages).__name__}."
+        )
     try:
-        _check_tags(system, "The system prompt")
+        if not isinstance(system, str):
+            raise ValueError(f"the system prompt must be a string, not {type(system).__name__}")
+        _check_text(system, "The system prompt")
         # A history is a dialog that is still waiting for its next user message.
         check_dialog(list(messages) + [{"role": "user", "content": "next"}])
     except ValueError as err:
         raise ValueError(f"This chat history cannot be used: {err}") from None
+
+
+def _check_sampling(do_sample: bool, temperature, top_p) -> None:
+    """Raise ValueError, saying the usual values, if sampling settings cannot work."""
+    if not do_sample:
+        return
+    for name, value, ok, usual in (
+        ("temperature", temperature, lambda v: v > 0, "above 0; 0.6 is Meta's default"),
+        ("top_p", top_p, lambda v: 0 < v <= 1, "above 0 and at most 1; 0.9 is Meta's default"),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, not {type(value).__name__}.")
+        if not math.isfinite(value) or not ok(value):
+            raise ValueError(
+                f"{name}={value} cannot be used for sampling: it must be {usual}. For the same "
+                "reply every time, set do_sample=False instead."
+            )

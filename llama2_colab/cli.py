@@ -7,13 +7,56 @@ import json
 import os
 import sys
 import time
+import traceback
+from collections.abc import Callable
 
-from .errors import UserFacingError
+from .bench import MAX_REPEATS, MAX_WARMUP, MIN_NEW_TOKENS, MIN_PROMPT_TOKENS
+from .errors import UserFacingError, redact_secrets
 
 __all__ = ["main", "build_parser"]
 
 DEMO_PROMPT = "I have tomatoes, basil and cheese at home. What can I cook for dinner?"
 DEMO_SYSTEM = "You are a helpful, concise cooking assistant."
+LLAMA2_CONTEXT = 4096  # positions of every Llama 2 model, and of the tiny one
+MAX_SEED = 2**32 - 1  # numpy's limit; transformers.set_seed seeds numpy too
+# Exit status of a command whose output pipe was closed before it finished (128 + SIGPIPE).
+EXIT_PIPE_CLOSED = 141
+
+
+def _emit(text: str) -> None:
+    """Print a command's result; a reader that went away (`| head`) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    # Point stdout at devnull so the interpreter's final flush does not print a traceback.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _bounded_int(low: int, high: int | None = None, why: str = "") -> Callable[[str], int]:
+    """Return an argparse type: a whole number from low to high (None: no upper bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            span = f"from {low:,} to {high:,}" if high is not None else f"at least {low:,}"
+            raise argparse.ArgumentTypeError(
+                f"{value:,} is out of range: give a number {span}{why}"
+            )
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _cpu_cap() -> int:
+    return max(1, os.cpu_count() or 1)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -22,24 +65,29 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     facts = detect_runtime()
     settings = recommend_settings(facts)
     if args.json:
-        print(json.dumps(runtime_report_dict(facts, settings), indent=2))
+        _emit(json.dumps(runtime_report_dict(facts, settings), indent=2))
     else:
-        print(format_report(facts, settings))
+        _emit(format_report(facts, settings))
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .auth import find_token
-    from .chat import ChatSession, read_context_limit
+    from .chat import ChatSession, check_message, read_context_limit
     from .models import choose_model, cpu_threads_for, load_with_plan, oom_as_advice
     from .plan import make_plan
     from .runtime import detect_runtime, format_report, recommend_settings
 
+    try:
+        check_message(args.prompt)  # before anything loads
+    except ValueError as err:
+        raise UserFacingError(str(err), "Reword the prompt and run the demo again.") from None
     facts = detect_runtime()
     print(format_report(facts, recommend_settings(facts)))
     token = find_token()
     choice = choose_model(facts, requested=args.model, has_token=bool(token))
-    print(f"Model   : {choice.name} ({choice.reason})")
+    print(redact_secrets(f"Model   : {choice.name} ({choice.reason})"))
+    _check_local_model(choice.name)
     # Decide, then act: the plan picks fp16/bf16 or 4-bit and refuses what cannot fit.
     plan = make_plan(choice.name, facts)
     print(
@@ -68,24 +116,37 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     try:
         session.plan_prompt(args.prompt)  # refuses forged turns, checks the budget
-    except ValueError as err:
+    except (ValueError, TypeError) as err:
         raise UserFacingError(str(err), "Reword the prompt and run the demo again.") from None
     print(f"You: {args.prompt}\nLlama 2: ", end="", flush=True)
     with oom_as_advice(plan):
         session.send(args.prompt, on_text=lambda text: print(text, end="", flush=True))
     stats = session.last_stats
-    print(
-        f"\n\n-- {stats.new_tokens} new tokens; first token after {stats.ttft_s:.2f} s; "
+    speed = (
         f"{stats.tokens_per_s:.1f} tokens/s"
+        if stats.new_tokens > 1
+        else "decode speed needs 2 or more new tokens"
+    )
+    print(
+        f"\n\n-- {stats.new_tokens} new token{'s' if stats.new_tokens != 1 else ''}; "
+        f"first token after {stats.ttft_s:.2f} s; {speed}"
     )
     return 0
+
+
+def _check_local_model(name: str, whole: bool = True) -> None:
+    """Check a local model folder (config, tokenizer, weights) before anything is loaded."""
+    from .checks import check_config, check_model_dir, looks_like_local_path
+
+    if name and name.strip().lower() != "tiny" and looks_like_local_path(name):
+        (check_model_dir if whole else check_config)(name.strip())
 
 
 def _cmd_tiny(args: argparse.Namespace) -> int:
     from .tiny import build_tiny_llama
 
     out = build_tiny_llama(args.dir)
-    print(f"Wrote the offline tiny Llama 2 to {out}")
+    _emit(f"Wrote the offline tiny Llama 2 to {out}")
     return 0
 
 
@@ -106,10 +167,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.list:
         from .catalog import load_catalog
 
-        for entry in load_catalog():
-            print(f"{entry.id:40} {entry.family} {entry.size} {entry.variant}")
+        entries = load_catalog()
+        if args.json:
+            fields = ("id", "family", "size", "variant", "gated")
+            _emit(json.dumps([{k: getattr(e, k) for k in fields} for e in entries], indent=2))
+        else:
+            _emit("\n".join(f"{e.id:40} {e.family} {e.size} {e.variant}" for e in entries))
         return 0
-    if not args.model:
+    if not (args.model or "").strip():
         raise UserFacingError(
             "Which model? Give a name.", "e.g. `plan meta-llama/Llama-2-7b-chat-hf`"
         )
@@ -119,8 +184,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         raise UserFacingError(
             str(err), "Pass --gpu with one of those names, or leave it out."
         ) from None
-    plan = make_plan(args.model, facts, quantization=args.quantization)
-    print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
+    _check_local_model(args.model, whole=False)  # planning needs the config alone
+    plan = make_plan(args.model, facts, quantization=args.quantization, dtype=args.dtype)
+    _emit(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
     return 0 if plan.fits else 2
 
 
@@ -128,7 +194,7 @@ def _cmd_access(args: argparse.Namespace) -> int:
     from .auth import check_access, format_access
 
     result = check_access(args.model)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else format_access(result))
+    _emit(json.dumps(result.to_dict(), indent=2) if args.json else format_access(result))
     return result.exit_code
 
 
@@ -157,13 +223,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         log=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True),
     )
-    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    _emit(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m llama2_colab",
         description="Run Llama 2 on a free Colab T4: runtime checks, demo, offline tiny model.",
     )
@@ -176,8 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="load the default model and stream one chat reply")
     p.add_argument("prompt", nargs="?", default=DEMO_PROMPT, help="what to ask")
     p.add_argument("--model", default=None, help="'tiny', a Hub id or a local directory")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--seed", type=int, default=None, help="make the sampled reply reproducible")
+    p.add_argument(
+        "--max-new-tokens",
+        type=_bounded_int(1, LLAMA2_CONTEXT - 1, f" (Llama 2 has {LLAMA2_CONTEXT:,} positions)"),
+        default=64,
+    )
+    p.add_argument(
+        "--seed",
+        type=_bounded_int(0, MAX_SEED),
+        default=None,
+        help="make the sampled reply reproducible",
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(
@@ -198,15 +273,36 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="also measure a fast path: static, lookup, eager or all (comma-separated, repeatable)",
     )
-    p.add_argument("--prompt-tokens", type=int, default=512)
-    p.add_argument("--new-tokens", type=int, default=None, help="default: 128 on a GPU, 64 on CPU")
-    p.add_argument("--repeats", type=int, default=None, help="default: 5 on a GPU, 15 on CPU")
     p.add_argument(
-        "--warmup", type=int, default=1, help="untimed calls per path after its first (default 1)"
+        "--prompt-tokens",
+        type=_bounded_int(MIN_PROMPT_TOKENS, None),
+        default=512,
+        help="prompt length; with --new-tokens within the model's positions (4096 for Llama 2)",
+    )
+    p.add_argument(
+        "--new-tokens",
+        type=_bounded_int(MIN_NEW_TOKENS, None, " (decode speed needs a first token and more)"),
+        default=None,
+        help="default: 128 on a GPU, 64 on CPU",
+    )
+    p.add_argument(
+        "--repeats",
+        type=_bounded_int(1, MAX_REPEATS),
+        default=None,
+        help="default: 5 on a GPU, 15 on CPU",
+    )
+    p.add_argument(
+        "--warmup",
+        type=_bounded_int(0, MAX_WARMUP),
+        default=1,
+        help="untimed calls per path after its first (default 1)",
     )
     p.add_argument("--no-bandwidth", action="store_true", help="skip the copy-bandwidth test")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's; tiny: 1)"
+        "--threads",
+        type=_bounded_int(1, _cpu_cap(), f" (this machine has {_cpu_cap()} CPU core(s))"),
+        default=None,
+        help="torch CPU threads (default: torch's; tiny: 1)",
     )
     p.set_defaults(func=_cmd_bench)
 
@@ -232,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "none", "int8", "nf4"],
         help="auto (default): 16-bit if it fits, else 4-bit NF4",
     )
+    p.add_argument(
+        "--dtype",
+        choices=["float16", "bfloat16", "float32"],
+        default=None,
+        help="plan for this dtype (default: the runtime's, float16 on a T4)",
+    )
     p.add_argument("--list", action="store_true", help="list the catalog's models")
     p.set_defaults(func=_cmd_plan)
 
@@ -242,21 +344,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose error messages pass through the token redaction too."""
+
+    def error(self, message: str):
+        """Print usage and the (redacted) message, then exit with status 2."""
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {redact_secrets(message)}\n")
+
+
+def _say(text: str) -> None:
+    """Print a message for the user on stderr, with any token in it masked."""
+    print(redact_secrets(text), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; return the exit status. Known problems print a message, not a traceback."""
+    """Run the CLI; return the exit status. Known problems print a message, not a traceback.
+
+    Every message printed here is redacted (Hugging Face tokens masked). A closed output pipe
+    (`... | head`) keeps the command's own status when its result was complete, and gives 141
+    (as a shell reports SIGPIPE) when it cut the output short.
+    """
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UserFacingError as err:
-        print(f"\nError: {err.what}", file=sys.stderr)
+        _say(f"\nError: {err.what}")
         if err.todo:
-            print(f"What to do: {err.todo}", file=sys.stderr)
+            _say(f"What to do: {err.todo}")
         return err.exit_code
     except KeyboardInterrupt:
-        print("\nStopped.", file=sys.stderr)
+        _say("\nStopped.")
         return 130
     except BrokenPipeError:
-        # `... | head` closed the pipe: not an error. Point stdout at devnull so the
-        # interpreter's final flush does not print a traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        _silence_stdout()
+        return EXIT_PIPE_CLOSED
+    except Exception as err:  # noqa: BLE001 - a bug still gets a traceback, but a redacted one
+        _say(traceback.format_exc().rstrip())
+        _say(
+            f"\nError: unexpected {type(err).__name__}; this is a bug in llama2_colab. "
+            "Please report it with the text above (any token in it is masked)."
+        )
+        return 1

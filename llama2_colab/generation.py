@@ -84,6 +84,14 @@ def fast_generate_kwargs(
     Pass the result through `stream_generate(..., **fast_generate_kwargs(...))`. Greedy output is
     the same as without them.
     """
+    for name, value, least in (
+        ("prompt_lookup_tokens", prompt_lookup_tokens, 0),
+        ("max_cache_len", max_cache_len, 1),
+    ):
+        if value is None and name == "max_cache_len":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be a whole number of at least {least}, not {value!r}.")
     if static_cache and prompt_lookup_tokens:
         raise ValueError("Choose one fast path: a static cache or prompt lookup, not both.")
     kwargs: dict = {}
@@ -115,9 +123,23 @@ def stream_generate(
     """Generate from a 1 x N tensor of ids, streaming text; return (text, new ids, stats)."""
     import torch
 
+    _check_input_ids(input_ids, torch)
+    wanted = generate_kwargs.get("max_new_tokens")
+    if wanted is not None and (
+        isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1
+    ):
+        raise ValueError(
+            f"max_new_tokens={wanted!r} cannot be generated: give a whole number of at least 1."
+        )
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and input_ids.shape[1] + (wanted or 0) > limit:
+        raise ValueError(
+            f"The prompt ({input_ids.shape[1]} tokens) plus max_new_tokens ({wanted or 0}) "
+            f"exceeds the model's {limit} positions: past them a Llama model produces garbage. "
+            "Shorten the prompt or lower max_new_tokens."
+        )
     input_ids = input_ids.to(model.device)
     cache_cap = generate_kwargs.get("max_cache_len")
-    wanted = generate_kwargs.get("max_new_tokens")
     if cache_cap is not None and wanted is not None and input_ids.shape[1] + wanted > cache_cap:
         from .errors import UserFacingError
 
@@ -152,3 +174,26 @@ def stream_generate(
     )
     text = tokenizer.decode(new_ids, skip_special_tokens=True)
     return text, new_ids, stats
+
+
+def _check_input_ids(input_ids, torch) -> None:
+    """Raise TypeError/ValueError unless input_ids is one prompt: a 1 x N tensor of token ids."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(
+            f"input_ids must be a torch tensor of shape 1 x N, not {type(input_ids).__name__}; "
+            "wrap a list of ids as torch.tensor([ids])."
+        )
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        shape = " x ".join(str(n) for n in input_ids.shape) or "a scalar"
+        hint = (
+            "wrap the ids as torch.tensor([ids]) (or input_ids.unsqueeze(0))"
+            if input_ids.dim() == 1
+            else "stream one prompt at a time: call stream_generate once per row"
+        )
+        raise ValueError(
+            f"stream_generate streams one prompt: input_ids is {shape}, not 1 x N; {hint}."
+        )
+    if input_ids.shape[1] == 0:
+        raise ValueError("input_ids is empty: the prompt needs at least one token (BOS).")
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"input_ids must hold integer token ids, not {input_ids.dtype}.")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import UserFacingError
 from .runtime import RuntimeFacts, Settings
@@ -56,7 +58,7 @@ def choose_model(
     Hugging Face token (the repository is gated), and the reason says so.
     """
     env = os.environ if env is None else env
-    if requested:
+    if requested and requested.strip():
         return ModelChoice(requested.strip(), "you asked for it")
     from_env = (env.get(MODEL_ENV) or "").strip()
     if from_env:
@@ -88,11 +90,20 @@ def cpu_threads_for(choice: ModelChoice, device: str) -> int | None:
 
 
 def resolve_model_path(choice: ModelChoice) -> str:
-    """Return what `from_pretrained` should get: the tiny model's directory, or the name as is."""
+    """Return what `from_pretrained` should get: the tiny model's directory, or the name as is.
+
+    A local folder is checked first (config, tokenizer, weights, Llama family): a problem is a
+    `UserFacingError` that says what to do, never a traceback from deep inside transformers.
+    """
     if choice.is_tiny:
         from .tiny import ensure_tiny_llama
 
         return str(ensure_tiny_llama())
+    from .checks import check_model_dir, looks_like_local_path
+
+    if looks_like_local_path(choice.name):
+        check_model_dir(choice.name)
+        return str(Path(choice.name).expanduser())
     return choice.name
 
 
@@ -120,24 +131,66 @@ def load_model_and_tokenizer(
     A Hub refusal (not logged in, access not granted, offline) becomes a `UserFacingError`
     saying what to do; files already downloaded stay in the cache, so the next try resumes.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model_path(choice)
-    try:
+    from .checks import check_family
+
+    def load(path: str):
+        if not choice.is_tiny and not Path(path).is_dir():  # a Hub id: its config first (KBs)
+            config = AutoConfig.from_pretrained(path, token=token, cache_dir=cache_dir)
+            check_family(config.model_type, getattr(config, "architectures", None), path)
         tokenizer = AutoTokenizer.from_pretrained(path, token=token, cache_dir=cache_dir)
         model = AutoModelForCausalLM.from_pretrained(
             path, token=token, cache_dir=cache_dir, **_model_kwargs(settings, quantization_config)
         )
-    except OSError as err:
-        from .auth import explain_hub_error, find_hub_error, find_token
+        return model, tokenizer
 
-        hub_err = find_hub_error(err)
-        if hub_err is None:
+    path = resolve_model_path(choice)
+    try:
+        model, tokenizer = load(path)
+    except (torch.OutOfMemoryError, UserFacingError):
+        raise
+    except Exception as err:
+        if choice.is_tiny and isinstance(err, _file_errors()):  # rebuilt, once
+            from .tiny import ensure_tiny_llama
+
+            warnings.warn(
+                f"The cached tiny Llama 2 failed to load ({type(err).__name__}); rebuilding it.",
+                stacklevel=2,
+            )
+            model, tokenizer = load(str(ensure_tiny_llama(rebuild=True)))
+        elif Path(path).is_dir():
+            raise UserFacingError(
+                f"{path!r} passed the checks but failed to load: {type(err).__name__}: {err}",
+                "The folder's files may be damaged or from a newer transformers: download the "
+                "model again, or upgrade transformers.",
+            ) from err
+        elif isinstance(err, OSError):
+            _raise_hub_error(err, choice, token)
             raise
-        _, what, todo = explain_hub_error(hub_err, choice.name, bool(token or find_token()))
-        raise UserFacingError(what, todo) from err
+        else:
+            raise
     model.eval()
     return model, tokenizer
+
+
+def _file_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a damaged model file raises while loading (bad JSON, bad safetensors)."""
+    import safetensors
+
+    return (OSError, ValueError, getattr(safetensors, "SafetensorError", OSError))
+
+
+def _raise_hub_error(err: OSError, choice: ModelChoice, token: str | None) -> None:
+    """Raise a UserFacingError for a Hub refusal inside err; return if there is none."""
+    from .auth import explain_hub_error, find_hub_error, find_token
+
+    hub_err = find_hub_error(err)
+    if hub_err is None:
+        return
+    _, what, todo = explain_hub_error(hub_err, choice.name, bool(token or find_token()))
+    raise UserFacingError(what, todo) from err
 
 
 def load_pipeline(

@@ -121,9 +121,16 @@ def load_config(model_name: str):
         return LlamaConfig(**entry.config), canonical
     path = Path(name).expanduser()
     if (path / "config.json").is_file():
+        from .checks import check_config
+
+        check_config(path)  # valid JSON, Llama family: a clear message, not a traceback
         return AutoConfig.from_pretrained(path), name
     if name.count("/") == 1 and not path.exists():
-        return _config_from_hub(name), name
+        from .checks import check_family
+
+        config = _config_from_hub(name)
+        check_family(config.model_type, getattr(config, "architectures", None), name)
+        return config, name
     raise UserFacingError(
         f"No architecture known for {name!r}: it is not in the catalog and not a local "
         f"directory with a config.json. {did_you_mean(name)}".rstrip(),
@@ -234,9 +241,11 @@ def _context(usable: int, weights: int, kv: int, limit: int) -> int:
     return max(0, min(limit, (usable - weights) // kv)) if usable > weights else 0
 
 
-def _choose(counts: ParamCounts, config, facts: RuntimeFacts, quantization: str) -> dict:
+def _choose(
+    counts: ParamCounts, config, facts: RuntimeFacts, quantization: str, dtype: str | None = None
+) -> dict:
     """Pick a format on one machine; return the fields of the plan that depend on the machine."""
-    dtype = recommend_settings(facts).dtype
+    dtype = dtype or recommend_settings(facts).dtype
     usable, reserve = _usable(facts)
     kv = kv_bytes_per_token(config, dtype)
     limit = int(getattr(config, "max_position_embeddings", 4096))
@@ -295,17 +304,22 @@ def _what_would_fit(counts: ParamCounts, config, facts: RuntimeFacts) -> str:
     return "What would fit: " + "; or ".join(parts) + "."
 
 
-def make_plan(model_name: str, facts: RuntimeFacts, quantization: str = "auto") -> LoadPlan:
+def make_plan(
+    model_name: str, facts: RuntimeFacts, quantization: str = "auto", dtype: str | None = None
+) -> LoadPlan:
     """Decide how to load a model on a machine: format, context room, and whether it fits.
 
     `quantization` is "auto" (16-bit if it fits with room for MIN_CONTEXT_TOKENS of context,
-    else 4-bit NF4, else does not fit), or forces "none", "int8" or "nf4".
+    else 4-bit NF4, else does not fit), or forces "none", "int8" or "nf4". `dtype` forces the
+    load/compute dtype; None takes the runtime's recommendation (float16 on a T4).
     """
     if quantization not in ("auto", "none", "int8", "nf4"):
         raise ValueError(f"quantization must be auto, none, int8 or nf4, not {quantization!r}")
+    if dtype is not None and dtype not in _DTYPE_BYTES:
+        raise ValueError(f"dtype must be float16, bfloat16 or float32, not {dtype!r}")
     config, name = load_config(model_name)
     counts = count_parameters(config)
-    c = _choose(counts, config, facts, quantization)
+    c = _choose(counts, config, facts, quantization, dtype)
     dtype, quant, kv = c["dtype"], c["quantization"], c["kv"]
     by_format = {
         dtype: weight_bytes(counts, dtype, None),

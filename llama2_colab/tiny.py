@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -27,9 +28,12 @@ from pathlib import Path
 __all__ = [
     "LLAMA2_CHAT_TEMPLATE",
     "TINY_VERSION",
+    "MARKER",
     "build_tiny_llama",
+    "check_tiny_cache",
     "ensure_built",
     "ensure_tiny_llama",
+    "is_tiny_folder",
     "tiny_cache_dir",
 ]
 
@@ -54,6 +58,14 @@ LLAMA2_CHAT_TEMPLATE = (
 TINY_VERSION = "2"
 _SEED = 0
 _PIECE_VOCAB = 1200  # word pieces learned from the corpus, on top of 3 specials + 256 bytes
+# Written into every folder build_tiny_llama fills, with exactly the text _README: the sign that
+# writing over the folder loses nothing.
+MARKER = "README.md"
+_README = (
+    "Offline tiny Llama 2 built by llama2_colab: real LlamaForCausalLM architecture and "
+    "Llama 2 chat template, random weights (seed 0). Not a language model: it answers "
+    "in gibberish.\n"
+)
 
 
 def tiny_cache_dir() -> Path:
@@ -113,13 +125,11 @@ def _build_tokenizer():
     return tokenizer
 
 
-def build_tiny_llama(out_dir: str | os.PathLike) -> Path:
-    """Write the tiny Llama 2 (model, tokenizer, generation config) to out_dir; return its path."""
+def _write_tiny_files(out: Path) -> None:
+    """Build the tiny Llama 2 and save every file of it into the existing folder out."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tokenizer = _build_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -157,28 +167,233 @@ def build_tiny_llama(out_dir: str | os.PathLike) -> Path:
     )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / "README.md").write_text(
-        "Offline tiny Llama 2 built by llama2_colab: real LlamaForCausalLM architecture and "
-        "Llama 2 chat template, random weights (seed 0). Not a language model: it answers "
-        "in gibberish.\n",
-        encoding="utf-8",
-    )
+    (out / MARKER).write_text(_README, encoding="utf-8")
+
+
+def _refuse_target(out_dir: str | os.PathLike) -> Path:
+    """Return out_dir as a Path if the tiny model may be written there; else UserFacingError.
+
+    Allowed: a new folder, an empty one, or one this package wrote itself (its README.md is the
+    one build_tiny_llama writes). Nothing else is ever written over.
+    """
+    from .errors import UserFacingError
+
+    if not str(out_dir).strip():
+        raise UserFacingError(
+            "No folder given: an empty name would mean the current folder, and writing the tiny "
+            "model there could overwrite your files.",
+            "Name a new folder, e.g. `python -m llama2_colab tiny ./tiny-llama-2`.",
+        )
+    out = Path(out_dir).expanduser()
+    for above in out.parents:  # a file where a folder on the way should be
+        if above.exists():
+            if not above.is_dir():
+                raise UserFacingError(
+                    f"Cannot write the tiny model to {str(out)!r}: {str(above)!r} is a file, "
+                    "so no folder can be made inside it.",
+                    "Name a new folder, e.g. `python -m llama2_colab tiny ./tiny-llama-2`.",
+                )
+            break
+    if out.exists() and not out.is_dir():
+        raise UserFacingError(
+            f"{str(out)!r} is a file, not a folder; the tiny model is a folder of files.",
+            "Name a new folder, e.g. `python -m llama2_colab tiny ./tiny-llama-2`.",
+        )
+    if out.is_dir():
+        try:
+            names = sorted(p.name for p in out.iterdir())
+        except OSError as err:
+            raise UserFacingError(
+                f"Cannot look into {str(out)!r}: {err.strerror or err}.",
+                "Choose a folder you can write to, e.g. ./tiny-llama-2.",
+            ) from None
+        if names and not is_tiny_folder(out):
+            shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+            raise UserFacingError(
+                f"{str(out)!r} already holds files ({shown}); writing the tiny model there would "
+                "overwrite them. It is written only into a new or empty folder, or over a tiny "
+                "model written before.",
+                f"Name a new folder, e.g. `python -m llama2_colab tiny {out / 'tiny-llama-2'}`.",
+            )
     return out
 
 
-def ensure_tiny_llama(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Return the cached tiny Llama 2 directory, building it first if it is missing."""
-    return ensure_built(
-        Path(cache_dir) if cache_dir is not None else tiny_cache_dir(), build_tiny_llama
-    )
+def is_tiny_folder(folder: str | os.PathLike) -> bool:
+    """Return True if folder was written by build_tiny_llama (so writing over it loses nothing)."""
+    try:
+        return (Path(folder) / MARKER).read_text(encoding="utf-8") == _README
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def build_tiny_llama(out_dir: str | os.PathLike) -> Path:
+    """Write the tiny Llama 2 (model, tokenizer, generation config) to out_dir; return its path.
+
+    out_dir must be new, empty, or a tiny model written before: anything else is refused with a
+    `UserFacingError`, so no file of yours is overwritten. The files are built in a hidden folder
+    first and moved in at the end, so an interrupted build leaves no half model behind.
+    """
+    from .errors import UserFacingError
+
+    out = out_dir
+    try:
+        out = _refuse_target(out_dir)
+        if not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=out.parent))
+            try:
+                _write_tiny_files(tmp)
+                try:
+                    tmp.rename(out)
+                    return out
+                except OSError:
+                    out = _refuse_target(out)  # someone made it meanwhile: move the files in
+                    out.mkdir(exist_ok=True)
+                    _move_files(tmp, out)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=out))
+            try:
+                _write_tiny_files(tmp)
+                _move_files(tmp, out)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as err:
+        raise UserFacingError(
+            f"Cannot write the tiny model to {str(out)!r}: {err.strerror or err}.",
+            "Choose a folder you can write to, on a disk with 10 MB free, e.g. ./tiny-llama-2.",
+        ) from None
+    return out
+
+
+def _move_files(src: Path, dst: Path) -> None:
+    """Move every file of src into dst, the marker first (so dst is recognisably ours)."""
+    names = sorted(p.name for p in src.iterdir())
+    for name in [MARKER] + [n for n in names if n != MARKER]:
+        os.replace(src / name, dst / name)
+
+
+def check_tiny_cache(folder: str | os.PathLike) -> str | None:
+    """Return what is wrong with a tiny-model cache folder, or None if it looks whole."""
+    from .checks import check_model_dir
+    from .errors import UserFacingError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "it is a file, not a folder" if folder.exists() else "it is missing"
+    if not is_tiny_folder(folder):
+        return "it is empty" if not any(folder.iterdir()) else "it was not written by llama2_colab"
+    try:
+        check_model_dir(folder)
+        json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    except UserFacingError as err:
+        return err.what
+    except (OSError, ValueError) as err:
+        return f"tokenizer.json is unreadable ({err})"
+    return None
+
+
+def ensure_tiny_llama(cache_dir: str | os.PathLike | None = None, rebuild: bool = False) -> Path:
+    """Return the cached tiny Llama 2 directory, building it first if it is missing or damaged.
+
+    A damaged cache (a cut-off or bad file, a file where the folder should be) is rebuilt once,
+    with a warning that says so; `rebuild=True` rebuilds it even if it looks whole (for a cache
+    that failed to load). If the new one is damaged too, a `UserFacingError` says what to do.
+    """
+    from .errors import UserFacingError
+
+    target = Path(cache_dir) if cache_dir is not None else tiny_cache_dir()
+    try:
+        return _ensure(target, cache_dir is not None, rebuild)
+    except OSError as err:
+        raise UserFacingError(
+            f"Cannot use {str(target)!r} for the tiny model's cache: {err.strerror or err}.",
+            "Set LLAMA2_COLAB_CACHE to a folder you can write to, with 10 MB free, and run again.",
+        ) from None
+
+
+def _ensure(target: Path, named: bool, rebuild: bool) -> Path:
+    from .errors import UserFacingError
+
+    problem = "you asked for a rebuild" if rebuild else check_tiny_cache(target)
+    if problem is None:
+        return target
+    if not rebuild and problem not in (
+        "it is missing",
+        "it is empty",
+    ):  # a caller asking for a rebuild says why
+        warnings.warn(
+            f"The cached tiny Llama 2 at {target} cannot be used ({problem.rstrip('.')}); "
+            "rebuilding it.",
+            stacklevel=3,
+        )
+    root = target.parent
+    theirs = (target.exists() or target.is_symlink()) and not _ours_or_empty(target)
+    if theirs and named:  # a folder the caller named: not ours to move
+        raise UserFacingError(
+            f"{str(target)!r} holds something other than the tiny model; it is left as it is.",
+            "Pass a new or empty folder as the cache, or leave cache_dir out.",
+        )
+    if root.exists() and not root.is_dir():
+        raise UserFacingError(
+            f"The tiny-model cache folder {str(root)!r} is a file.",
+            "Set LLAMA2_COLAB_CACHE to a folder (or move that file away) and run again.",
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    # Build next to the target and rename, so a killed build never leaves half a model.
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
+    try:
+        _write_tiny_files(tmp)
+        if target.exists() or target.is_symlink():
+            _set_aside(target)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if check_tiny_cache(target) is not None:  # lost a race with another builder?
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    problem = check_tiny_cache(target)
+    if problem is not None:
+        raise UserFacingError(
+            f"The tiny Llama 2 rebuilt at {target} is damaged again ({problem}).",
+            "Check the disk (is it full?), or set LLAMA2_COLAB_CACHE to another folder.",
+        )
+    return target
+
+
+def _ours_or_empty(target: Path) -> bool:
+    """True for a real folder that is empty or that build_tiny_llama wrote."""
+    if not target.is_dir() or target.is_symlink():
+        return False
+    return is_tiny_folder(target) or not any(target.iterdir())
+
+
+def _set_aside(target: Path) -> None:
+    """Remove a damaged cache this package wrote; keep anything else as <name>.damaged[-N]."""
+    if _ours_or_empty(target):
+        old = Path(tempfile.mkdtemp(prefix=".tiny-old-", dir=target.parent))
+        target.rename(old / "old")
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    aside, n = target.with_name(target.name + ".damaged"), 1
+    while aside.exists() or aside.is_symlink():
+        n += 1
+        aside = target.with_name(f"{target.name}.damaged-{n}")
+    target.rename(aside)
+    warnings.warn(f"Kept what was at {target} as {aside}.", stacklevel=4)
 
 
 def ensure_built(target: Path, build: Callable[[Path], object]) -> Path:
-    """Return target, running build(folder) first if target holds no model and tokenizer yet."""
+    """Return target, running build(folder) first if target holds no model and tokenizer yet.
+
+    For the other offline stand-ins (the tiny Code Llama): built beside the target and renamed,
+    so a killed build never leaves half a model behind.
+    """
     if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Build next to the target and rename, so a killed build never leaves half a model behind.
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=target.parent))
     try:
         build(tmp)

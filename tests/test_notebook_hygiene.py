@@ -13,6 +13,7 @@ from llama2_colab.colab import badge_markdown, colab_url
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 EXPECTED = [
+    "00_meet_llama2.ipynb",
     "01_setup.ipynb",
     "02_login.ipynb",
     "03_pipeline.ipynb",

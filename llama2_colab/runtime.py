@@ -67,7 +67,7 @@ class Settings:
 
 
 # Typical values as `torch.cuda.get_device_properties(0)` reports them, and the host RAM of the
-# machine you usually get them on. T4: free Colab (14.75 GiB usable of 16 GB; 12.7 GB RAM).
+# machine you usually get them on. T4: free Colab (14.75 GiB usable of 16 GB; 12.7 GiB RAM).
 GPU_PRESETS: dict[str, RuntimeFacts] = {
     "T4": RuntimeFacts(
         True, GpuFacts("Tesla T4", (7, 5), 15_835_660_288), 13_609_431_040, 12_000_000_000, 80 * GiB

@@ -1,0 +1,74 @@
+"""The walkthrough reads as one course: each notebook leads to the next, and a figure that
+appears in several places is the one the library computes, in one unit."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from llama2_colab import make_plan, preset_runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+GiB = 1024**3
+# Notebook 02 is being rewritten on another branch; its "13 GB" (cell 0) is fixed at the merge,
+# and then this exception goes.
+EDITED_ELSEWHERE = {"02_login.ipynb"}
+
+
+def _markdown(path: Path) -> str:
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    return "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+
+
+def _prose() -> dict[str, str]:
+    """Every text a learner reads: notebook markdown, the README and the docs."""
+    texts = {p.name: _markdown(p) for p in NOTEBOOKS}
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        texts[path.name] = path.read_text(encoding="utf-8")
+    return texts
+
+
+@pytest.mark.parametrize(
+    "path, following",
+    list(zip(NOTEBOOKS, NOTEBOOKS[1:], strict=False)),
+    ids=lambda p: p.name,
+)
+def test_each_notebook_links_to_the_one_after_it(path, following):
+    text = _markdown(path)
+    start = max(text.rfind("## Next"), text.rfind("Next:"))
+    assert start != -1, f"{path.name} has no 'Next' section"
+    assert f"]({following.name})" in text[start:], (
+        f"{path.name}'s 'Next' does not link {following.name}: a learner skips a notebook"
+    )
+
+
+def test_the_t4_context_room_of_7b_is_the_plan_s_figure_everywhere():
+    room = make_plan("meta-llama/Llama-2-7b-chat-hf", preset_runtime("T4")).max_context_tokens
+    quoted = {
+        (name, figure)
+        for name, text in _prose().items()
+        for figure in re.findall(r"\b2,[34]\d\d\b", text)
+    }
+    assert quoted, "the T4 context room of 7B is quoted nowhere"
+    assert {figure for _, figure in quoted} == {f"{room:,}"}, sorted(quoted)
+
+
+def test_the_7b_weights_are_given_in_gib_as_the_plan_computes_them():
+    weights = make_plan("meta-llama/Llama-2-7b-chat-hf", preset_runtime("T4")).weights_bytes
+    gib = f"{weights / GiB:.2f} GiB"
+    prose = _prose()
+    assert gib == "12.55 GiB"
+    assert all(gib in prose[name] for name in ("01_setup.ipynb", "03_pipeline.ipynb"))
+    # The same bytes in other spellings, as they had drifted across notebooks.
+    stale = re.compile(r"\b(?:13(?:\.5)? ?GB|12\.6 ?GiB|13\.2 ?GB)\b")
+    found = {
+        (name, m)
+        for name, text in prose.items()
+        if name not in EDITED_ELSEWHERE
+        for m in stale.findall(text)
+    }
+    assert not found, sorted(found)

@@ -7,6 +7,7 @@ arrives as it is produced, and the same streamer timestamps every new token.
 
 from __future__ import annotations
 
+import codecs
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,12 +35,19 @@ class GenerationStats:
 
 
 class ReplyStreamer(TextStreamer):
-    """A TextStreamer that hands each finished piece of text to a callback and times tokens."""
+    """A TextStreamer that hands each finished piece of text to a callback and times tokens.
+
+    Byte-fallback tokenizers (Llama 2's) spell a character they have no piece for as 2-4 byte
+    tokens (`<0xE3>` `<0x81>` `<0x93>`). Those tokens are held back until the character is
+    whole, so the text never shows a replacement character "\ufffd" that later turns into the
+    real one, and the pieces add up to exactly the decoded reply.
+    """
 
     def __init__(self, tokenizer, on_text: Callable[[str], None] | None = None):
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.on_text = on_text
         self.token_times: list[float] = []
+        self.held_ids: list[int] = []  # byte tokens of a character that is not complete yet
 
     def put(self, value) -> None:
         """Receive token ids from generate(); the first call carries the prompt."""
@@ -50,19 +58,48 @@ class ReplyStreamer(TextStreamer):
             # token is the one avoidable cost a streamer adds (stream_generate decodes once).
             self.next_tokens_are_prompt = False
             return
-        super().put(value)
+        if self.next_tokens_are_prompt:
+            super().put(value)  # the prompt: skipped, never shown
+            return
+        self.held_ids.extend(value.reshape(-1).tolist())
+        if _ends_mid_character(self.tokenizer, self.held_ids):
+            return
+        ids, self.held_ids = self.held_ids, []
+        super().put(value.new_tensor(ids))
 
     def end(self) -> None:
         """Flush the last piece of text (when someone listens) and get ready for the next reply."""
         if self.on_text is None:
             self.next_tokens_are_prompt = True
             return
+        if self.held_ids:  # the reply ended mid-character: show what the decoded reply shows
+            import torch
+
+            ids, self.held_ids = self.held_ids, []
+            super().put(torch.tensor(ids))
         super().end()
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
         """Forward each decoded piece to the callback (nothing is printed by default)."""
         if self.on_text is not None and text:
             self.on_text(text)
+
+
+def _ends_mid_character(tokenizer, ids: list[int]) -> bool:
+    """True when ids end in byte tokens (`<0xNN>`) that begin a character but do not finish it."""
+    tail = bytearray()
+    for token in reversed(tokenizer.convert_ids_to_tokens(ids[-4:])):
+        if not (isinstance(token, str) and len(token) == 6 and token.startswith("<0x")):
+            break
+        try:
+            tail.insert(0, int(token[3:5], 16))
+        except ValueError:
+            break
+    if not tail:
+        return False
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    decoder.decode(bytes(tail), final=False)
+    return bool(decoder.getstate()[0])  # bytes still waiting for the rest of their character
 
 
 def fast_generate_kwargs(

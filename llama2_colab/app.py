@@ -104,9 +104,11 @@ class ChatApp:
             options=[(label, name) for name, (label, _) in self.models.items()],
             value=model_name,
             description="Model",
-            layout=wide,
+            layout=w.Layout(width="auto", flex="1 1 auto"),  # what the button leaves
         )
-        self.load_button = w.Button(description="Load model", icon="download")
+        self.load_button = w.Button(
+            description="Load model", icon="download", layout=w.Layout(flex="0 0 auto")
+        )
         self.system = w.Textarea(
             value=session.system_prompt,
             description="System",

@@ -250,6 +250,37 @@ def test_a_reply_cut_mid_character_streams_what_the_decoded_reply_shows(
     assert "".join(pieces) == text
 
 
+@pytest.mark.parametrize(
+    "run",
+    [
+        ["<0x6D>", "<0xC3>", "<0xA9>", "<0xE3>"],  # "m", "é", then a bad byte: all four are "?"
+        ["<0xC3>", "<0xA9>", "<0x6D>", "<0x81>"],
+        ["<0x41>", "<0x42>", "<0xFF>"],
+    ],
+)
+def test_a_run_of_byte_tokens_streams_the_text_the_reply_ends_with(tiny_model_and_tokenizer, run):
+    """Random weights write byte runs that are not valid UTF-8. A run is decoded as a whole, so
+    "m" and "é" turn into replacement characters once a bad byte joins them: the stream must
+    not show the letters first (the browser test saw exactly that)."""
+    from llama2_colab.generation import stream_generate
+
+    model, tok = tiny_model_and_tokenizer
+    ids = tok.encode("Hi", add_special_tokens=False) + tok.convert_tokens_to_ids(run)
+    ids += tok.encode(" there", add_special_tokens=False)[1:]
+    pieces = []
+    text, _, _ = stream_generate(
+        model,
+        tok,
+        torch.tensor([tok.encode("Say hello")]),
+        on_text=pieces.append,
+        max_new_tokens=len(ids) + 1,
+        do_sample=False,
+        logits_processor=LogitsProcessorList([ForceText(ids, tok.eos_token_id)]),
+    )
+    assert "\ufffd" * len(run) in text
+    assert "".join(pieces) == text
+
+
 def test_the_app_never_shows_a_replacement_character_while_streaming(app):
     tok = app.session.tokenizer
     ids = tok.encode(JAPANESE_AND_EMOJI, add_special_tokens=False)

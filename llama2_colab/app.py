@@ -94,29 +94,57 @@ class ChatApp:
         # While streaming: (user text, reply so far, whether it replaces the last exchange).
         self._pending: tuple[str, str, bool] | None = None
         self._last_render = 0.0
+        # The reply length you chose: the context may cap the slider below it for a while
+        # (a long system prompt), and it comes back when the cap lifts.
+        self._wanted_max_new_tokens = int(session.max_new_tokens)
+        self._capping = False
 
         wide = w.Layout(width="100%")
         self.model = w.Dropdown(
             options=[(label, name) for name, (label, _) in self.models.items()],
             value=model_name,
             description="Model",
-            layout=wide,
+            layout=w.Layout(width="auto", flex="1 1 auto"),  # what the button leaves
         )
-        self.load_button = w.Button(description="Load model", icon="download")
+        self.load_button = w.Button(
+            description="Load model", icon="download", layout=w.Layout(flex="0 0 auto")
+        )
         self.system = w.Textarea(
             value=session.system_prompt,
             description="System",
             placeholder="A system prompt, re-sent with every turn (empty: none)",
             layout=w.Layout(width="100%", height="70px"),
         )
+        # Labels get the room they need (the default cuts "Max new tokens" to "Max new ..."),
+        # and each slider fits a third of Colab's ~850 px output; the row wraps when narrower.
+        label = {"description_width": "initial"}
+        slider = w.Layout(width="270px", margin="2px 12px 2px 0")
         self.temperature = w.FloatSlider(
-            value=session.temperature, min=0.01, max=5.0, step=0.01, description="Temperature"
+            value=session.temperature,
+            min=0.01,
+            max=5.0,
+            step=0.01,
+            description="Temperature",
+            style=label,
+            layout=slider,
         )
         self.top_p = w.FloatSlider(
-            value=session.top_p, min=0.01, max=1.0, step=0.01, description="Top p"
+            value=session.top_p,
+            min=0.01,
+            max=1.0,
+            step=0.01,
+            description="Top p",
+            style=label,
+            layout=slider,
         )
         self.max_new_tokens = w.IntSlider(
-            value=session.max_new_tokens, min=1, max=4096, step=1, description="Max new tokens"
+            value=session.max_new_tokens,
+            min=1,
+            max=max(4096, session.max_new_tokens),
+            step=1,
+            description="Max new tokens",
+            style=label,
+            layout=slider,
         )
         self.conversation = w.HTML(layout=wide)
         self.message = w.Textarea(
@@ -136,12 +164,16 @@ class ChatApp:
         self.clear_button.on_click(lambda _: self.on_clear())
         self.load_button.on_click(lambda _: self.on_load())
         self.system.observe(lambda _: self._bound_max_new_tokens(), names="value")
+        self.max_new_tokens.observe(self._on_max_new_tokens, names="value")
 
         settings = w.VBox(
             [
                 w.HBox([self.model, self.load_button]),
                 self.system,
-                w.HBox([self.temperature, self.top_p, self.max_new_tokens]),
+                w.HBox(
+                    [self.temperature, self.top_p, self.max_new_tokens],
+                    layout=w.Layout(flex_flow="row wrap"),
+                ),
             ]
         )
         buttons = w.HBox(
@@ -181,6 +213,20 @@ class ChatApp:
             who = "You" if msg["role"] == "user" else "Llama 2"
             lines.append(f"{who}: {msg['content']}")
         return "\n".join(lines)
+
+    def refresh(self) -> None:
+        """Show the session as it is now (after you changed its history or prompt in code)."""
+        self.system.value = self.session.system_prompt
+        self._render(force=True)
+
+    def import_json(self, text: str) -> None:
+        """Load a conversation saved with `session.export_json()` and show it at once."""
+        if self.busy:
+            raise RuntimeError("Still answering; press Stop first, then load the conversation.")
+        self.session.import_json(text)  # ValueError, with nothing changed, if it is not one
+        self.refresh()
+        n = len(self.session.history) // 2
+        self._show(f"Loaded a conversation of {n} exchange{'s' if n != 1 else ''}.")
 
     def status_text(self) -> str:
         """Return the status line under the app (speed, context used, or an error) as text."""
@@ -247,8 +293,18 @@ class ChatApp:
         except ValueError:
             return  # a bad system prompt is reported when you send
         top = max(self.session.limit - floor, 1)
-        self.max_new_tokens.max = top
-        self.max_new_tokens.value = min(self.max_new_tokens.value, top)
+        self._capping = True  # the slider moves because of the cap, not because you moved it
+        try:
+            if top > self.max_new_tokens.max:
+                self.max_new_tokens.max = top
+            self.max_new_tokens.value = min(self._wanted_max_new_tokens, top)
+            self.max_new_tokens.max = top
+        finally:
+            self._capping = False
+
+    def _on_max_new_tokens(self, change) -> None:
+        if not self._capping:
+            self._wanted_max_new_tokens = int(change["new"])
 
     # -- handlers -------------------------------------------------------------------------------
     def _sync_settings(self) -> None:

@@ -34,35 +34,54 @@ class GenerationStats:
 
 
 class ReplyStreamer(TextStreamer):
-    """A TextStreamer that hands each finished piece of text to a callback and times tokens."""
+    """A TextStreamer that hands each new piece of the reply to a callback and times tokens.
+
+    The pieces add up to exactly the decoded reply. Byte-fallback tokenizers (Llama 2's) spell a
+    character they have no piece for as 2-4 byte tokens (`<0xE3>` `<0x81>` `<0x93>`), and decode
+    a run of byte tokens as a whole: until the run ends, its text can still change (a half
+    character is "\ufffd"; a run with one bad byte is all "\ufffd"). So a run of byte tokens is
+    held back until a word piece follows it or the reply ends, and the text never shows a
+    replacement character that the reply does not have.
+    """
 
     def __init__(self, tokenizer, on_text: Callable[[str], None] | None = None):
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.on_text = on_text
         self.token_times: list[float] = []
+        self.reply_ids: list[int] = []  # the reply's token ids so far
+        self.shown_chars = 0  # how much of the decoded reply has gone to on_text
 
     def put(self, value) -> None:
         """Receive token ids from generate(); the first call carries the prompt."""
         if not self.next_tokens_are_prompt:
             self.token_times.extend([time.perf_counter()] * int(value.numel()))
-        if self.on_text is None:
-            # Nobody reads the text: only time the tokens. Decoding the growing reply on every
-            # token is the one avoidable cost a streamer adds (stream_generate decodes once).
+        if self.on_text is None or self.next_tokens_are_prompt:
+            # The prompt is never shown. With nobody reading the text, only time the tokens:
+            # decoding the growing reply on every token is the one avoidable cost a streamer adds.
             self.next_tokens_are_prompt = False
             return
-        super().put(value)
+        self.reply_ids.extend(value.reshape(-1).tolist())
+        last = self.tokenizer.convert_ids_to_tokens(self.reply_ids[-1])
+        if isinstance(last, str) and len(last) == 6 and last.startswith("<0x"):
+            return  # inside a run of byte tokens: its text is not final yet
+        self._show_new_text(stream_end=False)
 
     def end(self) -> None:
         """Flush the last piece of text (when someone listens) and get ready for the next reply."""
-        if self.on_text is None:
-            self.next_tokens_are_prompt = True
-            return
-        super().end()
+        if self.on_text is not None:
+            self._show_new_text(stream_end=True)
+        self.reply_ids, self.shown_chars = [], 0
+        self.next_tokens_are_prompt = True
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
         """Forward each decoded piece to the callback (nothing is printed by default)."""
         if self.on_text is not None and text:
             self.on_text(text)
+
+    def _show_new_text(self, stream_end: bool) -> None:
+        text = self.tokenizer.decode(self.reply_ids, **self.decode_kwargs)
+        self.on_finalized_text(text[self.shown_chars :], stream_end=stream_end)
+        self.shown_chars = max(self.shown_chars, len(text))
 
 
 def fast_generate_kwargs(

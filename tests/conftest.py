@@ -8,6 +8,9 @@ import pytest
 
 
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "browser: drives notebooks in headless Chromium (tests/test_browser.py)"
+    )
     # Set before nbval starts any kernel: kernels inherit this process's environment.
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["LLAMA2_COLAB_MODEL"] = "tiny"

@@ -186,3 +186,148 @@ def test_a_model_outside_the_list_is_shown_as_loaded(tiny_model_and_tokenizer, t
     assert app.model.value == str(tiny_dir) and app.model.label.endswith("(loaded)")
     app.load_button.click()
     assert "already loaded" in app.status_text() and not app.busy
+
+
+# -- defects a browser user saw, checked headlessly ------------------------------------------------
+class ForceText(LogitsProcessor):
+    """Makes the model write exactly the given token ids, then </s>: a known reply, streamed."""
+
+    def __init__(self, ids, eos_id):
+        self.ids, self.eos_id, self.step = list(ids), eos_id, 0
+
+    def __call__(self, input_ids, scores):
+        target = self.ids[self.step] if self.step < len(self.ids) else self.eos_id
+        self.step += 1
+        forced = torch.full_like(scores, -float("inf"))
+        forced[:, target] = 0.0
+        return forced
+
+
+JAPANESE_AND_EMOJI = "こんにちは、世界 🦙 ラマ です。 日本語 😀! Hi 🦙🦙 ok"
+
+
+def test_a_streamed_japanese_and_emoji_reply_never_shows_a_replacement_character(
+    tiny_model_and_tokenizer,
+):
+    from llama2_colab.generation import stream_generate
+
+    model, tok = tiny_model_and_tokenizer
+    ids = tok.encode(JAPANESE_AND_EMOJI, add_special_tokens=False)
+    assert sum(t.startswith("<0x") for t in tok.convert_ids_to_tokens(ids)) >= 8  # byte tokens
+    pieces = []
+    text, new_ids, _ = stream_generate(
+        model,
+        tok,
+        torch.tensor([tok.encode("Say hello")]),
+        on_text=pieces.append,
+        max_new_tokens=len(ids) + 1,
+        do_sample=False,
+        logits_processor=LogitsProcessorList([ForceText(ids, tok.eos_token_id)]),
+    )
+    assert text == JAPANESE_AND_EMOJI
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert "".join(pieces) == text  # nothing lost, nothing doubled
+
+
+def test_a_reply_cut_mid_character_streams_what_the_decoded_reply_shows(
+    tiny_model_and_tokenizer,
+):
+    from llama2_colab.generation import stream_generate
+
+    model, tok = tiny_model_and_tokenizer
+    ids = tok.encode("ok 🦙", add_special_tokens=False)
+    pieces = []
+    text, _, _ = stream_generate(
+        model,
+        tok,
+        torch.tensor([tok.encode("Say hello")]),
+        on_text=pieces.append,
+        max_new_tokens=len(ids) - 2,  # stops after the first two of the llama's four bytes
+        do_sample=False,
+        logits_processor=LogitsProcessorList([ForceText(ids, tok.eos_token_id)]),
+    )
+    assert text.startswith("ok ") and text.endswith("\ufffd")
+    assert "".join(pieces) == text
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        ["<0x6D>", "<0xC3>", "<0xA9>", "<0xE3>"],  # "m", "é", then a bad byte: all four are "?"
+        ["<0xC3>", "<0xA9>", "<0x6D>", "<0x81>"],
+        ["<0x41>", "<0x42>", "<0xFF>"],
+    ],
+)
+def test_a_run_of_byte_tokens_streams_the_text_the_reply_ends_with(tiny_model_and_tokenizer, run):
+    """Random weights write byte runs that are not valid UTF-8. A run is decoded as a whole, so
+    "m" and "é" turn into replacement characters once a bad byte joins them: the stream must
+    not show the letters first (the browser test saw exactly that)."""
+    from llama2_colab.generation import stream_generate
+
+    model, tok = tiny_model_and_tokenizer
+    ids = tok.encode("Hi", add_special_tokens=False) + tok.convert_tokens_to_ids(run)
+    ids += tok.encode(" there", add_special_tokens=False)[1:]
+    pieces = []
+    text, _, _ = stream_generate(
+        model,
+        tok,
+        torch.tensor([tok.encode("Say hello")]),
+        on_text=pieces.append,
+        max_new_tokens=len(ids) + 1,
+        do_sample=False,
+        logits_processor=LogitsProcessorList([ForceText(ids, tok.eos_token_id)]),
+    )
+    assert "\ufffd" * len(run) in text
+    assert "".join(pieces) == text
+
+
+def test_the_app_never_shows_a_replacement_character_while_streaming(app):
+    tok = app.session.tokenizer
+    ids = tok.encode(JAPANESE_AND_EMOJI, add_special_tokens=False)
+    app.session.generate_kwargs = {
+        "logits_processor": LogitsProcessorList([ForceText(ids, tok.eos_token_id)])
+    }
+    shown = []
+    app.conversation.observe(lambda change: shown.append(change["new"]), names="value")
+    app.max_new_tokens.value = len(ids) + 1
+    send(app, "Say hello in Japanese")
+    assert app.session.history[-1]["content"] == JAPANESE_AND_EMOJI
+    assert len(shown) >= 3 and not any("\ufffd" in html_text for html_text in shown)
+
+
+def test_max_new_tokens_comes_back_when_a_long_system_prompt_is_shortened(app):
+    app.max_new_tokens.value = 40
+    room = app.session.limit
+    app.system.value = "Be brief. " * (room // 3)  # leaves no room: the slider is capped at 1
+    assert app.max_new_tokens.max == 1 and app.max_new_tokens.value == 1
+    app.system.value = "Be brief."
+    assert app.max_new_tokens.max > 40
+    assert app.max_new_tokens.value == 40  # your choice is back, not stuck at 1
+    app.max_new_tokens.value = 30  # a choice made while capped...
+    app.system.value = "Be brief. " * (room // 3)
+    app.system.value = ""
+    assert app.max_new_tokens.value == 30  # ...is the one that comes back
+
+
+def test_an_imported_conversation_shows_at_once(app):
+    send(app, "keep this")
+    saved = app.session.export_json()
+    app.clear_button.click()
+    assert "No messages yet" in app.conversation.value
+    app.system.value = "Something else."
+    app.import_json(saved)
+    assert "No messages yet" not in app.conversation.value
+    assert "<b>You:</b> keep this" in app.conversation.value
+    assert app.system.value == "You are terse."  # the saved system prompt, shown and used
+    assert "Loaded a conversation of 1 exchange" in app.status_text()
+    with pytest.raises(ValueError, match="not a chat export"):
+        app.import_json("not json")
+    assert "<b>You:</b> keep this" in app.conversation.value
+
+
+def test_slider_labels_are_never_cut_off_and_the_sliders_wrap(app):
+    for slider in (app.temperature, app.top_p, app.max_new_tokens):
+        assert slider.style.description_width == "initial"  # the label takes the room it needs
+    row = app.widget.children[0].children[2]
+    assert list(row.children) == [app.temperature, app.top_p, app.max_new_tokens]
+    assert row.layout.flex_flow == "row wrap"  # narrower than three sliders: they wrap

@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-dev=0 stack=latest
+dev=0 stack=latest extra_pkgs=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --dev) dev=1 ;;
@@ -28,7 +28,9 @@ case "$stack" in
   latest) venv=.venv; pins=(); torch_spec=${TORCH_SPEC:-torch==2.13.0} ;;
   # Colab's torch is the CUDA build; PyPI's 2.11.0 is that build (about 5 GB with its CUDA
   # libraries, cached by pip after the first time). It runs on a CPU.
-  colab) venv=.venv-colab; pins=(-c constraints/colab.txt); torch_spec=torch ;;
+  colab) venv=.venv-colab; pins=(-c constraints/colab.txt); torch_spec=torch
+         # Colab's front end for its widget versions: the classic Notebook 6.5.
+         [ "$dev" = 1 ] && extra_pkgs=(notebook) ;;
   *) echo "setup.sh: unknown stack $stack (use latest or colab)" >&2; exit 2 ;;
 esac
 [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
@@ -36,4 +38,4 @@ esac
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   "$venv/bin/python" -m pip install -q "${pins[@]}" "$torch_spec"
 fi
-"$venv/bin/python" -m pip install -q "${pins[@]}" -e ".[${extras}]"
+"$venv/bin/python" -m pip install -q "${pins[@]}" -e ".[${extras}]" "${extra_pkgs[@]}"

@@ -61,7 +61,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "mask_token",
     ),
     "plan": ("LoadPlan", "format_plan", "make_plan"),
-    "bench": ("bandwidth_limit_tokens_per_s", "bench_model", "format_bench", "run_bench"),
+    "bench": ("PathTiming", "bandwidth_limit_tokens_per_s", "run_bench"),
+    "bench_harness": ("bench_model", "format_bench"),
     "convert": ("convert_meta_checkpoint", "inspect_meta_checkpoint"),
     "codellama": (
         "decode_infilling",

@@ -21,6 +21,7 @@ from contextlib import nullcontext
 
 from .chat import ChatSession, encode_dialog, read_context_limit
 from .models import load_with_plan, oom_as_advice
+from .plan import make_plan
 from .runtime import RuntimeFacts
 
 __all__ = ["CHAT_MODELS", "ChatApp", "describe_models"]
@@ -37,14 +38,12 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful, respectful and honest assistant. Ans
 
 def describe_models(facts: RuntimeFacts) -> dict[str, tuple[str, object]]:
     """Return {model id: (dropdown label saying whether it fits this runtime, its LoadPlan)}."""
-    from .plan import make_plan
-
     out: dict[str, tuple[str, object]] = {}
     for name, title in CHAT_MODELS.items():
         plan = make_plan(name, facts)
         if plan.fits:
-            fmt = plan.dtype if plan.quantization is None else f"4-bit {plan.quantization}"
-            label = f"{title}: fits ({fmt}, {plan.max_context_tokens:,} tokens of context)"
+            room = f"{plan.max_context_tokens:,} tokens of context"
+            label = f"{title}: fits ({plan.format_label}, {room})"
         else:
             label = f"{title}: does not fit this runtime"
         out[name] = (label, plan)
@@ -423,8 +422,6 @@ class ChatApp:
         if name == self.model_name and self.session.model is not None:
             return self._show(f"{label.split(':')[0]} is already loaded.")
         if plan is None:
-            from .plan import make_plan
-
             try:
                 plan = make_plan(name, self.facts)
             except Exception as err:  # noqa: BLE001 - shown in the app

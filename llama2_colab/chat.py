@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from .errors import UserFacingError
 from .generation import GenerationStats, stream_generate
 
 __all__ = [
@@ -241,8 +242,6 @@ def fit_dialog(
     tokenizer, messages: Sequence[dict], context_limit: int, max_new_tokens: int
 ) -> DialogFit:
     """Return the prompt for messages that leaves room for max_new_tokens, oldest turns dropped."""
-    from .errors import UserFacingError
-
     _check_count(context_limit, "context_limit", 2, "Llama 2 has 4096")
     _check_count(max_new_tokens, "max_new_tokens", 1, "a few hundred is typical")
     if max_new_tokens >= context_limit:

@@ -16,6 +16,11 @@ from pathlib import Path
 from .errors import UserFacingError
 
 __all__ = [
+    "MAX_REPEATS",
+    "MAX_WARMUP",
+    "MIN_NEW_TOKENS",
+    "MIN_PROMPT_TOKENS",
+    "check_bench_numbers",
     "LLAMA_MODEL_TYPES",
     "NotLlamaError",
     "check_config",
@@ -218,3 +223,54 @@ def check_model_dir(path: str | os.PathLike) -> dict:
         elif file.stat().st_size == 0:
             raise UserFacingError(f"{str(file)!r} is empty.", _REDOWNLOAD)
     return config
+
+
+# Sane bounds for the numbers a user gives, checked before anything loads.
+MIN_PROMPT_TOKENS = 8  # a prompt of fewer tokens cannot be made exactly (BOS + one word)
+MIN_NEW_TOKENS = 2  # decode speed is (N - 1) / (t_N - t_1): one token measures no decoding
+MAX_REPEATS = 1000
+MAX_WARMUP = 100
+
+
+def check_bench_numbers(
+    prompt_tokens: int,
+    new_tokens: int | None,
+    repeats: int | None,
+    warmup: int,
+    threads: int | None = None,
+    context_limit: int | None = None,
+) -> None:
+    """Raise UserFacingError, saying the allowed range, unless the benchmark's numbers make sense.
+
+    None means "the default" for new_tokens, repeats and threads. With `context_limit` (the
+    model's positions), the prompt plus the new tokens must fit in it.
+    """
+    cores = max(1, os.cpu_count() or 1)
+    for name, value, low, high, why in (
+        ("prompt_tokens", prompt_tokens, MIN_PROMPT_TOKENS, None, ""),
+        ("new_tokens", new_tokens, MIN_NEW_TOKENS, None, "; decode speed needs 2 or more"),
+        ("repeats", repeats, 1, MAX_REPEATS, ""),
+        ("warmup", warmup, 0, MAX_WARMUP, ""),
+        ("threads", threads, 1, cores, f"; this machine has {cores} CPU core(s)"),
+    ):
+        if value is None and name in ("new_tokens", "repeats", "threads"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserFacingError(
+                f"{name} must be a whole number, not {type(value).__name__} ({value!r}).",
+                "Pass an int.",
+            )
+        if value < low or (high is not None and value > high):
+            span = f"from {low:,} to {high:,}" if high is not None else f"at least {low:,}"
+            raise UserFacingError(
+                f"{name}={value:,} is out of range{why}.", f"Give a number {span}."
+            )
+    if context_limit is not None:
+        total = prompt_tokens + (new_tokens or 0)
+        if total > context_limit:
+            raise UserFacingError(
+                f"A {prompt_tokens:,}-token prompt plus {new_tokens or 0:,} new tokens is "
+                f"{total:,} positions; the model has {context_limit:,}.",
+                f"Keep --prompt-tokens plus --new-tokens within {context_limit:,} (the default "
+                "512 + 128 does).",
+            )

@@ -14,6 +14,8 @@ import sys
 from dataclasses import asdict, dataclass
 
 __all__ = [
+    "GiB",
+    "T4_MENU_PATH",
     "GpuFacts",
     "RuntimeFacts",
     "Settings",
@@ -26,6 +28,8 @@ __all__ = [
 ]
 
 GiB = 1024**3
+# Where Colab switches the runtime to a GPU; every message that sends you there says this.
+T4_MENU_PATH = "Runtime > Change runtime type > T4 GPU"
 
 
 @dataclass(frozen=True)
@@ -250,7 +254,5 @@ def format_report(facts: RuntimeFacts, settings: Settings | None = None) -> str:
         f"Why     : {settings.reason}",
     ]
     if facts.gpu is None and facts.colab:
-        lines.append(
-            "Hint    : Runtime > Change runtime type > T4 GPU, then run the notebook again."
-        )
+        lines.append(f"Hint    : {T4_MENU_PATH}, then run the notebook again.")
     return "\n".join(lines)

@@ -514,14 +514,14 @@ def test_a_closed_pipe_keeps_the_exit_code(argv, code):
 
 
 def test_bench_with_one_new_token_from_python_is_refused_not_measured():
-    from llama2_colab.bench import bench_model
+    from llama2_colab.bench_harness import bench_model
 
     with pytest.raises(UserFacingError, match="new_tokens=1 is out of range; decode speed"):
         bench_model("tiny", new_tokens=1)
 
 
 def test_bench_text_never_shows_an_unmeasured_speed_as_zero():
-    from llama2_colab.bench import format_bench
+    from llama2_colab.bench_harness import format_bench
 
     result = {
         "model": "tiny",

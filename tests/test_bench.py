@@ -15,11 +15,11 @@ import torch
 from llama2_colab import UserFacingError, stream_generate
 from llama2_colab.bench import (
     bandwidth_limit_tokens_per_s,
-    build_random_model,
     make_bench_prompt,
     run_bench,
     weights_read_bytes,
 )
+from llama2_colab.bench_harness import build_random_model
 from llama2_colab.cli import main
 from llama2_colab.generation import fast_generate_kwargs
 from llama2_colab.plan import load_config

@@ -37,7 +37,7 @@ def send(app, text):
 def test_each_model_says_whether_it_fits():
     t4 = {name: label for name, (label, _) in describe_models(preset_runtime("T4")).items()}
     assert "7B chat: fits (float16" in t4["meta-llama/Llama-2-7b-chat-hf"]
-    assert "13B chat: fits (4-bit nf4" in t4["meta-llama/Llama-2-13b-chat-hf"]
+    assert "13B chat: fits (4-bit NF4, float16 compute" in t4["meta-llama/Llama-2-13b-chat-hf"]
     assert "70B chat: does not fit" in t4["meta-llama/Llama-2-70b-chat-hf"]
     assert "fits" in t4["tiny"]
 

@@ -45,10 +45,12 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "chat": (
         "ChatSession",
         "DialogFit",
+        "Message",
         "check_dialog",
         "encode_dialog",
         "fit_dialog",
-        "read_context_limit",
+        "read_context_limit",  # the old name of read_context_window (warns)
+        "read_context_window",
         "render_dialog",
     ),
     "app": ("ChatApp", "describe_models"),

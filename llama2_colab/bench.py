@@ -463,8 +463,8 @@ def run_bench(
     tokens exceeds it is reported as an error instead of run.
     """
     check_fast_paths(fast)
-    limit = getattr(model.config, "max_position_embeddings", None)
-    check_bench_numbers(prompt_tokens, new_tokens, repeats, warmup, None, limit)
+    window = getattr(model.config, "max_position_embeddings", None)
+    check_bench_numbers(prompt_tokens, new_tokens, repeats, warmup, None, window)
     say = log or (lambda _msg: None)
     device, n = str(model.device), int(new_tokens)
     ids, paths, errors = _build_paths(model, tokenizer, n, prompt_tokens, fast, max_cache_len)

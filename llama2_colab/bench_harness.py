@@ -298,7 +298,7 @@ def bench_model(
     repeats = (5 if on_gpu else 15) if repeats is None else repeats
     plan = _plan_for_bench(choice, facts, settings.dtype, quantization, random_weights)
     if plan is not None:
-        context = plan.model_context_tokens
+        context = plan.model_context_window
         check_bench_numbers(prompt_tokens, new_tokens, repeats, warmup, threads, context)
         if not plan.fits and choice.name != TINY:
             raise UserFacingError(
@@ -308,7 +308,7 @@ def bench_model(
     start = time.perf_counter()
     model, tokenizer = _load_for_bench(choice, plan, settings, quant, random_weights, token, say)
     load_s = time.perf_counter() - start
-    cap = plan.max_context_tokens if (plan and on_gpu and plan.max_context_tokens) else None
+    cap = plan.context_window if (plan and on_gpu and plan.context_window) else None
     with _torch_threads(threads):
         figures = run_bench(
             model, tokenizer, prompt_tokens, new_tokens, repeats, warmup, fast, cap, say

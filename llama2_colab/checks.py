@@ -238,11 +238,11 @@ def check_bench_numbers(
     repeats: int | None,
     warmup: int,
     threads: int | None = None,
-    context_limit: int | None = None,
+    context_window: int | None = None,
 ) -> None:
     """Raise UserFacingError, saying the allowed range, unless the benchmark's numbers make sense.
 
-    None means "the default" for new_tokens, repeats and threads. With `context_limit` (the
+    None means "the default" for new_tokens, repeats and threads. With `context_window` (the
     model's positions), the prompt plus the new tokens must fit in it.
     """
     cores = max(1, os.cpu_count() or 1)
@@ -265,12 +265,12 @@ def check_bench_numbers(
             raise UserFacingError(
                 f"{name}={value:,} is out of range{why}.", f"Give a number {span}."
             )
-    if context_limit is not None:
+    if context_window is not None:
         total = prompt_tokens + (new_tokens or 0)
-        if total > context_limit:
+        if total > context_window:
             raise UserFacingError(
                 f"A {prompt_tokens:,}-token prompt plus {new_tokens or 0:,} new tokens is "
-                f"{total:,} positions; the model has {context_limit:,}.",
-                f"Keep --prompt-tokens plus --new-tokens within {context_limit:,} (the default "
+                f"{total:,} positions; the model has {context_window:,}.",
+                f"Keep --prompt-tokens plus --new-tokens within {context_window:,} (the default "
                 "512 + 128 does).",
             )

@@ -73,7 +73,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .auth import find_token
-    from .chat import ChatSession, check_message, read_context_limit
+    from .chat import ChatSession, check_message, read_context_window
     from .models import choose_model, cpu_threads_for, load_with_plan, oom_as_advice
     from .plan import make_plan
     from .runtime import detect_runtime, format_report, recommend_settings
@@ -90,7 +90,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _check_local_model(choice.name)
     # Decide, then act: the plan picks fp16/bf16 or 4-bit and refuses what cannot fit.
     plan = make_plan(choice.name, facts)
-    print(f"Plan    : {plan.format_label}, room for {plan.max_context_tokens:,} tokens")
+    print(f"Plan    : {plan.format_label}, room for {plan.context_window:,} tokens")
     threads = cpu_threads_for(choice, plan.device)
     if threads is not None:  # this process is ours: no need to restore the setting
         import torch
@@ -110,7 +110,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         tokenizer,
         system_prompt=DEMO_SYSTEM,
         max_new_tokens=args.max_new_tokens,
-        context_limit=min(read_context_limit(model), plan.max_context_tokens),
+        context_window=min(read_context_window(model), plan.context_window),
     )
     try:
         session.plan_prompt(args.prompt)  # refuses forged turns, checks the budget

@@ -159,11 +159,11 @@ def stream_generate(
         raise ValueError(
             f"max_new_tokens={wanted!r} cannot be generated: give a whole number of at least 1."
         )
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(limit, int) and input_ids.shape[1] + (wanted or 0) > limit:
+    window = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(window, int) and input_ids.shape[1] + (wanted or 0) > window:
         raise ValueError(
             f"The prompt ({input_ids.shape[1]} tokens) plus max_new_tokens ({wanted or 0}) "
-            f"exceeds the model's {limit} positions: past them a Llama model produces garbage. "
+            f"exceeds the model's {window} positions: past them a Llama model produces garbage. "
             "Shorten the prompt or lower max_new_tokens."
         )
     input_ids = input_ids.to(model.device)

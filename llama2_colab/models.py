@@ -245,7 +245,7 @@ def oom_as_advice(plan, doing: str = "generating") -> Iterator[None]:
         raise UserFacingError(
             f"The GPU ran out of memory while {doing} with {plan.model} "
             f"({plan.format_label}: {plan.weights_bytes / GiB:.2f} GiB of "
-            f"weights; the plan leaves room for about {plan.max_context_tokens:,} tokens of "
+            f"weights; the plan leaves room for about {plan.context_window:,} tokens of "
             "context). Memory still held by an earlier model counts too.",
             "Restart the runtime (Runtime > Restart session) so only this model is in memory. "
             + plan.advice,

@@ -25,6 +25,7 @@ from .auth import explain_hub_error, find_hub_error, find_token, hub_endpoint
 from .catalog import did_you_mean, find_entry
 from .checks import check_config, check_family
 from .errors import UserFacingError
+from .renames import renamed_attribute
 from .runtime import GPU_PRESETS, T4_MENU_PATH, GiB, RuntimeFacts, recommend_settings
 from .tiny import ensure_tiny_llama
 
@@ -86,10 +87,10 @@ class LoadPlan:
     quantization: str | None  # None | "int8" | "nf4"
     weights_bytes: int  # of the chosen format
     kv_bytes_per_token: int
-    max_context_tokens: int  # tokens of KV cache that fit next to the weights (<= model_context)
+    context_window: int  # tokens of context that fit next to the weights (<= the model's own)
     fits: bool
     reason: str
-    model_context_tokens: int = 0  # the model's own limit (max_position_embeddings)
+    model_context_window: int = 0  # the model's own (max_position_embeddings)
     device: str = "cuda"  # "cuda" | "cpu"
     gpu: str | None = None
     usable_memory_bytes: int = 0
@@ -99,6 +100,9 @@ class LoadPlan:
     ram_available_bytes: int = 0
     download_bytes: int = 0  # the 16-bit safetensors you download from the Hub
     advice: str = ""  # what would make it fit, or what to do after an out-of-memory error
+
+    max_context_tokens = renamed_attribute("max_context_tokens", "context_window")
+    model_context_tokens = renamed_attribute("model_context_tokens", "model_context_window")
 
     @property
     def format_label(self) -> str:
@@ -241,7 +245,7 @@ class PlanChoice:
     quantization: str | None  # None | "int8" | "nf4"
     weights_bytes: int  # of that format
     kv_bytes_per_token: int
-    max_context_tokens: int  # tokens of KV cache that fit next to the weights
+    context_window: int  # tokens of context that fit next to the weights
     usable_bytes: int  # the device's memory minus the reserve
     reserve_bytes: int  # CUDA context and activations (GPU), or Python and libraries (CPU)
     fits: bool  # the weights plus MIN_CONTEXT_TOKENS of KV cache fit in the usable bytes
@@ -254,8 +258,8 @@ def _usable(facts: RuntimeFacts) -> tuple[int, int]:
     return max(0, facts.gpu.total_memory_bytes - GPU_RESERVE_BYTES), GPU_RESERVE_BYTES
 
 
-def _context(usable: int, weights: int, kv: int, limit: int) -> int:
-    return max(0, min(limit, (usable - weights) // kv)) if usable > weights else 0
+def _context(usable: int, weights: int, kv: int, window: int) -> int:
+    return max(0, min(window, (usable - weights) // kv)) if usable > weights else 0
 
 
 def _candidates(quantization: str, facts: RuntimeFacts) -> list[str | None]:
@@ -274,14 +278,14 @@ def _choose(
     dtype = dtype or recommend_settings(facts).dtype
     usable, reserve = _usable(facts)
     kv = kv_bytes_per_token(config, dtype)
-    limit = int(getattr(config, "max_position_embeddings", 4096))
-    needed = min(MIN_CONTEXT_TOKENS, limit)
+    window = int(getattr(config, "max_position_embeddings", 4096))
+    needed = min(MIN_CONTEXT_TOKENS, window)
     for quant in _candidates(quantization, facts):
         weights = weight_bytes(counts, dtype, quant)
         fits = weights + needed * kv <= usable
         if fits:
             break
-    context = _context(usable, weights, kv, limit)
+    context = _context(usable, weights, kv, window)
     return PlanChoice(dtype, quant, weights, kv, context, usable, reserve, fits)
 
 
@@ -296,7 +300,7 @@ def _what_would_fit(counts: ParamCounts, config, facts: RuntimeFacts) -> str:
             parts.append(
                 f"one {name} ({preset.gpu.total_memory_bytes / GiB:.0f} GiB) runs it in "
                 f"{format_label(choice.dtype, choice.quantization)} with "
-                f"{choice.max_context_tokens:,} tokens of context"
+                f"{choice.context_window:,} tokens of context"
             )
             break
     if facts.gpu is not None:
@@ -350,7 +354,7 @@ def _describe_device(facts: RuntimeFacts, c: PlanChoice) -> str:
     )
 
 
-def _describe_verdict(c: PlanChoice, limit: int) -> str:
+def _describe_verdict(c: PlanChoice, window: int) -> str:
     """Wording: the format chosen and the context it leaves, or why it does not fit."""
     fmt = format_label(c.dtype, c.quantization)
     if not c.fits:
@@ -364,7 +368,7 @@ def _describe_verdict(c: PlanChoice, limit: int) -> str:
         extra = f" ({c.dtype} does not fit with room for {MIN_CONTEXT_TOKENS:,} tokens)"
     return (
         f"Plan: {fmt}{extra}; {_gib(c.weights_bytes)} of weights leaves room for "
-        f"{c.max_context_tokens:,} tokens of context (the model allows {limit:,})."
+        f"{c.context_window:,} tokens of context (the model allows {window:,})."
     )
 
 
@@ -379,7 +383,7 @@ def _advise(counts, config, facts: RuntimeFacts, c: PlanChoice, ram_ok: bool) ->
         return f"On a GPU this runs much faster: {T4_MENU_PATH}."
     return (
         "If you still run out of GPU memory: shorten the conversation (fewer tokens of "
-        f"context than {c.max_context_tokens:,}), lower max_new_tokens, restart the runtime to "
+        f"context than {c.context_window:,}), lower max_new_tokens, restart the runtime to "
         "free memory held by an earlier model"
         + ("" if c.quantization == "nf4" else ", or load in 4-bit NF4")
         + "."
@@ -407,11 +411,11 @@ def make_plan(
     counts = count_parameters(config)
     c = _choose(counts, config, facts, quantization, dtype)
     by_format = {q or c.dtype: weight_bytes(counts, c.dtype, q) for q in (None, "int8", "nf4")}
-    limit = int(getattr(config, "max_position_embeddings", 4096))
+    window = int(getattr(config, "max_position_embeddings", 4096))
     ram_needed = _ram_needed(counts, c, facts)
     ram_ok = ram_needed <= facts.ram_available_bytes
     lines = _describe_sizes(name, counts, config, by_format, c)
-    lines += [_describe_device(facts, c), _describe_verdict(c, limit)]
+    lines += [_describe_device(facts, c), _describe_verdict(c, window)]
     if not ram_ok:
         lines.append(
             f"System RAM: loading needs about {_gib(ram_needed)}, only "
@@ -425,10 +429,10 @@ def make_plan(
         quantization=c.quantization,
         weights_bytes=c.weights_bytes,
         kv_bytes_per_token=c.kv_bytes_per_token,
-        max_context_tokens=c.max_context_tokens if fits else 0,
+        context_window=c.context_window if fits else 0,
         fits=fits,
         reason=" ".join(lines),
-        model_context_tokens=limit,
+        model_context_window=window,
         device="cuda" if facts.gpu is not None else "cpu",
         gpu=facts.gpu.name if facts.gpu is not None else None,
         usable_memory_bytes=c.usable_bytes,
@@ -452,8 +456,8 @@ def format_plan(plan: LoadPlan) -> str:
         f"({_gib(plan.kv_bytes_per_token)})",
         f"Device     : {plan.gpu or 'CPU'}, {_gib(plan.usable_memory_bytes)} usable",
         f"Plan       : {fmt}, {_gib(plan.weights_bytes)} of weights",
-        f"Context    : {plan.max_context_tokens:,} tokens fit "
-        f"(model limit {plan.model_context_tokens:,})",
+        f"Context    : {plan.context_window:,} tokens fit "
+        f"(model limit {plan.model_context_window:,})",
         f"Host RAM   : needs ~{_gib(plan.ram_needed_bytes)}, "
         f"{_gib(plan.ram_available_bytes)} available",
         f"Fits       : {'yes' if plan.fits else 'NO'}",

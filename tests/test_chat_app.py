@@ -297,7 +297,7 @@ def test_the_app_never_shows_a_replacement_character_while_streaming(app):
 
 def test_max_new_tokens_comes_back_when_a_long_system_prompt_is_shortened(app):
     app.max_new_tokens.value = 40
-    room = app.session.limit
+    room = app.session.window_in_use()
     app.system.value = "Be brief. " * (room // 3)  # leaves no room: the slider is capped at 1
     assert app.max_new_tokens.max == 1 and app.max_new_tokens.value == 1
     app.system.value = "Be brief."

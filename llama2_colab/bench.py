@@ -83,6 +83,13 @@ class PathTiming:
     warmup_s: float  # the first call and the warm-up calls together
 
 
+class _FirstCall(NamedTuple):
+    ids: list[int]  # the new tokens of the untimed first call
+    peak_bytes: int  # peak memory during it
+    peak_kind: str  # what that peak measured
+    seconds: float  # the first call and the warm-up calls together
+
+
 class _BenchPath(NamedTuple):
     call: Callable[[int], object]  # generate k new tokens (timed)
     first: Callable[[], list[int]]  # generate N new tokens and return their ids (untimed)
@@ -309,9 +316,9 @@ def _fast_path(name: str, model, tokenizer, input_ids, n: int, max_cache_len: in
     return _package_path(model, tokenizer, input_ids, n, {}, "eager")
 
 
-def _warm_up(name: str, path: _BenchPath, n: int, warmup: int, device: str) -> tuple:
+def _warm_up(name: str, path: _BenchPath, n: int, warmup: int, device: str) -> _FirstCall:
     """The untimed first call (its ids and peak memory; for `static` that includes compiling,
-    which a user pays too), then `warmup` more calls. Return (ids, peak, peak kind, seconds)."""
+    which a user pays too), then `warmup` more calls."""
     start = time.perf_counter()
     ids: list[int] = []
 
@@ -323,7 +330,7 @@ def _warm_up(name: str, path: _BenchPath, n: int, warmup: int, device: str) -> t
         path.call(n)
     path.call(1)
     _sync(device)
-    return ids, peak, kind, time.perf_counter() - start
+    return _FirstCall(ids, peak, kind, time.perf_counter() - start)
 
 
 def _timed_repetitions(paths: dict, n: int, repeats: int, device: str, say) -> tuple[dict, dict]:
@@ -340,9 +347,8 @@ def _timed_repetitions(paths: dict, n: int, repeats: int, device: str, say) -> t
     return full, one
 
 
-def _path_timing(full: list[float], one: list[float], n: int, first: tuple) -> PathTiming:
+def _path_timing(full: list[float], one: list[float], n: int, first: _FirstCall) -> PathTiming:
     """Decode speed and time to first token from paired timings of N-token and 1-token calls."""
-    ids, peak, _, warmup_s = first
     rates = [(n - 1) / (a - b) for a, b in zip(full, one, strict=True) if a > b]
     return PathTiming(
         tokens_per_s=statistics.median(rates) if rates else 0.0,
@@ -350,9 +356,9 @@ def _path_timing(full: list[float], one: list[float], n: int, first: tuple) -> P
         ttft_s=statistics.median(one),
         ttft_s_iqr=_quartiles(one),
         rates=tuple(rates),
-        new_ids=tuple(ids),
-        peak_memory_bytes=peak,
-        warmup_s=warmup_s,
+        new_ids=tuple(first.ids),
+        peak_memory_bytes=first.peak_bytes,
+        warmup_s=first.seconds,
     )
 
 
@@ -480,7 +486,7 @@ def run_bench(
                 errors[name] = f"{type(err).__name__}: {err}"[:500]
                 del paths[name]
                 continue
-            peak_kind = firsts[name][2]
+            peak_kind = firsts[name].peak_kind
         full, one = _timed_repetitions(paths, n, repeats, device, say)
     timings = {name: _path_timing(full[name], one[name], n, firsts[name]) for name in paths}
     head = {"device": device, "repeats": repeats, "warmup": warmup}

@@ -40,7 +40,7 @@ from .models import (
     oom_as_advice,
 )
 from .plan import LoadPlan, kv_bytes_per_token, load_config, make_plan
-from .runtime import GiB, RuntimeFacts, Settings, detect_runtime, recommend_settings
+from .runtime import ATTENTION, GiB, RuntimeFacts, Settings, detect_runtime, recommend_settings
 from .tiny import ensure_tiny_llama
 
 __all__ = ["bench_model", "build_random_model", "format_bench"]
@@ -69,7 +69,7 @@ def build_random_model(
     if quantization is None:
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(
-                config, dtype=torch_dtype, attn_implementation="sdpa"
+                config, dtype=torch_dtype, attn_implementation=ATTENTION
             )
         return model.eval()
     if quantization != "nf4":
@@ -87,7 +87,7 @@ def _build_random_nf4(config, device: str, torch_dtype):
     std = getattr(config, "initializer_range", 0.02)
     with init_empty_weights(include_buffers=False):  # buffers (RoPE frequencies) stay real
         model = AutoModelForCausalLM.from_config(
-            config, dtype=torch_dtype, attn_implementation="sdpa"
+            config, dtype=torch_dtype, attn_implementation=ATTENTION
         )
     for name, module in list(model.named_modules()):
         if type(module) is torch.nn.Linear and not name.endswith("lm_head"):

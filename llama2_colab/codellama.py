@@ -36,7 +36,7 @@ from typing import NamedTuple
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as pb
 
-from .chat import encode_dialog
+from .chat import Message, encode_dialog
 from .convert import compute_intermediate_size, write_hf_tokenizer
 from .errors import UserFacingError
 from .tiny import ensure_built, tiny_cache_dir
@@ -166,7 +166,7 @@ def decode_infilling(tokenizer, ids: Sequence[int]) -> str:
     return tokenizer.decode([sentinel] + ids, skip_special_tokens=True)[1:]
 
 
-def encode_instruct(tokenizer, messages: Sequence[dict]) -> list[int]:
+def encode_instruct(tokenizer, messages: Sequence[Message]) -> list[int]:
     """Return Code Llama - Instruct's prompt ids: the Llama 2 chat format of chat.encode_dialog."""
     return encode_dialog(tokenizer, messages)
 

@@ -14,7 +14,7 @@ import safetensors
 from .auth import explain_hub_error, find_hub_error, find_token
 from .checks import check_family, check_model_dir, looks_like_local_path
 from .errors import UserFacingError
-from .runtime import T4_MENU_PATH, GiB, RuntimeFacts, Settings
+from .runtime import T4_MENU_PATH, GiB, RuntimeFacts, Settings, settings_for
 from .tiny import ensure_tiny_llama
 
 __all__ = [
@@ -260,13 +260,7 @@ def load_with_plan(plan, token: str | None = None, cache_dir: str | None = None)
     """
     if not plan.fits:
         raise UserFacingError(f"{plan.model} does not fit: {plan.reason}", plan.advice)
-    settings = Settings(
-        device=plan.device,
-        dtype=plan.dtype,
-        attn_implementation="sdpa",
-        device_map="auto" if plan.device == "cuda" else None,
-        reason=plan.reason,
-    )
+    settings = settings_for(plan.device, plan.dtype, plan.reason)
     with oom_as_advice(plan, "loading"):
         return load_model_and_tokenizer(
             ModelChoice(plan.model, "from the plan"),

@@ -8,6 +8,8 @@ random weights have the real architecture, and that every fast path gives the de
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +26,7 @@ from llama2_colab.cli import main
 from llama2_colab.generation import fast_generate_kwargs
 from llama2_colab.plan import load_config
 
+ROOT = Path(__file__).resolve().parents[1]
 LLAMA2_7B_PARAMS = 6_738_415_616  # meta-llama/Llama-2-7b-hf, safetensors index total_size / 2
 LLAMA2_13B_PARAMS = 13_015_864_320
 
@@ -79,6 +82,49 @@ def test_bench_json_has_the_documented_keys(bench_json):
     assert bench_json["peak_memory_bytes"] > 0
     lo, hi = bench_json["tokens_per_s_iqr"]
     assert lo <= bench_json["tokens_per_s"] <= hi
+
+
+def _documented_keys() -> set[str]:
+    """The keys docs/benchmarks.md lists after "JSON keys:"; `x(_iqr)` stands for x and x_iqr."""
+    docs = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    listed = re.search(r"JSON keys: `([^`]+)`", docs).group(1)
+    keys = set()
+    for item in re.split(r"[,\s]+", listed):
+        if item.endswith("(_iqr)"):
+            keys |= {item[: -len("(_iqr)")], item[: -len("(_iqr)")] + "_iqr"}
+        elif item:
+            keys.add(item)
+    return keys
+
+
+def _keys_gpu_check_reads() -> tuple[set[str], set[str]]:
+    """The keys scripts/gpu_check.sh's summary reads: of a result (r) and of a fast path (fp)."""
+    script = (ROOT / "scripts" / "gpu_check.sh").read_text(encoding="utf-8")
+    top = set(re.findall(r"\br(?:\['|\.get\(['\"])(\w+)", script)) | set(
+        re.findall(r'"(\w+)" in r\b', script)
+    )
+    fast = set(re.findall(r"\bfp\['(\w+)'\]", script))
+    return top, fast
+
+
+def test_bench_json_keeps_the_keys_the_docs_and_gpu_check_read(bench_json):
+    documented = _documented_keys()
+    top, fast = _keys_gpu_check_reads()
+    assert {"tokens_per_s_iqr", "baseline_ttft_s_iqr", "fraction_of_bandwidth_limit"} <= documented
+    assert {"tokens_per_s", "ratio", "peak_memory_bytes", "fast_paths"} <= top
+    assert {"ratio_to_default", "same_output_as_default", "error"} <= fast
+    assert sorted(documented - set(bench_json)) == []
+    assert sorted(top - {"error"} - set(bench_json)) == []  # "error": a step that failed
+
+
+def test_fast_path_figures_keep_the_keys_gpu_check_reads(tiny_model_and_tokenizer):
+    model, tok = tiny_model_and_tokenizer
+    result = run_bench(
+        model, tok, prompt_tokens=32, new_tokens=4, repeats=1, warmup=0, fast=("lookup",)
+    )
+    _, fast = _keys_gpu_check_reads()
+    assert sorted(fast - {"error"} - set(result["fast_paths"]["lookup"])) == []
+    assert result["generated_tokens"] == {"package": 4, "baseline": 4, "lookup": 4}
 
 
 def test_bench_compares_the_same_work(bench_json):

@@ -4,6 +4,8 @@ transformers and safetensors answer a damaged folder with a traceback from deep 
 decoder, a Rust deserializer), and load a GPT-2 or BERT folder without complaint. These checks
 read only the small files and the safetensors headers (no weights), so they take milliseconds,
 and each problem becomes a `UserFacingError` that says what is wrong and what to do.
+
+The benchmark's numbers are checked here too (`check_bench_numbers`), before anything loads.
 """
 
 from __future__ import annotations

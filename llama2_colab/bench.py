@@ -1,32 +1,29 @@
 """Measured speed, as a learner reads it: two paths timed the same way, and the bandwidth limit.
 
 `run_bench` times batch-1 greedy decoding of a fixed number of new tokens after a 512-token
-prompt on a model you have loaded, through:
+prompt on a model you have loaded, through two paths:
 
 - `package`: `generation.stream_generate`, the path every notebook, the demo and the chat use;
 - `baseline`: a `transformers` `text-generation` pipeline with default settings, called the way
-  the seed article calls it (text in, text out), on the very same model object;
-- any opt-in fast paths asked for: `static` (static KV cache + `torch.compile`), `lookup`
-  (prompt-lookup decoding), `eager` (eager attention instead of SDPA).
+  the seed article calls it (text in, text out), on the very same model object.
 
-Every path gets the same prompt ids and produces exactly the same number of new tokens (greedy,
-`min_new_tokens` = `max_new_tokens`), so a ratio compares overhead only. Each path is timed the
-same way, from outside: a call for N new tokens and a call for 1 new token, so decode speed is
-(N - 1) / (t_N - t_1) and time to first token is t_1. The paths take turns within every
-repetition (the machine may be shared and noisy), warm-up calls are not timed, and medians with
-the interquartile range are reported, one `PathTiming` per path.
+Both get the same prompt ids and produce exactly the same number of new tokens (greedy,
+`min_new_tokens` = `max_new_tokens`), so their ratio compares overhead only. Each path is timed
+the same way, from outside (`time_call`): a call for N new tokens and a call for 1 new token, so
+decode speed is (N - 1) / (t_N - t_1) and time to first token is t_1. The paths take turns
+within every repetition (the machine may be shared and noisy), warm-up calls are not timed, and
+each path's medians with their interquartile range come back as a `PathTiming`.
 
 Decode speed has a ceiling: bandwidth / (bytes of weights read per token + KV-cache bytes at the
-context) (`bandwidth_limit_tokens_per_s`). The maintainer's harness (`bench_harness`: random
-weights, 4-bit construction, the machine, JSON for `scripts/gpu_check.sh`) builds on this module.
+context) (`bandwidth_limit_tokens_per_s`). The maintainer's harness (`bench_harness`: fast paths,
+peak memory, random weights, 4-bit construction, the machine, JSON for `scripts/gpu_check.sh`)
+is built from the steps here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,33 +37,28 @@ from .checks import (
     MIN_PROMPT_TOKENS,
     check_bench_numbers,
 )
-from .errors import UserFacingError
-from .generation import fast_generate_kwargs, stream_generate
+from .generation import stream_generate
 
 __all__ = [
-    "FAST_PATHS",
     "MAX_REPEATS",
     "MAX_WARMUP",
     "MIN_NEW_TOKENS",
     "MIN_PROMPT_TOKENS",
+    "BenchPath",
     "PathTiming",
     "bandwidth_limit_tokens_per_s",
+    "baseline_path",
     "check_bench_numbers",
-    "check_fast_paths",
+    "compare_paths",
     "make_bench_prompt",
+    "make_paths",
     "measure_copy_bandwidth",
-    "measure_peak_memory",
+    "package_path",
     "run_bench",
     "time_call",
+    "time_paths",
     "weights_read_bytes",
 ]
-
-FAST_PATHS = {
-    "static": "static KV cache + torch.compile (CUDA graphs on a GPU)",
-    "lookup": "prompt-lookup decoding (10 tokens copied from the prompt per guess)",
-    "eager": "eager attention instead of SDPA",
-}
-PROMPT_LOOKUP_TOKENS = 10
 
 
 @dataclass(frozen=True)
@@ -78,21 +70,16 @@ class PathTiming:
     ttft_s: float  # median of t_1: prefill of the prompt plus one decode step
     ttft_s_iqr: tuple[float, float]
     rates: tuple[float, ...]  # decode speed of each repetition (for paired ratios)
-    new_ids: tuple[int, ...]  # what the first, untimed call produced (empty for the pipeline)
-    peak_memory_bytes: int  # during the first call
+    new_ids: tuple[int, ...]  # what the first, untimed call produced
     warmup_s: float  # the first call and the warm-up calls together
 
 
-class _FirstCall(NamedTuple):
-    ids: list[int]  # the new tokens of the untimed first call
-    peak_bytes: int  # peak memory during it
-    peak_kind: str  # what that peak measured
-    seconds: float  # the first call and the warm-up calls together
+class BenchPath(NamedTuple):
+    """One way to generate: `call(k)` makes k new tokens (timed); `first()` makes N and returns
+    their ids (the untimed first call, whose output is compared across paths)."""
 
-
-class _BenchPath(NamedTuple):
-    call: Callable[[int], object]  # generate k new tokens (timed)
-    first: Callable[[], list[int]]  # generate N new tokens and return their ids (untimed)
+    call: Callable[[int], object]
+    first: Callable[[], list[int]]
 
 
 def make_bench_prompt(tokenizer, n_tokens: int = 512) -> tuple[str, list[int]]:
@@ -193,68 +180,6 @@ def measure_copy_bandwidth(device: str = "cuda", nbytes: int = 1 << 30, repeats:
     return 2 * nbytes * repeats / time_call(device, copies)
 
 
-def _rss_high_water_bytes() -> int:
-    """Resident-set high-water mark of this process (VmHWM; ru_maxrss where there is no /proc)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            found = re.search(r"VmHWM:\s+(\d+) kB", status.read())
-        if found:
-            return int(found.group(1)) * 1024
-    except OSError:
-        pass
-    import resource
-
-    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-def _reset_rss_high_water() -> bool:
-    """Reset VmHWM to the current RSS (Linux); return whether that worked."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
-            clear.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def measure_peak_memory(device: str, work: Callable[[], object]) -> tuple[int, str]:
-    """Run work() once; return (peak bytes during it, what was measured).
-
-    On a GPU: `torch.cuda.max_memory_allocated` (weights + cache + activations). On the CPU: the
-    process's resident-set high-water mark (the whole process: Python, libraries, weights).
-    """
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        work()
-        torch.cuda.synchronize()
-        return int(torch.cuda.max_memory_allocated()), "torch.cuda.max_memory_allocated"
-    reset = _reset_rss_high_water()
-    work()
-    kind = "process RSS high-water (VmHWM)" if reset else "process RSS high-water since start"
-    return _rss_high_water_bytes(), kind
-
-
-def _attn_switch(model, implementation: str | None):
-    """Context manager: run with another attention implementation, then switch back."""
-    if implementation is None:
-        return contextlib.nullcontext()
-
-    @contextlib.contextmanager
-    def switched():
-        before = model.config._attn_implementation
-        model.set_attn_implementation(implementation)
-        try:
-            yield
-        finally:
-            model.set_attn_implementation(before)
-
-    return switched()
-
-
 def _quartiles(values: list[float]) -> list[float]:
     if len(values) < 2:
         return [values[0], values[0]] if values else [0.0, 0.0]
@@ -262,75 +187,54 @@ def _quartiles(values: list[float]) -> list[float]:
     return [q[0], q[2]]
 
 
-def check_fast_paths(fast: tuple[str, ...]) -> None:
-    """Raise UserFacingError, listing the choices, if a fast path's name is unknown."""
-    unknown = [f for f in fast if f not in FAST_PATHS]
-    if unknown:
-        raise UserFacingError(
-            f"Unknown fast path(s): {', '.join(unknown)}.",
-            f"Choose from: {', '.join(FAST_PATHS)} (or all).",
-        )
-
-
 def _greedy(k: int) -> dict:
     return {"max_new_tokens": k, "min_new_tokens": k, "do_sample": False}
 
 
-def _package_path(model, tokenizer, input_ids, n: int, extra: dict, attn: str | None):
-    """stream_generate on the prompt ids, with a fast path's extra kwargs or attention."""
+def package_path(model, tokenizer, input_ids, n: int, extra: dict | None = None) -> BenchPath:
+    """`stream_generate` on the prompt ids (with a fast path's extra generate() kwargs)."""
 
     def call(k: int) -> list[int]:
-        with _attn_switch(model, attn):
-            _, new_ids, _ = stream_generate(model, tokenizer, input_ids, **_greedy(k), **extra)
+        _, new_ids, _ = stream_generate(model, tokenizer, input_ids, **_greedy(k), **(extra or {}))
         return new_ids
 
-    return _BenchPath(call, lambda: call(n))
+    return BenchPath(call, lambda: call(n))
 
 
-def _baseline_path(pipe, text: str, prompt_len: int, n: int) -> _BenchPath:
+def baseline_path(pipe, text: str, prompt_len: int, n: int) -> BenchPath:
     """The article's pipeline call: text in, text out (its ids only for the untimed first call)."""
 
     def first() -> list[int]:
         out = pipe(text, **_greedy(n), return_tensors=True)[0]["generated_token_ids"]
         return list(out[prompt_len:])
 
-    return _BenchPath(lambda k: pipe(text, **_greedy(k)), first)
+    return BenchPath(lambda k: pipe(text, **_greedy(k)), first)
 
 
-def _fast_path(name: str, model, tokenizer, input_ids, n: int, max_cache_len: int | None):
-    """Return the fast path's _BenchPath, or the reason it cannot run (a string)."""
-    needed = input_ids.shape[1] + n
-    if name == "static":
-        if max_cache_len is not None and needed > max_cache_len:
-            return (
-                f"prompt + new tokens ({needed}) exceed the static cache the plan allows "
-                f"({max_cache_len} tokens)"
-            )
-        extra = fast_generate_kwargs(
-            static_cache=True, max_cache_len=needed, device_type=model.device.type
-        )
-        return _package_path(model, tokenizer, input_ids, n, extra, None)
-    if name == "lookup":
-        extra = fast_generate_kwargs(prompt_lookup_tokens=PROMPT_LOOKUP_TOKENS)
-        return _package_path(model, tokenizer, input_ids, n, extra, None)
-    return _package_path(model, tokenizer, input_ids, n, {}, "eager")
+def make_paths(model, tokenizer, prompt_tokens: int, n: int):
+    """Return (prompt ids, {"package": ..., "baseline": ...}) for the same exact-length prompt."""
+    import torch
+    from transformers import pipeline
+
+    text, ids = make_bench_prompt(tokenizer, prompt_tokens)
+    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    paths = {
+        "package": package_path(model, tokenizer, torch.tensor([ids]), n),
+        "baseline": baseline_path(pipe, text, len(ids), n),
+    }
+    return ids, paths
 
 
-def _warm_up(name: str, path: _BenchPath, n: int, warmup: int, device: str) -> _FirstCall:
-    """The untimed first call (its ids and peak memory; for `static` that includes compiling,
-    which a user pays too), then `warmup` more calls."""
+def _warm_up(name: str, path: BenchPath, n: int, warmup: int, device: str):
+    """The untimed first call (for a compiled path that includes compiling, which a user pays
+    too), then `warmup` more calls; return (the first call's ids, seconds)."""
     start = time.perf_counter()
-    ids: list[int] = []
-
-    def first() -> None:
-        ids.extend(path.first())
-
-    peak, kind = measure_peak_memory(device, first)
+    ids = path.first()
     for _ in range(max(warmup, 1 if name == "static" else 0)):
         path.call(n)
     path.call(1)
     _sync(device)
-    return _FirstCall(ids, peak, kind, time.perf_counter() - start)
+    return ids, time.perf_counter() - start
 
 
 def _timed_repetitions(paths: dict, n: int, repeats: int, device: str, say) -> tuple[dict, dict]:
@@ -347,8 +251,9 @@ def _timed_repetitions(paths: dict, n: int, repeats: int, device: str, say) -> t
     return full, one
 
 
-def _path_timing(full: list[float], one: list[float], n: int, first: _FirstCall) -> PathTiming:
+def _path_timing(full: list[float], one: list[float], n: int, first) -> PathTiming:
     """Decode speed and time to first token from paired timings of N-token and 1-token calls."""
+    ids, warmup_s = first
     rates = [(n - 1) / (a - b) for a, b in zip(full, one, strict=True) if a > b]
     return PathTiming(
         tokens_per_s=statistics.median(rates) if rates else 0.0,
@@ -356,84 +261,9 @@ def _path_timing(full: list[float], one: list[float], n: int, first: _FirstCall)
         ttft_s=statistics.median(one),
         ttft_s_iqr=_quartiles(one),
         rates=tuple(rates),
-        new_ids=tuple(first.ids),
-        peak_memory_bytes=first.peak_bytes,
-        warmup_s=first.seconds,
+        new_ids=tuple(ids),
+        warmup_s=warmup_s,
     )
-
-
-def _figures(timings: dict[str, PathTiming], prompt_len: int, n: int, peak_kind: str) -> dict:
-    """The package and baseline figures as the flat dict notebooks and the JSON read."""
-    pkg, base = timings["package"], timings["baseline"]
-    ratio = pkg.tokens_per_s / base.tokens_per_s if base.tokens_per_s else 0.0
-    # Per-repetition ratios: the two paths ran seconds apart, so a load burst on a shared machine
-    # hits both; their median is the steadiest single figure of the overhead.
-    paired = [a / b for a, b in zip(pkg.rates, base.rates, strict=False) if b > 0]
-    return {
-        "prompt_tokens": prompt_len,
-        "new_tokens": n,
-        "tokens_per_s": pkg.tokens_per_s,
-        "tokens_per_s_iqr": list(pkg.tokens_per_s_iqr),
-        "baseline_tokens_per_s": base.tokens_per_s,
-        "baseline_tokens_per_s_iqr": list(base.tokens_per_s_iqr),
-        "ratio": ratio,
-        "paired_ratio_median": statistics.median(paired) if paired else 0.0,
-        "paired_ratio_iqr": list(_quartiles(paired)),
-        "ttft_s": pkg.ttft_s,
-        "ttft_s_iqr": list(pkg.ttft_s_iqr),
-        "baseline_ttft_s": base.ttft_s,
-        "baseline_ttft_s_iqr": list(base.ttft_s_iqr),
-        "peak_memory_bytes": pkg.peak_memory_bytes,
-        "baseline_peak_memory_bytes": base.peak_memory_bytes,
-        "peak_memory_kind": peak_kind,
-        "generated_tokens": {name: len(t.new_ids) for name, t in timings.items()},
-        "same_output_as_baseline": pkg.new_ids == base.new_ids,
-    }
-
-
-def _fast_figures(fast, timings: dict[str, PathTiming], errors: dict[str, str]) -> dict:
-    """Each fast path's figures next to the package path's, or the reason it failed."""
-    pkg = timings["package"]
-    out = {}
-    for name in fast:
-        if name in errors:
-            out[name] = {"what": FAST_PATHS[name], "error": errors[name]}
-            continue
-        t = timings[name]
-        out[name] = {
-            "what": FAST_PATHS[name],
-            "tokens_per_s": t.tokens_per_s,
-            "tokens_per_s_iqr": list(t.tokens_per_s_iqr),
-            "ratio_to_default": t.tokens_per_s / pkg.tokens_per_s if pkg.tokens_per_s else 0.0,
-            "ttft_s": t.ttft_s,
-            "warmup_s": t.warmup_s,
-            "peak_memory_bytes": t.peak_memory_bytes,
-            "generated_tokens": len(t.new_ids),
-            "same_output_as_default": t.new_ids == pkg.new_ids,
-        }
-    return out
-
-
-def _build_paths(model, tokenizer, n: int, prompt_tokens: int, fast, max_cache_len):
-    """Return (prompt ids, {name: _BenchPath}, {fast path: why it cannot run})."""
-    import torch
-    from transformers import pipeline
-
-    text, ids = make_bench_prompt(tokenizer, prompt_tokens)
-    input_ids = torch.tensor([ids])
-    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
-    paths = {
-        "package": _package_path(model, tokenizer, input_ids, n, {}, None),
-        "baseline": _baseline_path(pipe, text, len(ids), n),
-    }
-    errors: dict[str, str] = {}
-    for name in fast:
-        path = _fast_path(name, model, tokenizer, input_ids, n, max_cache_len)
-        if isinstance(path, str):
-            errors[name] = path
-        else:
-            paths[name] = path
-    return ids, paths, errors
 
 
 @contextlib.contextmanager
@@ -449,6 +279,54 @@ def _quiet_transformers():
         hf_logging.set_verbosity(verbosity)
 
 
+def time_paths(
+    paths: dict[str, BenchPath], n: int, repeats: int, warmup: int, device: str, log=None
+) -> tuple[dict[str, PathTiming], dict[str, str]]:
+    """Warm up and time every path; return ({name: PathTiming}, {name: why it failed}).
+
+    The package and baseline paths must work; any other path that fails is a result (its error),
+    not a crash.
+    """
+    say = log or (lambda _msg: None)
+    firsts, errors, paths = {}, {}, dict(paths)
+    with _quiet_transformers():
+        for name, path in list(paths.items()):
+            say(f"first call and warm-up: {name}")
+            try:
+                firsts[name] = _warm_up(name, path, n, warmup, device)
+            except Exception as err:
+                if name in ("package", "baseline"):
+                    raise
+                errors[name] = f"{type(err).__name__}: {err}"[:500]
+                del paths[name]
+        full, one = _timed_repetitions(paths, n, repeats, device, say)
+    return {name: _path_timing(full[name], one[name], n, firsts[name]) for name in paths}, errors
+
+
+def compare_paths(timings: dict[str, PathTiming]) -> dict:
+    """The package path against the baseline, as the flat figures notebooks and the JSON read."""
+    pkg, base = timings["package"], timings["baseline"]
+    ratio = pkg.tokens_per_s / base.tokens_per_s if base.tokens_per_s else 0.0
+    # Per-repetition ratios: the two paths ran seconds apart, so a load burst on a shared machine
+    # hits both; their median is the steadiest single figure of the overhead.
+    paired = [a / b for a, b in zip(pkg.rates, base.rates, strict=False) if b > 0]
+    return {
+        "tokens_per_s": pkg.tokens_per_s,
+        "tokens_per_s_iqr": list(pkg.tokens_per_s_iqr),
+        "baseline_tokens_per_s": base.tokens_per_s,
+        "baseline_tokens_per_s_iqr": list(base.tokens_per_s_iqr),
+        "ratio": ratio,
+        "paired_ratio_median": statistics.median(paired) if paired else 0.0,
+        "paired_ratio_iqr": list(_quartiles(paired)),
+        "ttft_s": pkg.ttft_s,
+        "ttft_s_iqr": list(pkg.ttft_s_iqr),
+        "baseline_ttft_s": base.ttft_s,
+        "baseline_ttft_s_iqr": list(base.ttft_s_iqr),
+        "generated_tokens": {name: len(t.new_ids) for name, t in timings.items()},
+        "same_output_as_baseline": pkg.new_ids == base.new_ids,
+    }
+
+
 def run_bench(
     model,
     tokenizer,
@@ -456,39 +334,18 @@ def run_bench(
     new_tokens: int = 64,
     repeats: int = 7,
     warmup: int = 1,
-    fast: tuple[str, ...] = (),
-    max_cache_len: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Time package vs baseline (and fast paths) on one loaded model; return the figures as a dict.
+    """Time this package's generation against the article's pipeline; return the figures.
 
-    Each path's first call is untimed (it gives the output compared across paths and the peak
-    memory); `warmup` more untimed calls follow (at least one for the static path, whose first
-    calls compile and record CUDA graphs).
-    `max_cache_len` caps the static cache (from the plan); a static path whose prompt plus new
-    tokens exceeds it is reported as an error instead of run.
+    Each path's first call is untimed (it gives the output compared across paths); `warmup`
+    more untimed calls follow. The dict holds the work (`prompt_tokens`, `new_tokens`, ...),
+    each path's speed and first-token time, and their `ratio`.
     """
-    check_fast_paths(fast)
     window = getattr(model.config, "max_position_embeddings", None)
     check_bench_numbers(prompt_tokens, new_tokens, repeats, warmup, None, window)
-    say = log or (lambda _msg: None)
     device, n = str(model.device), int(new_tokens)
-    ids, paths, errors = _build_paths(model, tokenizer, n, prompt_tokens, fast, max_cache_len)
-    firsts, peak_kind = {}, ""
-    with _quiet_transformers():
-        for name, path in list(paths.items()):
-            say(f"first call and warm-up: {name}")
-            try:
-                firsts[name] = _warm_up(name, path, n, warmup, device)
-            except Exception as err:  # a fast path that fails is a result, not a crash
-                if name in ("package", "baseline"):
-                    raise
-                errors[name] = f"{type(err).__name__}: {err}"[:500]
-                del paths[name]
-                continue
-            peak_kind = firsts[name].peak_kind
-        full, one = _timed_repetitions(paths, n, repeats, device, say)
-    timings = {name: _path_timing(full[name], one[name], n, firsts[name]) for name in paths}
-    head = {"device": device, "repeats": repeats, "warmup": warmup}
-    figures = _figures(timings, len(ids), n, peak_kind)
-    return {**head, **figures, "fast_paths": _fast_figures(fast, timings, errors)}
+    ids, paths = make_paths(model, tokenizer, prompt_tokens, n)
+    timings, _ = time_paths(paths, n, repeats, warmup, device, log)
+    work = {"device": device, "prompt_tokens": len(ids), "new_tokens": n}
+    return {**work, "repeats": repeats, "warmup": warmup, **compare_paths(timings)}

@@ -3,10 +3,12 @@
 `bench_model` is what `python -m llama2_colab bench` and `scripts/gpu_check.sh` run. In small
 steps it picks the model (`models.choose_model`), plans it (`plan.make_plan`: does it fit, in
 which format, how big a static cache), loads it or builds it with random weights right on the
-device (`build_random_model`, 4-bit NF4 layer by layer), times it with `bench.run_bench`, and
-adds what a figure needs to be compared later: the machine, the versions, the load time, the
-copy bandwidth and the bandwidth limit. `format_bench` prints the same figures as text; the JSON
-keys are listed in docs/benchmarks.md.
+device (`build_random_model`, 4-bit NF4 layer by layer), and times it with
+`bench_loaded_model`: `bench.run_bench`'s two paths plus the opt-in fast paths (`FAST_PATHS`)
+and each path's peak memory (GPU allocator, or the process's RSS high-water mark on a CPU).
+Then it adds what a figure needs to be compared later: the machine, the versions, the load
+time, the copy bandwidth and the bandwidth limit. `format_bench` prints the same figures as
+text; the JSON keys are listed in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -16,19 +18,25 @@ import dataclasses
 import os
 import platform
 import re
+import sys
 import time
 from collections.abc import Callable
 
 from .auth import find_token
 from .bench import (
+    BenchPath,
+    PathTiming,
     bandwidth_limit_tokens_per_s,
-    check_fast_paths,
+    compare_paths,
+    make_paths,
     measure_copy_bandwidth,
-    run_bench,
+    package_path,
+    time_paths,
     weights_read_bytes,
 )
 from .checks import NotLlamaError, check_bench_numbers, check_model_dir, looks_like_local_path
 from .errors import UserFacingError
+from .generation import fast_generate_kwargs
 from .models import (
     DEFAULT_MODEL,
     TINY,
@@ -43,7 +51,22 @@ from .plan import LoadPlan, kv_bytes_per_token, load_config, make_plan
 from .runtime import ATTENTION, GiB, RuntimeFacts, Settings, detect_runtime, recommend_settings
 from .tiny import ensure_tiny_llama
 
-__all__ = ["bench_model", "build_random_model", "format_bench"]
+__all__ = [
+    "FAST_PATHS",
+    "bench_loaded_model",
+    "bench_model",
+    "build_random_model",
+    "check_fast_paths",
+    "format_bench",
+    "measure_peak_memory",
+]
+
+FAST_PATHS = {
+    "static": "static KV cache + torch.compile (CUDA graphs on a GPU)",
+    "lookup": "prompt-lookup decoding (10 tokens copied from the prompt per guess)",
+    "eager": "eager attention instead of SDPA",
+}
+PROMPT_LOOKUP_TOKENS = 10
 
 
 def build_random_model(
@@ -166,6 +189,191 @@ def _versions() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+    }
+
+
+def check_fast_paths(fast: tuple[str, ...]) -> None:
+    """Raise UserFacingError, listing the choices, if a fast path's name is unknown."""
+    unknown = [f for f in fast if f not in FAST_PATHS]
+    if unknown:
+        raise UserFacingError(
+            f"Unknown fast path(s): {', '.join(unknown)}.",
+            f"Choose from: {', '.join(FAST_PATHS)} (or all).",
+        )
+
+
+def _rss_high_water_bytes() -> int:
+    """Resident-set high-water mark of this process (VmHWM; ru_maxrss where there is no /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            found = re.search(r"VmHWM:\s+(\d+) kB", status.read())
+        if found:
+            return int(found.group(1)) * 1024
+    except OSError:
+        pass
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _reset_rss_high_water() -> bool:
+    """Reset VmHWM to the current RSS (Linux); return whether that worked."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
+            clear.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_peak_memory(device: str, work: Callable[[], object]) -> tuple[int, str]:
+    """Run work() once; return (peak bytes during it, what was measured).
+
+    On a GPU: `torch.cuda.max_memory_allocated` (weights + cache + activations). On the CPU: the
+    process's resident-set high-water mark (the whole process: Python, libraries, weights).
+    """
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        work()
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated()), "torch.cuda.max_memory_allocated"
+    reset = _reset_rss_high_water()
+    work()
+    kind = "process RSS high-water (VmHWM)" if reset else "process RSS high-water since start"
+    return _rss_high_water_bytes(), kind
+
+
+def _attn_switch(model, implementation: str | None):
+    """Context manager: run with another attention implementation, then switch back."""
+    if implementation is None:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def switched():
+        before = model.config._attn_implementation
+        model.set_attn_implementation(implementation)
+        try:
+            yield
+        finally:
+            model.set_attn_implementation(before)
+
+    return switched()
+
+
+def _fast_path(name: str, model, tokenizer, ids: list[int], n: int, warmup: int, cap):
+    """Return the fast path's BenchPath, or the reason it cannot run (a string)."""
+    import torch
+
+    input_ids, needed = torch.tensor([ids]), len(ids) + n
+    if name == "lookup":
+        extra = fast_generate_kwargs(prompt_lookup_tokens=PROMPT_LOOKUP_TOKENS)
+        return package_path(model, tokenizer, input_ids, n, extra)
+    if name == "eager":
+        path = package_path(model, tokenizer, input_ids, n)
+
+        def eager(k: int):
+            with _attn_switch(model, "eager"):
+                return path.call(k)
+
+        return BenchPath(eager, lambda: eager(n))
+    if cap is not None and needed > cap:
+        return (
+            f"prompt + new tokens ({needed}) exceed the static cache the plan allows ({cap} tokens)"
+        )
+    extra = fast_generate_kwargs(
+        static_cache=True, max_cache_len=needed, device_type=model.device.type
+    )
+    path = package_path(model, tokenizer, input_ids, n, extra)
+    if warmup == 0:  # its first calls compile and record CUDA graphs: one more is never timed
+        return path._replace(first=lambda: (path.first(), path.call(n))[0])
+    return path
+
+
+def _with_peak_memory(paths: dict[str, BenchPath], device: str, peaks: dict) -> dict:
+    """Wrap each path's first call so that its peak memory lands in peaks[name]."""
+
+    def measured(name: str, path: BenchPath) -> BenchPath:
+        def first() -> list[int]:
+            ids: list[int] = []
+            peaks[name] = measure_peak_memory(device, lambda: ids.extend(path.first()))
+            return ids
+
+        return path._replace(first=first)
+
+    return {name: measured(name, path) for name, path in paths.items()}
+
+
+def _fast_figures(fast, timings: dict[str, PathTiming], errors: dict, peaks: dict) -> dict:
+    """Each fast path's figures next to the package path's, or the reason it failed."""
+    pkg = timings["package"]
+    out = {}
+    for name in fast:
+        if name in errors:
+            out[name] = {"what": FAST_PATHS[name], "error": errors[name]}
+            continue
+        t = timings[name]
+        out[name] = {
+            "what": FAST_PATHS[name],
+            "tokens_per_s": t.tokens_per_s,
+            "tokens_per_s_iqr": list(t.tokens_per_s_iqr),
+            "ratio_to_default": t.tokens_per_s / pkg.tokens_per_s if pkg.tokens_per_s else 0.0,
+            "ttft_s": t.ttft_s,
+            "warmup_s": t.warmup_s,
+            "peak_memory_bytes": peaks[name][0],
+            "generated_tokens": len(t.new_ids),
+            "same_output_as_default": t.new_ids == pkg.new_ids,
+        }
+    return out
+
+
+def bench_loaded_model(
+    model,
+    tokenizer,
+    prompt_tokens: int = 512,
+    new_tokens: int = 64,
+    repeats: int = 7,
+    warmup: int = 1,
+    fast: tuple[str, ...] = (),
+    max_cache_len: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """`bench.run_bench` plus the opt-in fast paths and each path's peak memory.
+
+    `max_cache_len` caps the static cache (from the plan); a static path whose prompt plus new
+    tokens exceeds it is reported as an error instead of run.
+    """
+    check_fast_paths(fast)
+    window = getattr(model.config, "max_position_embeddings", None)
+    check_bench_numbers(prompt_tokens, new_tokens, repeats, warmup, None, window)
+    device, n = str(model.device), int(new_tokens)
+    ids, paths = make_paths(model, tokenizer, prompt_tokens, n)
+    errors: dict[str, str] = {}
+    for name in fast:
+        path = _fast_path(name, model, tokenizer, ids, n, warmup, max_cache_len)
+        if isinstance(path, str):
+            errors[name] = path
+        else:
+            paths[name] = path
+    peaks: dict[str, tuple[int, str]] = {}
+    timings, failed = time_paths(
+        _with_peak_memory(paths, device, peaks), n, repeats, warmup, device, log
+    )
+    errors.update(failed)
+    return {
+        "device": device,
+        "prompt_tokens": len(ids),
+        "new_tokens": n,
+        "repeats": repeats,
+        "warmup": warmup,
+        **compare_paths(timings),
+        "peak_memory_bytes": peaks["package"][0],
+        "baseline_peak_memory_bytes": peaks["baseline"][0],
+        "peak_memory_kind": peaks["package"][1],
+        "fast_paths": _fast_figures(fast, timings, errors, peaks),
     }
 
 
@@ -310,7 +518,7 @@ def bench_model(
     load_s = time.perf_counter() - start
     cap = plan.context_window if (plan and on_gpu and plan.context_window) else None
     with _torch_threads(threads):
-        figures = run_bench(
+        figures = bench_loaded_model(
             model, tokenizer, prompt_tokens, new_tokens, repeats, warmup, fast, cap, say
         )
     result = {**_describe_run(model, choice, random_weights, quant, load_s, threads), **figures}

@@ -197,8 +197,7 @@ def _cmd_access(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import FAST_PATHS
-    from .bench_harness import bench_model, format_bench
+    from .bench_harness import FAST_PATHS, bench_model, format_bench
 
     fast: list[str] = []
     for item in args.fast or []:

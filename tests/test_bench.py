@@ -21,7 +21,7 @@ from llama2_colab.bench import (
     run_bench,
     weights_read_bytes,
 )
-from llama2_colab.bench_harness import build_random_model
+from llama2_colab.bench_harness import bench_loaded_model, build_random_model
 from llama2_colab.cli import main
 from llama2_colab.generation import fast_generate_kwargs
 from llama2_colab.plan import load_config
@@ -119,12 +119,36 @@ def test_bench_json_keeps_the_keys_the_docs_and_gpu_check_read(bench_json):
 
 def test_fast_path_figures_keep_the_keys_gpu_check_reads(tiny_model_and_tokenizer):
     model, tok = tiny_model_and_tokenizer
-    result = run_bench(
+    result = bench_loaded_model(
         model, tok, prompt_tokens=32, new_tokens=4, repeats=1, warmup=0, fast=("lookup",)
     )
     _, fast = _keys_gpu_check_reads()
     assert sorted(fast - {"error"} - set(result["fast_paths"]["lookup"])) == []
     assert result["generated_tokens"] == {"package": 4, "baseline": 4, "lookup": 4}
+
+
+def test_run_bench_the_notebook_calls_times_the_two_paths_on_the_same_work(
+    tiny_model_and_tokenizer,
+):
+    model, tok = tiny_model_and_tokenizer
+    result = run_bench(model, tok, prompt_tokens=32, new_tokens=4, repeats=2, warmup=0)
+    assert result["prompt_tokens"] == 32 and result["new_tokens"] == 4
+    assert result["generated_tokens"] == {"package": 4, "baseline": 4}
+    assert result["same_output_as_baseline"] is True
+    assert result["ratio"] == pytest.approx(
+        result["tokens_per_s"] / result["baseline_tokens_per_s"]
+    )
+    assert "fast_paths" not in result  # fast paths and peak memory are the harness's
+
+
+def test_a_static_path_past_the_plans_cache_is_reported_not_run(tiny_model_and_tokenizer):
+    model, tok = tiny_model_and_tokenizer
+    result = bench_loaded_model(
+        model, tok, prompt_tokens=32, new_tokens=4, repeats=1, warmup=0, fast=("static",),
+        max_cache_len=16,
+    )  # fmt: skip
+    assert result["fast_paths"]["static"]["error"].startswith("prompt + new tokens (36) exceed")
+    assert result["generated_tokens"] == {"package": 4, "baseline": 4}
 
 
 def test_bench_compares_the_same_work(bench_json):
@@ -150,7 +174,7 @@ def test_bench_prompt_tokenizes_to_exactly_the_asked_length(tiny_model_and_token
 
 def test_fast_paths_give_the_default_greedy_output(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
-    result = run_bench(
+    result = bench_loaded_model(
         model,
         tokenizer,
         prompt_tokens=64,

@@ -1,8 +1,10 @@
 """A chat app inside the notebook (ipywidgets): what the a16z Llama 2 chatbot offers, run locally.
 
-The app is a thin face on `ChatSession`: every button calls a handler method you can also call
-yourself, generation runs on a background thread (so Stop works while the notebook is idle), and
-an error never touches the history: it is shown in the app and your message goes back in the box.
+Three parts: `ChatLayout` holds the widgets and how they are arranged; `ChatApp` is the
+controller that wires them to the `ChatSession` it drives, the third part, which keeps the
+conversation. Every button calls a handler method you can also call yourself, generation runs on
+a background thread (so Stop works while the notebook is idle), and an error never touches the
+history: it is shown in the app and your message goes back in the box.
 
     app = ChatApp(session, facts, model_name="meta-llama/Llama-2-7b-chat-hf")
     app            # shows the app in a notebook cell
@@ -133,8 +135,10 @@ class ChatLayout:
     def _add_sliders(self, w, session: ChatSession) -> None:
         # Labels get the room they need (the default cuts "Max new tokens" to "Max new ..."),
         # and each slider fits a third of Colab's ~850 px output; the row wraps when narrower.
-        look = {"style": {"description_width": "initial"}, "layout": w.Layout(width="270px")}
-        look["layout"].margin = "2px 12px 2px 0"
+        look = {
+            "style": {"description_width": "initial"},
+            "layout": w.Layout(width="270px", margin="2px 12px 2px 0"),
+        }
         self.temperature = w.FloatSlider(
             value=session.temperature,
             min=0.01,

@@ -63,7 +63,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "mask_token",
     ),
     "plan": ("LoadPlan", "format_plan", "make_plan"),
-    "bench": ("PathTiming", "bandwidth_limit_tokens_per_s", "run_bench"),
+    "bench": ("BenchWork", "PathTiming", "bandwidth_limit_tokens_per_s", "run_bench"),
     "bench_harness": ("bench_loaded_model", "bench_model", "format_bench"),
     "convert": ("convert_meta_checkpoint", "inspect_meta_checkpoint"),
     "codellama": (

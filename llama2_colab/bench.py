@@ -45,6 +45,7 @@ __all__ = [
     "MIN_NEW_TOKENS",
     "MIN_PROMPT_TOKENS",
     "BenchPath",
+    "BenchWork",
     "PathTiming",
     "bandwidth_limit_tokens_per_s",
     "baseline_path",
@@ -52,6 +53,7 @@ __all__ = [
     "compare_paths",
     "make_bench_prompt",
     "make_paths",
+    "prepare_paths",
     "measure_copy_bandwidth",
     "package_path",
     "run_bench",
@@ -72,6 +74,26 @@ class PathTiming:
     rates: tuple[float, ...]  # decode speed of each repetition (for paired ratios)
     new_ids: tuple[int, ...]  # what the first, untimed call produced
     warmup_s: float  # the first call and the warm-up calls together
+
+
+@dataclass(frozen=True)
+class BenchWork:
+    """What every path is asked to do: the same prompt, the same new tokens, repeated."""
+
+    prompt_tokens: int = 512  # the prompt's exact length in tokens
+    new_tokens: int = 64  # N: every timed call makes exactly N (and 1) new tokens, greedy
+    repeats: int = 7  # timed repetitions; medians and IQRs are over these
+    warmup: int = 1  # untimed calls per path after its first
+
+    def as_figures(self, device: str, prompt_len: int) -> dict:
+        """The work as the figures report it (the prompt's length as actually tokenized)."""
+        return {
+            "device": device,
+            "prompt_tokens": prompt_len,
+            "new_tokens": self.new_tokens,
+            "repeats": self.repeats,
+            "warmup": self.warmup,
+        }
 
 
 class BenchPath(NamedTuple):
@@ -280,7 +302,7 @@ def _quiet_transformers():
 
 
 def time_paths(
-    paths: dict[str, BenchPath], n: int, repeats: int, warmup: int, device: str, log=None
+    paths: dict[str, BenchPath], work: BenchWork, device: str, log=None
 ) -> tuple[dict[str, PathTiming], dict[str, str]]:
     """Warm up and time every path; return ({name: PathTiming}, {name: why it failed}).
 
@@ -288,18 +310,18 @@ def time_paths(
     not a crash.
     """
     say = log or (lambda _msg: None)
-    firsts, errors, paths = {}, {}, dict(paths)
+    n, firsts, errors, paths = work.new_tokens, {}, {}, dict(paths)
     with _quiet_transformers():
         for name, path in list(paths.items()):
             say(f"first call and warm-up: {name}")
             try:
-                firsts[name] = _warm_up(name, path, n, warmup, device)
-            except Exception as err:
+                firsts[name] = _warm_up(name, path, n, work.warmup, device)
+            except Exception as err:  # a fast path that fails is a result, not a crash
                 if name in ("package", "baseline"):
                     raise
                 errors[name] = f"{type(err).__name__}: {err}"[:500]
                 del paths[name]
-        full, one = _timed_repetitions(paths, n, repeats, device, say)
+        full, one = _timed_repetitions(paths, n, work.repeats, device, say)
     return {name: _path_timing(full[name], one[name], n, firsts[name]) for name in paths}, errors
 
 
@@ -327,6 +349,15 @@ def compare_paths(timings: dict[str, PathTiming]) -> dict:
     }
 
 
+def prepare_paths(model, tokenizer, work: BenchWork) -> tuple[list[int], dict[str, BenchPath]]:
+    """Check the work against the model's positions; return (prompt ids, the two paths)."""
+    window = getattr(model.config, "max_position_embeddings", None)
+    check_bench_numbers(
+        work.prompt_tokens, work.new_tokens, work.repeats, work.warmup, None, window
+    )
+    return make_paths(model, tokenizer, work.prompt_tokens, work.new_tokens)
+
+
 def run_bench(
     model,
     tokenizer,
@@ -342,10 +373,7 @@ def run_bench(
     more untimed calls follow. The dict holds the work (`prompt_tokens`, `new_tokens`, ...),
     each path's speed and first-token time, and their `ratio`.
     """
-    window = getattr(model.config, "max_position_embeddings", None)
-    check_bench_numbers(prompt_tokens, new_tokens, repeats, warmup, None, window)
-    device, n = str(model.device), int(new_tokens)
-    ids, paths = make_paths(model, tokenizer, prompt_tokens, n)
-    timings, _ = time_paths(paths, n, repeats, warmup, device, log)
-    work = {"device": device, "prompt_tokens": len(ids), "new_tokens": n}
-    return {**work, "repeats": repeats, "warmup": warmup, **compare_paths(timings)}
+    work = BenchWork(prompt_tokens, new_tokens, repeats, warmup)
+    ids, paths = prepare_paths(model, tokenizer, work)
+    timings, _ = time_paths(paths, work, str(model.device), log)
+    return {**work.as_figures(str(model.device), len(ids)), **compare_paths(timings)}

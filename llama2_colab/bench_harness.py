@@ -25,12 +25,13 @@ from collections.abc import Callable
 from .auth import find_token
 from .bench import (
     BenchPath,
+    BenchWork,
     PathTiming,
     bandwidth_limit_tokens_per_s,
     compare_paths,
-    make_paths,
     measure_copy_bandwidth,
     package_path,
+    prepare_paths,
     time_paths,
     weights_read_bytes,
 )
@@ -264,10 +265,11 @@ def _attn_switch(model, implementation: str | None):
     return switched()
 
 
-def _fast_path(name: str, model, tokenizer, ids: list[int], n: int, warmup: int, cap):
+def _fast_path(name: str, model, tokenizer, ids: list[int], work: BenchWork, cap: int | None):
     """Return the fast path's BenchPath, or the reason it cannot run (a string)."""
     import torch
 
+    n = work.new_tokens
     input_ids, needed = torch.tensor([ids]), len(ids) + n
     if name == "lookup":
         extra = fast_generate_kwargs(prompt_lookup_tokens=PROMPT_LOOKUP_TOKENS)
@@ -288,7 +290,7 @@ def _fast_path(name: str, model, tokenizer, ids: list[int], n: int, warmup: int,
         static_cache=True, max_cache_len=needed, device_type=model.device.type
     )
     path = package_path(model, tokenizer, input_ids, n, extra)
-    if warmup == 0:  # its first calls compile and record CUDA graphs: one more is never timed
+    if work.warmup == 0:  # its first calls compile and record CUDA graphs: one more is never timed
         return path._replace(first=lambda: (path.first(), path.call(n))[0])
     return path
 
@@ -333,10 +335,7 @@ def _fast_figures(fast, timings: dict[str, PathTiming], errors: dict, peaks: dic
 def bench_loaded_model(
     model,
     tokenizer,
-    prompt_tokens: int = 512,
-    new_tokens: int = 64,
-    repeats: int = 7,
-    warmup: int = 1,
+    work: BenchWork,
     fast: tuple[str, ...] = (),
     max_cache_len: int | None = None,
     log: Callable[[str], None] | None = None,
@@ -347,28 +346,19 @@ def bench_loaded_model(
     tokens exceeds it is reported as an error instead of run.
     """
     check_fast_paths(fast)
-    window = getattr(model.config, "max_position_embeddings", None)
-    check_bench_numbers(prompt_tokens, new_tokens, repeats, warmup, None, window)
-    device, n = str(model.device), int(new_tokens)
-    ids, paths = make_paths(model, tokenizer, prompt_tokens, n)
-    errors: dict[str, str] = {}
+    ids, paths = prepare_paths(model, tokenizer, work)
+    device, errors = str(model.device), {}
     for name in fast:
-        path = _fast_path(name, model, tokenizer, ids, n, warmup, max_cache_len)
+        path = _fast_path(name, model, tokenizer, ids, work, max_cache_len)
         if isinstance(path, str):
             errors[name] = path
         else:
             paths[name] = path
     peaks: dict[str, tuple[int, str]] = {}
-    timings, failed = time_paths(
-        _with_peak_memory(paths, device, peaks), n, repeats, warmup, device, log
-    )
+    timings, failed = time_paths(_with_peak_memory(paths, device, peaks), work, device, log)
     errors.update(failed)
     return {
-        "device": device,
-        "prompt_tokens": len(ids),
-        "new_tokens": n,
-        "repeats": repeats,
-        "warmup": warmup,
+        **work.as_figures(device, len(ids)),
         **compare_paths(timings),
         "peak_memory_bytes": peaks["package"][0],
         "baseline_peak_memory_bytes": peaks["baseline"][0],
@@ -518,9 +508,8 @@ def bench_model(
     load_s = time.perf_counter() - start
     cap = plan.context_window if (plan and on_gpu and plan.context_window) else None
     with _torch_threads(threads):
-        figures = bench_loaded_model(
-            model, tokenizer, prompt_tokens, new_tokens, repeats, warmup, fast, cap, say
-        )
+        work = BenchWork(prompt_tokens, new_tokens, repeats, warmup)
+        figures = bench_loaded_model(model, tokenizer, work, fast, cap, say)
     result = {**_describe_run(model, choice, random_weights, quant, load_s, threads), **figures}
     result.update(_bandwidth_figures(model, result, measure_bandwidth, say))
     del model  # the next step of gpu_check.sh needs all of the GPU's memory

@@ -16,6 +16,7 @@ import torch
 
 from llama2_colab import UserFacingError, stream_generate
 from llama2_colab.bench import (
+    BenchWork,
     bandwidth_limit_tokens_per_s,
     make_bench_prompt,
     run_bench,
@@ -119,9 +120,8 @@ def test_bench_json_keeps_the_keys_the_docs_and_gpu_check_read(bench_json):
 
 def test_fast_path_figures_keep_the_keys_gpu_check_reads(tiny_model_and_tokenizer):
     model, tok = tiny_model_and_tokenizer
-    result = bench_loaded_model(
-        model, tok, prompt_tokens=32, new_tokens=4, repeats=1, warmup=0, fast=("lookup",)
-    )
+    work = BenchWork(prompt_tokens=32, new_tokens=4, repeats=1, warmup=0)
+    result = bench_loaded_model(model, tok, work, fast=("lookup",))
     _, fast = _keys_gpu_check_reads()
     assert sorted(fast - {"error"} - set(result["fast_paths"]["lookup"])) == []
     assert result["generated_tokens"] == {"package": 4, "baseline": 4, "lookup": 4}
@@ -143,10 +143,8 @@ def test_run_bench_the_notebook_calls_times_the_two_paths_on_the_same_work(
 
 def test_a_static_path_past_the_plans_cache_is_reported_not_run(tiny_model_and_tokenizer):
     model, tok = tiny_model_and_tokenizer
-    result = bench_loaded_model(
-        model, tok, prompt_tokens=32, new_tokens=4, repeats=1, warmup=0, fast=("static",),
-        max_cache_len=16,
-    )  # fmt: skip
+    work = BenchWork(prompt_tokens=32, new_tokens=4, repeats=1, warmup=0)
+    result = bench_loaded_model(model, tok, work, fast=("static",), max_cache_len=16)
     assert result["fast_paths"]["static"]["error"].startswith("prompt + new tokens (36) exceed")
     assert result["generated_tokens"] == {"package": 4, "baseline": 4}
 
@@ -174,15 +172,8 @@ def test_bench_prompt_tokenizes_to_exactly_the_asked_length(tiny_model_and_token
 
 def test_fast_paths_give_the_default_greedy_output(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
-    result = bench_loaded_model(
-        model,
-        tokenizer,
-        prompt_tokens=64,
-        new_tokens=12,
-        repeats=1,
-        warmup=0,
-        fast=("lookup", "eager"),
-    )
+    work = BenchWork(prompt_tokens=64, new_tokens=12, repeats=1, warmup=0)
+    result = bench_loaded_model(model, tokenizer, work, fast=("lookup", "eager"))
     for name in ("lookup", "eager"):
         path = result["fast_paths"][name]
         assert "error" not in path, path

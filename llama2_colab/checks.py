@@ -16,6 +16,7 @@ import struct
 from pathlib import Path
 
 from .errors import UserFacingError
+from .renames import renamed_keywords
 
 __all__ = [
     "MAX_REPEATS",
@@ -234,6 +235,7 @@ MAX_REPEATS = 1000
 MAX_WARMUP = 100
 
 
+@renamed_keywords(context_limit="context_window")
 def check_bench_numbers(
     prompt_tokens: int,
     new_tokens: int | None,

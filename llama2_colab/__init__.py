@@ -45,10 +45,12 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "chat": (
         "ChatSession",
         "DialogFit",
+        "Message",
         "check_dialog",
         "encode_dialog",
         "fit_dialog",
-        "read_context_limit",
+        "read_context_limit",  # the old name of read_context_window (warns)
+        "read_context_window",
         "render_dialog",
     ),
     "app": ("ChatApp", "describe_models"),
@@ -61,7 +63,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "mask_token",
     ),
     "plan": ("LoadPlan", "format_plan", "make_plan"),
-    "bench": ("bandwidth_limit_tokens_per_s", "bench_model", "format_bench", "run_bench"),
+    "bench": ("BenchWork", "PathTiming", "bandwidth_limit_tokens_per_s", "run_bench"),
+    "bench_harness": ("bench_loaded_model", "bench_model", "format_bench"),
     "convert": ("convert_meta_checkpoint", "inspect_meta_checkpoint"),
     "codellama": (
         "decode_infilling",

@@ -1,8 +1,10 @@
 """A chat app inside the notebook (ipywidgets): what the a16z Llama 2 chatbot offers, run locally.
 
-The app is a thin face on `ChatSession`: every button calls a handler method you can also call
-yourself, generation runs on a background thread (so Stop works while the notebook is idle), and
-an error never touches the history: it is shown in the app and your message goes back in the box.
+Three parts: `ChatLayout` holds the widgets and how they are arranged; `ChatApp` is the
+controller that wires them to the `ChatSession` it drives, the third part, which keeps the
+conversation. Every button calls a handler method you can also call yourself, generation runs on
+a background thread (so Stop works while the notebook is idle), and an error never touches the
+history: it is shown in the app and your message goes back in the box.
 
     app = ChatApp(session, facts, model_name="meta-llama/Llama-2-7b-chat-hf")
     app            # shows the app in a notebook cell
@@ -18,12 +20,21 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from typing import NamedTuple
 
-from .chat import ChatSession, encode_dialog, read_context_limit
+from .chat import ChatSession, Message, encode_dialog, read_context_window
 from .models import load_with_plan, oom_as_advice
+from .plan import LoadPlan, make_plan
 from .runtime import RuntimeFacts
 
-__all__ = ["CHAT_MODELS", "ChatApp", "describe_models"]
+__all__ = [
+    "CHAT_MODELS",
+    "ChatApp",
+    "ChatLayout",
+    "ModelOption",
+    "conversation_html",
+    "describe_models",
+]
 
 # What the model dropdown offers: the three Llama 2 chat models and the offline tiny one.
 CHAT_MODELS = {
@@ -35,19 +46,24 @@ CHAT_MODELS = {
 DEFAULT_SYSTEM_PROMPT = "You are a helpful, respectful and honest assistant. Answer concisely."
 
 
-def describe_models(facts: RuntimeFacts) -> dict[str, tuple[str, object]]:
-    """Return {model id: (dropdown label saying whether it fits this runtime, its LoadPlan)}."""
-    from .plan import make_plan
+class ModelOption(NamedTuple):
+    """One entry of the model dropdown: its label (does it fit?) and the plan behind it."""
 
-    out: dict[str, tuple[str, object]] = {}
+    label: str
+    plan: LoadPlan | None  # None: not planned yet (a model you loaded yourself)
+
+
+def describe_models(facts: RuntimeFacts) -> dict[str, ModelOption]:
+    """Return {model id: (dropdown label saying whether it fits this runtime, its LoadPlan)}."""
+    out: dict[str, ModelOption] = {}
     for name, title in CHAT_MODELS.items():
         plan = make_plan(name, facts)
         if plan.fits:
-            fmt = plan.dtype if plan.quantization is None else f"4-bit {plan.quantization}"
-            label = f"{title}: fits ({fmt}, {plan.max_context_tokens:,} tokens of context)"
+            room = f"{plan.context_window:,} tokens of context"
+            label = f"{title}: fits ({plan.format_label}, {room})"
         else:
             label = f"{title}: does not fit this runtime"
-        out[name] = (label, plan)
+        out[name] = ModelOption(label, plan)
     return out
 
 
@@ -70,38 +86,26 @@ _CSS = (
 )
 
 
-class ChatApp:
-    """The chat app: conversation, message box, Send/Stop/Regenerate/Undo/Clear, settings."""
+def conversation_html(messages: list[Message]) -> str:
+    """Return the conversation as the app shows it: one styled block per message."""
+    parts = []
+    for msg in messages:
+        cls, who = ("l2c-user", "You") if msg["role"] == "user" else ("l2c-bot", "Llama 2")
+        text = html.escape(msg["content"]) or "&hellip;"
+        parts.append(f'<div class="l2c-msg {cls}"><b>{who}:</b> {text}</div>')
+    if not parts:
+        parts.append('<div class="l2c-note">No messages yet.</div>')
+    return _CSS + '<div class="l2c-chat">' + "".join(parts) + "</div>"
 
-    def __init__(
-        self,
-        session: ChatSession,
-        facts: RuntimeFacts,
-        model_name: str,
-        loader: Callable[[object], tuple] | None = None,
-        models: dict[str, tuple[str, object]] | None = None,
-    ):
+
+class ChatLayout:
+    """The app's widgets and how they are arranged; it holds no conversation and decides nothing."""
+
+    def __init__(self, session: ChatSession, options: list[tuple[str, str]], model_name: str):
         import ipywidgets as w
 
-        self.session = session
-        self.facts = facts
-        self.model_name = model_name
-        self.loader = loader or load_with_plan
-        self.models = dict(models if models is not None else describe_models(facts))
-        if model_name not in self.models:  # e.g. Code Llama, or a local directory
-            self.models[model_name] = (f"{model_name} (loaded)", None)
-        self._worker: threading.Thread | None = None
-        # While streaming: (user text, reply so far, whether it replaces the last exchange).
-        self._pending: tuple[str, str, bool] | None = None
-        self._last_render = 0.0
-        # The reply length you chose: the context may cap the slider below it for a while
-        # (a long system prompt), and it comes back when the cap lifts.
-        self._wanted_max_new_tokens = int(session.max_new_tokens)
-        self._capping = False
-
-        wide = w.Layout(width="100%")
         self.model = w.Dropdown(
-            options=[(label, name) for name, (label, _) in self.models.items()],
+            options=options,
             value=model_name,
             description="Model",
             layout=w.Layout(width="auto", flex="1 1 auto"),  # what the button leaves
@@ -115,38 +119,8 @@ class ChatApp:
             placeholder="A system prompt, re-sent with every turn (empty: none)",
             layout=w.Layout(width="100%", height="70px"),
         )
-        # Labels get the room they need (the default cuts "Max new tokens" to "Max new ..."),
-        # and each slider fits a third of Colab's ~850 px output; the row wraps when narrower.
-        label = {"description_width": "initial"}
-        slider = w.Layout(width="270px", margin="2px 12px 2px 0")
-        self.temperature = w.FloatSlider(
-            value=session.temperature,
-            min=0.01,
-            max=5.0,
-            step=0.01,
-            description="Temperature",
-            style=label,
-            layout=slider,
-        )
-        self.top_p = w.FloatSlider(
-            value=session.top_p,
-            min=0.01,
-            max=1.0,
-            step=0.01,
-            description="Top p",
-            style=label,
-            layout=slider,
-        )
-        self.max_new_tokens = w.IntSlider(
-            value=session.max_new_tokens,
-            min=1,
-            max=max(4096, session.max_new_tokens),
-            step=1,
-            description="Max new tokens",
-            style=label,
-            layout=slider,
-        )
-        self.conversation = w.HTML(layout=wide)
+        self._add_sliders(w, session)
+        self.conversation = w.HTML(layout=w.Layout(width="100%"))
         self.message = w.Textarea(
             placeholder="Type a message, then Send", layout=w.Layout(width="100%", height="60px")
         )
@@ -156,26 +130,41 @@ class ChatApp:
         self.undo_button = w.Button(description="Undo", icon="undo")
         self.clear_button = w.Button(description="Clear", button_style="danger", icon="trash")
         self.status = w.HTML()
+        self.widget = self._arrange(w)
 
-        self.send_button.on_click(lambda _: self.on_send())
-        self.stop_button.on_click(lambda _: self.on_stop())
-        self.regenerate_button.on_click(lambda _: self.on_regenerate())
-        self.undo_button.on_click(lambda _: self.on_undo())
-        self.clear_button.on_click(lambda _: self.on_clear())
-        self.load_button.on_click(lambda _: self.on_load())
-        self.system.observe(lambda _: self._bound_max_new_tokens(), names="value")
-        self.max_new_tokens.observe(self._on_max_new_tokens, names="value")
-
-        settings = w.VBox(
-            [
-                w.HBox([self.model, self.load_button]),
-                self.system,
-                w.HBox(
-                    [self.temperature, self.top_p, self.max_new_tokens],
-                    layout=w.Layout(flex_flow="row wrap"),
-                ),
-            ]
+    def _add_sliders(self, w, session: ChatSession) -> None:
+        # Labels get the room they need (the default cuts "Max new tokens" to "Max new ..."),
+        # and each slider fits a third of Colab's ~850 px output; the row wraps when narrower.
+        look = {
+            "style": {"description_width": "initial"},
+            "layout": w.Layout(width="270px", margin="2px 12px 2px 0"),
+        }
+        self.temperature = w.FloatSlider(
+            value=session.temperature,
+            min=0.01,
+            max=5.0,
+            step=0.01,
+            description="Temperature",
+            **look,
         )
+        self.top_p = w.FloatSlider(
+            value=session.top_p, min=0.01, max=1.0, step=0.01, description="Top p", **look
+        )
+        self.max_new_tokens = w.IntSlider(
+            value=session.max_new_tokens,
+            min=1,
+            max=max(4096, session.max_new_tokens),
+            step=1,
+            description="Max new tokens",
+            **look,
+        )
+
+    def _arrange(self, w):
+        sliders = w.HBox(
+            [self.temperature, self.top_p, self.max_new_tokens],
+            layout=w.Layout(flex_flow="row wrap"),
+        )
+        settings = w.VBox([w.HBox([self.model, self.load_button]), self.system, sliders])
         buttons = w.HBox(
             [
                 self.send_button,
@@ -185,16 +174,88 @@ class ChatApp:
                 self.clear_button,
             ]
         )
-        self.widget = w.VBox([settings, self.conversation, self.message, buttons, self.status])
-        self._apply_limit()
-        self._set_busy(False)
+        return w.VBox([settings, self.conversation, self.message, buttons, self.status])
+
+    def show(self, text: str, error: bool = False) -> None:
+        """Put a note (or an error, in red) on the status line."""
+        cls = "l2c-err" if error else "l2c-note"
+        self.status.value = f'<div class="{cls}">{html.escape(text)}</div>'
+
+    def set_busy(self, busy: bool) -> None:
+        """While busy only Stop works; otherwise everything but Stop."""
+        for button in (
+            self.send_button,
+            self.regenerate_button,
+            self.undo_button,
+            self.clear_button,
+            self.load_button,
+        ):
+            button.disabled = busy
+        self.stop_button.disabled = not busy
+        self.model.disabled = busy
+
+
+class ChatApp:
+    """The chat app's controller: it wires a `ChatLayout` to the `ChatSession` it drives.
+
+    Every button calls a handler method you can also call yourself (`on_send`, `on_stop`, ...);
+    the widgets are the layout's, reachable from the app too (`app.message` is
+    `app.layout.message`).
+    """
+
+    def __init__(
+        self,
+        session: ChatSession,
+        facts: RuntimeFacts,
+        model_name: str,
+        loader: Callable[[object], tuple] | None = None,
+        models: dict[str, tuple[str, object]] | None = None,
+    ):
+        self.session = session
+        self.facts = facts
+        self.model_name = model_name
+        self.loader = loader or load_with_plan
+        given = models if models is not None else describe_models(facts)
+        self.models = {name: ModelOption(*option) for name, option in given.items()}
+        if model_name not in self.models:  # e.g. Code Llama, or a local directory
+            self.models[model_name] = ModelOption(f"{model_name} (loaded)", None)
+        self._worker: threading.Thread | None = None
+        # While streaming: the exchange being written (see _Pending).
+        self._pending: _Pending | None = None
+        self._last_render = 0.0
+        # The reply length you chose: the context may cap the slider below it for a while
+        # (a long system prompt), and it comes back when the cap lifts.
+        self._wanted_max_new_tokens = int(session.max_new_tokens)
+        self._capping = False
+        options = [(option.label, name) for name, option in self.models.items()]
+        self.layout = ChatLayout(session, options, model_name)
+        self._connect()
+        self._apply_context_window()
+        self.layout.set_busy(False)
         self._render(force=True)
+
+    def __getattr__(self, name: str):
+        """The layout's widgets, as attributes of the app (`app.send_button`, `app.message`)."""
+        if name != "layout" and "layout" in self.__dict__:
+            return getattr(self.layout, name)
+        raise AttributeError(name)
+
+    def _connect(self) -> None:
+        ui = self.layout
+        ui.send_button.on_click(lambda _: self.on_send())
+        ui.stop_button.on_click(lambda _: self.on_stop())
+        ui.regenerate_button.on_click(lambda _: self.on_regenerate())
+        ui.undo_button.on_click(lambda _: self.on_undo())
+        ui.clear_button.on_click(lambda _: self.on_clear())
+        ui.load_button.on_click(lambda _: self.on_load())
+        ui.system.observe(lambda _: self._bound_max_new_tokens(), names="value")
+        ui.max_new_tokens.observe(self._on_max_new_tokens, names="value")
 
     # -- display --------------------------------------------------------------------------------
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
-        display(self.widget)
+        display(self.layout.widget)
 
     @property
     def busy(self) -> bool:
@@ -216,7 +277,7 @@ class ChatApp:
 
     def refresh(self) -> None:
         """Show the session as it is now (after you changed its history or prompt in code)."""
-        self.system.value = self.session.system_prompt
+        self.layout.system.value = self.session.system_prompt
         self._render(force=True)
 
     def import_json(self, text: str) -> None:
@@ -230,14 +291,19 @@ class ChatApp:
 
     def status_text(self) -> str:
         """Return the status line under the app (speed, context used, or an error) as text."""
-        return html.unescape(re.sub(r"<[^>]+>", "", self.status.value))
+        return html.unescape(re.sub(r"<[^>]+>", "", self.layout.status.value))
 
-    def _messages(self) -> list[dict]:
-        msgs = [dict(m) for m in self.session.history]
+    def _messages(self) -> list[Message]:
+        msgs: list[Message] = [
+            Message(role=m["role"], content=m["content"]) for m in self.session.history
+        ]
         if self._pending is not None:
-            user, reply, replaces = self._pending
-            msgs = msgs[:-2] if replaces else msgs
-            msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+            p = self._pending
+            msgs = msgs[:-2] if p.replaces else msgs
+            msgs += [
+                Message(role="user", content=p.user),
+                Message(role="assistant", content=p.reply),
+            ]
         return msgs
 
     def _render(self, force: bool = False) -> None:
@@ -245,60 +311,45 @@ class ChatApp:
         if not force and now - self._last_render < 0.05:  # at most 20 updates a second
             return
         self._last_render = now
-        parts = []
-        for msg in self._messages():
-            cls, who = ("l2c-user", "You") if msg["role"] == "user" else ("l2c-bot", "Llama 2")
-            text = html.escape(msg["content"]) or "&hellip;"
-            parts.append(f'<div class="l2c-msg {cls}"><b>{who}:</b> {text}</div>')
-        if not parts:
-            parts.append('<div class="l2c-note">No messages yet.</div>')
-        self.conversation.value = _CSS + '<div class="l2c-chat">' + "".join(parts) + "</div>"
+        self.layout.conversation.value = conversation_html(self._messages())
 
     def _show(self, text: str, error: bool = False) -> None:
-        cls = "l2c-err" if error else "l2c-note"
-        self.status.value = f'<div class="{cls}">{html.escape(text)}</div>'
-
-    def _set_busy(self, busy: bool) -> None:
-        for button in (
-            self.send_button,
-            self.regenerate_button,
-            self.undo_button,
-            self.clear_button,
-            self.load_button,
-        ):
-            button.disabled = busy
-        self.stop_button.disabled = not busy
-        self.model.disabled = busy
+        self.layout.show(text, error)
 
     # -- the context budget -------------------------------------------------------------------
-    def _apply_limit(self) -> None:
+    def _plan(self) -> LoadPlan | None:
+        return self.models.get(self.model_name, ModelOption("", None)).plan
+
+    def _apply_context_window(self) -> None:
         """Use the smaller of the model's context and what the plan leaves room for."""
         if self.session.model is None:
             return
-        limit = read_context_limit(self.session.model)
-        plan = self.models.get(self.model_name, (None, None))[1]
-        room = getattr(plan, "max_context_tokens", 0) if plan is not None else 0
-        self.session.context_limit = min(limit, room) if room else limit
+        window = read_context_window(self.session.model)
+        plan = self._plan()
+        room = plan.context_window if plan is not None else 0
+        self.session.context_window = min(window, room) if room else window
         self._bound_max_new_tokens()
 
     def _bound_max_new_tokens(self) -> None:
         """Let max new tokens go as far as the context leaves after the system prompt."""
         if self.session.model is None:
             return
-        messages = [{"role": "user", "content": "?"}]
-        if self.system.value.strip():
-            messages.insert(0, {"role": "system", "content": self.system.value})
+        system = self.layout.system.value
+        messages = [Message(role="user", content="?")]
+        if system.strip():
+            messages.insert(0, Message(role="system", content=system))
         try:
             floor = len(encode_dialog(self.session.tokenizer, messages))
         except ValueError:
             return  # a bad system prompt is reported when you send
-        top = max(self.session.limit - floor, 1)
+        top = max(self.session.window_in_use() - floor, 1)
+        slider = self.layout.max_new_tokens
         self._capping = True  # the slider moves because of the cap, not because you moved it
         try:
-            if top > self.max_new_tokens.max:
-                self.max_new_tokens.max = top
-            self.max_new_tokens.value = min(self._wanted_max_new_tokens, top)
-            self.max_new_tokens.max = top
+            if top > slider.max:
+                slider.max = top
+            slider.value = min(self._wanted_max_new_tokens, top)
+            slider.max = top
         finally:
             self._capping = False
 
@@ -308,73 +359,83 @@ class ChatApp:
 
     # -- handlers -------------------------------------------------------------------------------
     def _sync_settings(self) -> None:
-        self.session.system_prompt = self.system.value
-        self.session.temperature = float(self.temperature.value)
-        self.session.top_p = float(self.top_p.value)
-        self.session.max_new_tokens = int(self.max_new_tokens.value)
+        ui = self.layout
+        self.session.system_prompt = ui.system.value
+        self.session.temperature = float(ui.temperature.value)
+        self.session.top_p = float(ui.top_p.value)
+        self.session.max_new_tokens = int(ui.max_new_tokens.value)
 
     def _start(self, target: Callable[[], None]) -> None:
-        self._set_busy(True)
+        self.layout.set_busy(True)
         self._worker = threading.Thread(target=target, daemon=True)
         self._worker.start()
 
+    def _refusal(self, regenerating: bool = False) -> str | None:
+        """Why a reply cannot start now (None: it can); the same checks for Send and Regenerate."""
+        if self.busy:
+            return "Still answering; press Stop first."
+        if regenerating and not self.session.history:
+            return "Nothing to regenerate yet: send a message first."
+        if self.session.model is None:
+            return "No model is loaded: pick one and press Load model."
+        return None
+
     def on_send(self) -> None:
         """Send the message box's text; the reply streams into the conversation."""
-        if self.busy:
-            return self._show("Still answering; press Stop first.", error=True)
-        if self.session.model is None:
-            return self._show("No model is loaded: pick one and press Load model.", error=True)
-        text = self.message.value
+        refusal = self._refusal()
+        if refusal:
+            return self._show(refusal, error=True)
+        text = self.layout.message.value
         self._sync_settings()
         try:
             fit = self.session.plan_prompt(text)  # bad input is refused before any work
         except Exception as err:  # noqa: BLE001 - every refusal is shown, never raised
             return self._show(_message_of(err), error=True)
-        self.message.value = ""
-        self._pending = (text, "", False)
+        self.layout.message.value = ""
+        self._pending = _Pending(text, "", replaces=False)
         self._render(force=True)
         self._show("Generating..." + (f" ({fit.describe()})" if fit.dropped else ""))
         self._start(lambda: self._run(lambda cb: self.session.send(text, on_text=cb), text))
 
     def on_regenerate(self) -> None:
         """Replace the last reply with a new one (new settings apply)."""
-        if self.busy:
-            return self._show("Still answering; press Stop first.", error=True)
-        if not self.session.history:
-            return self._show("Nothing to regenerate yet: send a message first.", error=True)
-        if self.session.model is None:
-            return self._show("No model is loaded: pick one and press Load model.", error=True)
+        refusal = self._refusal(regenerating=True)
+        if refusal:
+            return self._show(refusal, error=True)
         self._sync_settings()
-        self._pending = (self.session.history[-2]["content"], "", True)
+        self._pending = _Pending(self.session.history[-2]["content"], "", replaces=True)
         self._render(force=True)
         self._show("Generating a new reply...")
         self._start(lambda: self._run(lambda cb: self.session.regenerate(on_text=cb), None))
 
-    def _run(self, call: Callable[[Callable[[str], None]], str], text: str | None) -> None:
-        def on_text(piece: str) -> None:
-            user, reply, replaces = self._pending
-            self._pending = (user, reply + piece, replaces)
-            self._render()
+    def _on_text(self, piece: str) -> None:
+        self._pending = self._pending._replace(reply=self._pending.reply + piece)
+        self._render()
 
-        plan = self.models.get(self.model_name, (None, None))[1]
+    def _give_back(self, text: str | None) -> None:
+        """Put the user's message back in the box (unless they already typed a new one)."""
+        if text is not None and not self.layout.message.value:
+            self.layout.message.value = text
+
+    def _run(self, call: Callable[[Callable[[str], None]], str], text: str | None) -> None:
+        plan = self._plan()
         try:
             # A CUDA out-of-memory error becomes the plan's advice (shorter chat, restart...).
             with oom_as_advice(plan, "generating") if plan is not None else nullcontext():
-                reply = call(on_text)
+                reply = call(self._on_text)
         except BaseException as err:  # noqa: BLE001 - shown in the app; history is untouched
             self._pending = None
-            if text is not None and not self.message.value:
-                self.message.value = text  # give the user their message back
+            self._give_back(text)
             self._show(f"Error, nothing was lost: {_message_of(err)}", error=True)
         else:
             self._pending = None
-            if text is not None and not reply and not self.message.value:
-                self.message.value = text  # stopped before any text: nothing was recorded
+            if not reply:
+                self._give_back(text)  # stopped before any text: nothing was recorded
             self._show(self._summary())
         finally:
             self._pending = None
             self._render(force=True)
-            self._set_busy(False)
+            self.layout.set_busy(False)
 
     def _summary(self) -> str:
         s, fit = self.session.last_stats, self.session.last_fit
@@ -384,7 +445,7 @@ class ChatApp:
         parts = [
             f"{s.new_tokens} token{'s' if s.new_tokens != 1 else ''}{speed}",
             f"first token after {s.ttft_s:.2f} s",
-            f"context used {self.session.context_used:,} of {fit.context_limit:,}",
+            f"context used {self.session.context_used:,} of {fit.context_window:,}",
         ]
         if fit.dropped:
             parts.append(f"left out the {fit.dropped_turns} oldest exchange(s) to fit")
@@ -401,8 +462,7 @@ class ChatApp:
         if self.busy:
             return
         text = self.session.undo()
-        if text is not None and not self.message.value:
-            self.message.value = text
+        self._give_back(text)
         self._render(force=True)
         self._show("Removed the last exchange." if text is not None else "Nothing to undo.")
 
@@ -418,21 +478,18 @@ class ChatApp:
         """Load the model picked in the dropdown (in the background); the history stays."""
         if self.busy:
             return
-        name = self.model.value
-        label, plan = self.models[name]
+        name = self.layout.model.value
+        title = CHAT_MODELS.get(name, name)
         if name == self.model_name and self.session.model is not None:
-            return self._show(f"{label.split(':')[0]} is already loaded.")
+            return self._show(f"{title} is already loaded.")
+        plan = self.models[name].plan
         if plan is None:
-            from .plan import make_plan
-
             try:
                 plan = make_plan(name, self.facts)
             except Exception as err:  # noqa: BLE001 - shown in the app
                 return self._show(f"Cannot plan {name}: {_message_of(err)}", error=True)
         if not plan.fits:
-            return self._show(
-                f"{CHAT_MODELS.get(name, name)} does not fit: {plan.advice}", error=True
-            )
+            return self._show(f"{title} does not fit: {plan.advice}", error=True)
         self._show(f"Loading {name}... (a real model downloads once, then loads in minutes)")
         self._start(lambda: self._load(name, plan))
 
@@ -450,11 +507,20 @@ class ChatApp:
         else:
             self.session.model, self.session.tokenizer = model, tokenizer
             self.model_name = name
-            self.models[name] = (self.models[name][0], plan)
-            self._apply_limit()
+            self.models[name] = self.models[name]._replace(plan=plan)
+            self._apply_context_window()
             self._show(f"Loaded {name}; the conversation continues with it.")
         finally:
-            self._set_busy(False)
+            self.layout.set_busy(False)
+
+
+class _Pending(NamedTuple):
+    """The exchange being streamed: your message, the reply so far, and whether it replaces
+    the last exchange (Regenerate)."""
+
+    user: str
+    reply: str
+    replaces: bool
 
 
 def _message_of(err: BaseException) -> str:

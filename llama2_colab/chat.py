@@ -23,10 +23,13 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Literal, TypedDict
 
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from .errors import UserFacingError
 from .generation import GenerationStats, stream_generate
+from .renames import renamed_attribute, renamed_function, renamed_keywords, warn_renamed
 
 __all__ = [
     "B_INST",
@@ -36,12 +39,13 @@ __all__ = [
     "SPECIAL_TAGS",
     "ChatSession",
     "DialogFit",
+    "Message",
     "StopOnEvent",
     "check_dialog",
     "check_message",
     "encode_dialog",
     "fit_dialog",
-    "read_context_limit",
+    "read_context_window",
     "render_dialog",
 ]
 
@@ -52,7 +56,14 @@ SPECIAL_TAGS = (B_INST, E_INST, "<<SYS>>", "<</SYS>>")
 ROLES = ("system", "user", "assistant")
 
 
-def check_dialog(messages: Sequence[dict]) -> None:
+class Message(TypedDict):
+    """One message of a dialog, as Meta's reference code types it."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+def check_dialog(messages: Sequence[Message]) -> None:
     """Raise ValueError, saying what to fix, unless messages form a dialog Llama 2 can answer."""
     example = '[{"role": "user", "content": "Hello"}]'
     if not isinstance(messages, (list, tuple)):
@@ -139,7 +150,7 @@ def _check_tags(text: str, what: str) -> None:
             )
 
 
-def _fold_dialog(messages: Sequence[dict]) -> tuple[list[tuple[str, str]], str]:
+def _fold_dialog(messages: Sequence[Message]) -> tuple[list[tuple[str, str]], str]:
     """Return (finished (user, assistant) pairs, newest user text) with the system folded in."""
     check_dialog(messages)
     msgs = [dict(m) for m in messages]
@@ -172,7 +183,7 @@ def _encode_segment(tokenizer, text: str) -> list[int]:
     return ids
 
 
-def encode_dialog(tokenizer, messages: Sequence[dict]) -> list[int]:
+def encode_dialog(tokenizer, messages: Sequence[Message]) -> list[int]:
     """Return the prompt token ids for messages, exactly as Meta's reference chat_completion."""
     pairs, last = _fold_dialog(messages)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -183,23 +194,26 @@ def encode_dialog(tokenizer, messages: Sequence[dict]) -> list[int]:
     return ids
 
 
-def render_dialog(messages: Sequence[dict], bos: str = "<s>", eos: str = "</s>") -> str:
+def render_dialog(messages: Sequence[Message], bos: str = "<s>", eos: str = "</s>") -> str:
     """Return the prompt encode_dialog builds, as text with `<s>`/`</s>` where BOS/EOS go."""
     pairs, last = _fold_dialog(messages)
     text = "".join(f"{bos}{_pair_text(u, a)}{eos}" for u, a in pairs)
     return text + f"{bos}{_last_text(last)}"
 
 
-def read_context_limit(model_or_config) -> int:
-    """Return how many positions the model has (max_position_embeddings from its config)."""
+def read_context_window(model_or_config) -> int:
+    """Return the model's context window in tokens (max_position_embeddings from its config)."""
     config = getattr(model_or_config, "config", model_or_config)
-    limit = getattr(config, "max_position_embeddings", None)
-    if not isinstance(limit, int) or limit <= 0:
+    window = getattr(config, "max_position_embeddings", None)
+    if not isinstance(window, int) or window <= 0:
         raise ValueError(
-            f"{type(config).__name__} has no max_position_embeddings; pass context_limit= "
+            f"{type(config).__name__} has no max_position_embeddings; pass context_window= "
             "explicitly."
         )
-    return limit
+    return window
+
+
+read_context_limit = renamed_function("read_context_limit", read_context_window)
 
 
 @dataclass(frozen=True)
@@ -207,10 +221,12 @@ class DialogFit:
     """A prompt that fits the context window, and what was left out to make it fit."""
 
     input_ids: list[int]
-    messages: list[dict]  # the messages actually encoded (system, kept turns, newest user)
-    dropped: list[dict]  # user/assistant messages left out, oldest first
-    context_limit: int
+    messages: list[Message]  # the messages actually encoded (system, kept turns, newest user)
+    dropped: list[Message]  # user/assistant messages left out, oldest first
+    context_window: int
     max_new_tokens: int
+
+    context_limit = renamed_attribute("context_limit", "context_window")
 
     @property
     def prompt_tokens(self) -> int:
@@ -226,7 +242,7 @@ class DialogFit:
         """Return one line for the user: the budget, and what was left out if anything."""
         line = (
             f"prompt {self.prompt_tokens} + up to {self.max_new_tokens} new tokens "
-            f"of {self.context_limit}"
+            f"of {self.context_window}"
         )
         if self.dropped:
             first = self.dropped[0]["content"].strip().replace("\n", " ")
@@ -237,30 +253,29 @@ class DialogFit:
         return line
 
 
+@renamed_keywords(context_limit="context_window")
 def fit_dialog(
-    tokenizer, messages: Sequence[dict], context_limit: int, max_new_tokens: int
+    tokenizer, messages: Sequence[Message], context_window: int, max_new_tokens: int
 ) -> DialogFit:
     """Return the prompt for messages that leaves room for max_new_tokens, oldest turns dropped."""
-    from .errors import UserFacingError
-
-    _check_count(context_limit, "context_limit", 2, "Llama 2 has 4096")
+    _check_count(context_window, "context_window", 2, "Llama 2 has 4096")
     _check_count(max_new_tokens, "max_new_tokens", 1, "a few hundred is typical")
-    if max_new_tokens >= context_limit:
+    if max_new_tokens >= context_window:
         raise UserFacingError(
-            f"max_new_tokens={max_new_tokens} does not fit a {context_limit}-token context.",
-            f"Choose a value between 1 and {context_limit - 1}; a few hundred is typical.",
+            f"max_new_tokens={max_new_tokens} does not fit a {context_window}-token context.",
+            f"Choose a value between 1 and {context_window - 1}; a few hundred is typical.",
         )
     check_dialog(messages)
     system = messages[0] if messages[0]["role"] == "system" else None
     head = [system] if system else []
     turns = [m for m in messages if m["role"] != "system"]  # user, assistant, ..., user
     pairs = list(zip(turns[:-1:2], turns[1::2], strict=True))
-    budget = context_limit - max_new_tokens
+    budget = context_window - max_new_tokens
 
     def seg(text: str) -> int:
         return len(_encode_segment(tokenizer, text))
 
-    def fold(user: dict) -> str:
+    def fold(user: Message) -> str:
         return B_SYS + system["content"] + E_SYS + user["content"] if system else user["content"]
 
     # A pair costs the same wherever it sits, except the first one kept, which carries the
@@ -287,20 +302,20 @@ def fit_dialog(
         kept = head + turns[2 * first :]
         ids = encode_dialog(tokenizer, kept)
         if len(ids) <= budget:  # always true when segments add up, as they do for Llama 2
-            return DialogFit(ids, kept, turns[: 2 * first], context_limit, max_new_tokens)
+            return DialogFit(ids, kept, turns[: 2 * first], context_window, max_new_tokens)
     need = len(encode_dialog(tokenizer, ([system] if system else []) + [turns[-1]]))
     yours = f"Your message{' with the system prompt' if system else ''}"
-    if need >= context_limit:
+    if need >= context_window:
         raise UserFacingError(
-            f"{yours} takes {need} tokens: more than the model's whole {context_limit}-token "
+            f"{yours} takes {need} tokens: more than the model's whole {context_window}-token "
             "context, before any reply.",
-            f"Shorten the message (or the system prompt) to well under {context_limit} tokens.",
+            f"Shorten the message (or the system prompt) to well under {context_window} tokens.",
         )
     raise UserFacingError(
         f"{yours} takes {need} tokens, and with {max_new_tokens} new tokens that exceeds the "
-        f"model's {context_limit}-token context.",
+        f"model's {context_window}-token context.",
         "Shorten the message (or the system prompt), or lower max new tokens "
-        f"to at most {context_limit - need}.",
+        f"to at most {context_window - need}.",
     )
 
 
@@ -360,9 +375,9 @@ class ChatSession:
     temperature: float = 0.6  # Meta's reference defaults
     top_p: float = 0.9
     do_sample: bool = True
-    context_limit: int | None = None  # None: the model config's max_position_embeddings
+    context_window: int | None = None  # None: the model's own (read_context_window)
     generate_kwargs: dict = field(default_factory=dict)  # more for generate(), e.g. top_k
-    history: list[dict] = field(default_factory=list)
+    history: list[Message] = field(default_factory=list)
     last_stats: GenerationStats | None = None
     last_fit: DialogFit | None = None
     last_stopped: bool = False
@@ -377,12 +392,19 @@ class ChatSession:
         self.history = [dict(m) for m in self.history]
 
     # -- what the model sees -------------------------------------------------------------------
+    context_limit = renamed_attribute("context_limit", "context_window")
+
     @property
     def limit(self) -> int:
-        """The context window the budget uses: context_limit, else the model's config."""
-        return self.context_limit or read_context_limit(self.model)
+        """Deprecated: the window the budget uses (`context_window`, else the model's own)."""
+        warn_renamed("limit", "context_window")
+        return self.window_in_use()
 
-    def build_messages(self, text: str, history: Sequence[dict] | None = None) -> list[dict]:
+    def window_in_use(self) -> int:
+        """Return the context window the budget uses: `context_window`, else the model's own."""
+        return self.context_window or read_context_window(self.model)
+
+    def build_messages(self, text: str, history: Sequence[Message] | None = None) -> list[Message]:
         """Return system prompt + history + text: the messages of the next prompt."""
         history = self.history if history is None else history
         system = self._system_text()
@@ -390,14 +412,14 @@ class ChatSession:
         head = [{"role": "system", "content": system}] if system.strip() else []
         return head + [dict(m) for m in history] + [{"role": "user", "content": text}]
 
-    def plan_prompt(self, text: str, history: Sequence[dict] | None = None) -> DialogFit:
+    def plan_prompt(self, text: str, history: Sequence[Message] | None = None) -> DialogFit:
         """Return the prompt that send(text) would use, fitted to the context window."""
         check_message(text)
         _check_text(self._system_text(), "The system prompt")
-        if self.context_limit is not None:
-            _check_count(self.context_limit, "context_limit", 2, "None uses the model's own")
+        if self.context_window is not None:
+            _check_count(self.context_window, "context_window", 2, "None uses the model's own")
         messages = self.build_messages(text, history)
-        return fit_dialog(self.tokenizer, messages, self.limit, self.max_new_tokens)
+        return fit_dialog(self.tokenizer, messages, self.window_in_use(), self.max_new_tokens)
 
     def _system_text(self) -> str:
         """The system prompt as text ("" for None); TypeError for anything else."""
@@ -479,7 +501,7 @@ class ChatSession:
         finally:
             self._stop.clear()
 
-    def _record(self, turn: _Turn, history: list[dict], text: str) -> str:
+    def _record(self, turn: _Turn, history: list[Message], text: str) -> str:
         self.last_stats, self.last_fit, self.last_stopped = turn.stats, turn.fit, turn.stopped
         if turn.stopped and not turn.reply:
             return ""
@@ -572,6 +594,10 @@ class ChatSession:
             self.system_prompt = system
             self.history = [{"role": m["role"], "content": m["content"]} for m in messages]
             self.last_stats, self.last_fit, self.last_stopped = None, None, False
+
+
+# `ChatSession(..., context_limit=N)` (the old name) still works, with a DeprecationWarning.
+ChatSession.__init__ = renamed_keywords(context_limit="context_window")(ChatSession.__init__)
 
 
 def _check_history(messages: list, system: str = "") -> None:

@@ -4,6 +4,8 @@ transformers and safetensors answer a damaged folder with a traceback from deep 
 decoder, a Rust deserializer), and load a GPT-2 or BERT folder without complaint. These checks
 read only the small files and the safetensors headers (no weights), so they take milliseconds,
 and each problem becomes a `UserFacingError` that says what is wrong and what to do.
+
+The benchmark's numbers are checked here too (`check_bench_numbers`), before anything loads.
 """
 
 from __future__ import annotations
@@ -14,8 +16,14 @@ import struct
 from pathlib import Path
 
 from .errors import UserFacingError
+from .renames import renamed_keywords
 
 __all__ = [
+    "MAX_REPEATS",
+    "MAX_WARMUP",
+    "MIN_NEW_TOKENS",
+    "MIN_PROMPT_TOKENS",
+    "check_bench_numbers",
     "LLAMA_MODEL_TYPES",
     "NotLlamaError",
     "check_config",
@@ -218,3 +226,55 @@ def check_model_dir(path: str | os.PathLike) -> dict:
         elif file.stat().st_size == 0:
             raise UserFacingError(f"{str(file)!r} is empty.", _REDOWNLOAD)
     return config
+
+
+# Sane bounds for the numbers a user gives, checked before anything loads.
+MIN_PROMPT_TOKENS = 8  # a prompt of fewer tokens cannot be made exactly (BOS + one word)
+MIN_NEW_TOKENS = 2  # decode speed is (N - 1) / (t_N - t_1): one token measures no decoding
+MAX_REPEATS = 1000
+MAX_WARMUP = 100
+
+
+@renamed_keywords(context_limit="context_window")
+def check_bench_numbers(
+    prompt_tokens: int,
+    new_tokens: int | None,
+    repeats: int | None,
+    warmup: int,
+    threads: int | None = None,
+    context_window: int | None = None,
+) -> None:
+    """Raise UserFacingError, saying the allowed range, unless the benchmark's numbers make sense.
+
+    None means "the default" for new_tokens, repeats and threads. With `context_window` (the
+    model's positions), the prompt plus the new tokens must fit in it.
+    """
+    cores = max(1, os.cpu_count() or 1)
+    for name, value, low, high, why in (
+        ("prompt_tokens", prompt_tokens, MIN_PROMPT_TOKENS, None, ""),
+        ("new_tokens", new_tokens, MIN_NEW_TOKENS, None, "; decode speed needs 2 or more"),
+        ("repeats", repeats, 1, MAX_REPEATS, ""),
+        ("warmup", warmup, 0, MAX_WARMUP, ""),
+        ("threads", threads, 1, cores, f"; this machine has {cores} CPU core(s)"),
+    ):
+        if value is None and name in ("new_tokens", "repeats", "threads"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserFacingError(
+                f"{name} must be a whole number, not {type(value).__name__} ({value!r}).",
+                "Pass an int.",
+            )
+        if value < low or (high is not None and value > high):
+            span = f"from {low:,} to {high:,}" if high is not None else f"at least {low:,}"
+            raise UserFacingError(
+                f"{name}={value:,} is out of range{why}.", f"Give a number {span}."
+            )
+    if context_window is not None:
+        total = prompt_tokens + (new_tokens or 0)
+        if total > context_window:
+            raise UserFacingError(
+                f"A {prompt_tokens:,}-token prompt plus {new_tokens or 0:,} new tokens is "
+                f"{total:,} positions; the model has {context_window:,}.",
+                f"Keep --prompt-tokens plus --new-tokens within {context_window:,} (the default "
+                "512 + 128 does).",
+            )

@@ -10,7 +10,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from .bench import MAX_REPEATS, MAX_WARMUP, MIN_NEW_TOKENS, MIN_PROMPT_TOKENS
+from .checks import MAX_REPEATS, MAX_WARMUP, MIN_NEW_TOKENS, MIN_PROMPT_TOKENS
 from .errors import UserFacingError, redact_secrets
 
 __all__ = ["main", "build_parser"]
@@ -73,7 +73,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .auth import find_token
-    from .chat import ChatSession, check_message, read_context_limit
+    from .chat import ChatSession, check_message, read_context_window
     from .models import choose_model, cpu_threads_for, load_with_plan, oom_as_advice
     from .plan import make_plan
     from .runtime import detect_runtime, format_report, recommend_settings
@@ -90,9 +90,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _check_local_model(choice.name)
     # Decide, then act: the plan picks fp16/bf16 or 4-bit and refuses what cannot fit.
     plan = make_plan(choice.name, facts)
-    print(
-        f"Plan    : {plan.quantization or plan.dtype}, room for {plan.max_context_tokens:,} tokens"
-    )
+    print(f"Plan    : {plan.format_label}, room for {plan.context_window:,} tokens")
     threads = cpu_threads_for(choice, plan.device)
     if threads is not None:  # this process is ours: no need to restore the setting
         import torch
@@ -112,7 +110,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         tokenizer,
         system_prompt=DEMO_SYSTEM,
         max_new_tokens=args.max_new_tokens,
-        context_limit=min(read_context_limit(model), plan.max_context_tokens),
+        context_window=min(read_context_window(model), plan.context_window),
     )
     try:
         session.plan_prompt(args.prompt)  # refuses forged turns, checks the budget
@@ -199,7 +197,7 @@ def _cmd_access(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import FAST_PATHS, bench_model, format_bench
+    from .bench_harness import FAST_PATHS, bench_model, format_bench
 
     fast: list[str] = []
     for item in args.fast or []:
@@ -255,6 +253,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_demo)
 
+    _add_bench(sub)
+
+    p = sub.add_parser("tiny", help="write the offline tiny Llama 2 (model + tokenizer) to DIR")
+    p.add_argument("dir")
+    p.set_defaults(func=_cmd_tiny)
+
+    p = sub.add_parser(
+        "convert", help="turn Meta's download (consolidated.*.pth) into a Hugging Face folder"
+    )
+    p.add_argument("meta_dir", help="the folder download.sh made, e.g. llama-2-7b-chat")
+    p.add_argument("out_dir", help="a new or empty folder for the Hugging Face files")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    p.set_defaults(func=_cmd_convert)
+
+    _add_plan_and_access(sub)
+    return parser
+
+
+def _add_bench(sub) -> None:
+    """The `bench` command: its work, its fast paths and the bounds checked before loading."""
     p = sub.add_parser(
         "bench", help="measure tokens/s, first-token time and memory against plain transformers"
     )
@@ -306,18 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("tiny", help="write the offline tiny Llama 2 (model + tokenizer) to DIR")
-    p.add_argument("dir")
-    p.set_defaults(func=_cmd_tiny)
 
-    p = sub.add_parser(
-        "convert", help="turn Meta's download (consolidated.*.pth) into a Hugging Face folder"
-    )
-    p.add_argument("meta_dir", help="the folder download.sh made, e.g. llama-2-7b-chat")
-    p.add_argument("out_dir", help="a new or empty folder for the Hugging Face files")
-    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
-    p.set_defaults(func=_cmd_convert)
-
+def _add_plan_and_access(sub) -> None:
+    """The `plan` and `access` commands: will a model fit, and may your token download it."""
     p = sub.add_parser("plan", help="will MODEL fit this GPU: format, memory, context (exit 2: no)")
     p.add_argument("model", nargs="?", help="'tiny', a catalog name, or a local model directory")
     p.add_argument("--gpu", default=None, help="T4, V100, L4, A100-40GB, A100-80GB, H100 or cpu")
@@ -341,7 +350,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a Hub id, e.g. meta-llama/Llama-2-7b-chat-hf")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_access)
-    return parser
 
 
 class _Parser(argparse.ArgumentParser):

@@ -27,12 +27,19 @@ from __future__ import annotations
 import io
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as pb
+
+from .chat import Message, encode_dialog
+from .convert import compute_intermediate_size, write_hf_tokenizer
 from .errors import UserFacingError
+from .tiny import ensure_built, tiny_cache_dir
 
 __all__ = [
     "CODE_LLAMA_VOCAB_SIZE",
@@ -159,10 +166,8 @@ def decode_infilling(tokenizer, ids: Sequence[int]) -> str:
     return tokenizer.decode([sentinel] + ids, skip_special_tokens=True)[1:]
 
 
-def encode_instruct(tokenizer, messages: Sequence[dict]) -> list[int]:
+def encode_instruct(tokenizer, messages: Sequence[Message]) -> list[int]:
     """Return Code Llama - Instruct's prompt ids: the Llama 2 chat format of chat.encode_dialog."""
-    from .chat import encode_dialog
-
     return encode_dialog(tokenizer, messages)
 
 
@@ -171,16 +176,11 @@ def encode_instruct(tokenizer, messages: Sequence[dict]) -> list[int]:
 
 def tiny_code_cache_dir() -> Path:
     """Return where the tiny Code Llama is cached, beside the tiny Llama 2."""
-    from .tiny import tiny_cache_dir
-
     return tiny_cache_dir().parent / f"tiny-code-llama-v{TINY_CODE_VERSION}"
 
 
 def write_tiny_code_tokenizer_model(path: str | os.PathLike) -> Path:
     """Write a SentencePiece tokenizer.model laid out like Code Llama's (32016 pieces)."""
-    import sentencepiece as spm
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
     corpus = resources.files("llama2_colab").joinpath("data/tiny_corpus.txt").read_text("utf-8")
     buf = io.BytesIO()
     # Llama's trainer settings: BPE, byte fallback, digits split, whitespace kept as it is.
@@ -222,12 +222,8 @@ def write_tiny_code_tokenizer_model(path: str | os.PathLike) -> Path:
 
 def build_tiny_code_llama(out_dir: str | os.PathLike) -> Path:
     """Write the tiny Code Llama - Instruct (model, tokenizer.model, HF tokenizer) to out_dir."""
-    import tempfile
-
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    from .convert import compute_intermediate_size, write_hf_tokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -274,7 +270,5 @@ def build_tiny_code_llama(out_dir: str | os.PathLike) -> Path:
 
 def ensure_tiny_code_llama(cache_dir: str | os.PathLike | None = None) -> Path:
     """Return the cached tiny Code Llama directory, building it first if it is missing."""
-    from .tiny import ensure_built
-
     target = Path(cache_dir) if cache_dir is not None else tiny_code_cache_dir()
     return ensure_built(target, build_tiny_code_llama)

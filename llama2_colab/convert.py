@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -41,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserFacingError
+from .runtime import GiB, detect_runtime
+from .tiny import LLAMA2_CHAT_TEMPLATE
 
 __all__ = [
     "MARKER_FILE",
@@ -55,7 +58,6 @@ __all__ = [
     "write_hf_tokenizer",
 ]
 
-GiB = 1024**3
 MARKER_FILE = "llama2_colab_conversion.json"  # marks an OUT_DIR this command wrote
 _SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
 _DTYPES = ("float16", "bfloat16", "float32")
@@ -254,8 +256,6 @@ def check_resources(
 
 
 def _load_shard(path: Path, mmap: bool) -> dict:
-    import pickle
-
     import torch
 
     try:
@@ -376,8 +376,6 @@ def write_hf_tokenizer(tokenizer_model: str | os.PathLike, out_dir: str | os.Pat
         ) from None
     from transformers import LlamaTokenizer
 
-    from .tiny import LLAMA2_CHAT_TEMPLATE
-
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(tokenizer_model, Path(tmp) / "tokenizer.model")
         # As in meta-llama/Llama-2-7b-hf: BOS added, EOS not, padding on the left.
@@ -490,8 +488,6 @@ def convert_meta_checkpoint(
     _check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if ram_available_bytes is None:
-        from .runtime import detect_runtime
-
         ram_available_bytes = detect_runtime().ram_available_bytes
     disk_free = shutil.disk_usage(out.parent).free
     check_resources(checkpoint, dtype, ram_available_bytes, disk_free, max_file_bytes)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 
+from .auth import mask_token
+
 __all__ = ["UserFacingError", "redact_secrets"]
 
 # User access tokens: "hf_" and 34 letters and digits today; older ones were a little shorter.
@@ -19,8 +21,6 @@ _TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 def redact_secrets(text: str) -> str:
     """Return text with every Hugging Face token in it masked (`hf_...wxyz`)."""
-    from .auth import mask_token
-
     text = str(text)
     # The token in the environment is masked even if it does not look like one (an old format).
     for var in _TOKEN_VARS:

@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from transformers import TextStreamer
+from transformers import CompileConfig, TextStreamer
+
+from .errors import UserFacingError
 
 __all__ = ["GenerationStats", "ReplyStreamer", "fast_generate_kwargs", "stream_generate"]
 
@@ -50,15 +52,16 @@ class ReplyStreamer(TextStreamer):
         self.token_times: list[float] = []
         self.reply_ids: list[int] = []  # the reply's token ids so far
         self.shown_chars = 0  # how much of the decoded reply has gone to on_text
+        self.awaiting_prompt = True  # generate() sends the prompt first; it is never shown
 
     def put(self, value) -> None:
         """Receive token ids from generate(); the first call carries the prompt."""
-        if not self.next_tokens_are_prompt:
+        if not self.awaiting_prompt:
             self.token_times.extend([time.perf_counter()] * int(value.numel()))
-        if self.on_text is None or self.next_tokens_are_prompt:
+        if self.on_text is None or self.awaiting_prompt:
             # The prompt is never shown. With nobody reading the text, only time the tokens:
             # decoding the growing reply on every token is the one avoidable cost a streamer adds.
-            self.next_tokens_are_prompt = False
+            self.awaiting_prompt = False
             return
         self.reply_ids.extend(value.reshape(-1).tolist())
         last = self.tokenizer.convert_ids_to_tokens(self.reply_ids[-1])
@@ -71,7 +74,7 @@ class ReplyStreamer(TextStreamer):
         if self.on_text is not None:
             self._show_new_text(stream_end=True)
         self.reply_ids, self.shown_chars = [], 0
-        self.next_tokens_are_prompt = True
+        self.awaiting_prompt = True
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
         """Forward each decoded piece to the callback (nothing is printed by default)."""
@@ -82,6 +85,16 @@ class ReplyStreamer(TextStreamer):
         text = self.tokenizer.decode(self.reply_ids, **self.decode_kwargs)
         self.on_finalized_text(text[self.shown_chars :], stream_end=stream_end)
         self.shown_chars = max(self.shown_chars, len(text))
+
+
+class _CompileOnAnyDevice(CompileConfig):
+    """A CompileConfig that compiles on the CPU too (transformers compiles only on accelerators).
+
+    transformers reads this class flag; it offers no public switch, so the flag is set here, on
+    our own subclass, and no instance of theirs is written.
+    """
+
+    _compile_all_devices = True
 
 
 def fast_generate_kwargs(
@@ -115,14 +128,10 @@ def fast_generate_kwargs(
         raise ValueError("Choose one fast path: a static cache or prompt lookup, not both.")
     kwargs: dict = {}
     if static_cache:
-        from transformers import CompileConfig
-
         if device_type == "cuda":
             config = CompileConfig(mode="reduce-overhead")  # CUDA graphs remove launch overhead
         else:
-            # transformers compiles only on accelerators unless asked; CUDA graphs need a GPU.
-            config = CompileConfig(mode="default")
-            config._compile_all_devices = True
+            config = _CompileOnAnyDevice(mode="default")  # CUDA graphs need a GPU
         kwargs["cache_implementation"] = "static"
         kwargs["compile_config"] = config
         if max_cache_len is not None:
@@ -150,18 +159,16 @@ def stream_generate(
         raise ValueError(
             f"max_new_tokens={wanted!r} cannot be generated: give a whole number of at least 1."
         )
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(limit, int) and input_ids.shape[1] + (wanted or 0) > limit:
+    window = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(window, int) and input_ids.shape[1] + (wanted or 0) > window:
         raise ValueError(
             f"The prompt ({input_ids.shape[1]} tokens) plus max_new_tokens ({wanted or 0}) "
-            f"exceeds the model's {limit} positions: past them a Llama model produces garbage. "
+            f"exceeds the model's {window} positions: past them a Llama model produces garbage. "
             "Shorten the prompt or lower max_new_tokens."
         )
     input_ids = input_ids.to(model.device)
     cache_cap = generate_kwargs.get("max_cache_len")
     if cache_cap is not None and wanted is not None and input_ids.shape[1] + wanted > cache_cap:
-        from .errors import UserFacingError
-
         # transformers would quietly allocate a bigger static cache: on a T4 that is an OOM.
         raise UserFacingError(
             f"The prompt ({input_ids.shape[1]} tokens) plus max_new_tokens ({wanted}) does not "

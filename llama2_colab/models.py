@@ -9,8 +9,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import safetensors
+
+from .auth import explain_hub_error, find_hub_error, find_token
+from .checks import check_family, check_model_dir, looks_like_local_path
 from .errors import UserFacingError
-from .runtime import RuntimeFacts, Settings
+from .runtime import T4_MENU_PATH, GiB, RuntimeFacts, Settings, settings_for
+from .tiny import ensure_tiny_llama
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -68,7 +73,7 @@ def choose_model(
             TINY,
             "no GPU found, so the offline tiny Llama 2 stands in for "
             f"{DEFAULT_MODEL} (real architecture and chat format, random weights: expect "
-            "gibberish). On Colab: Runtime > Change runtime type > T4 GPU.",
+            f"gibberish). On Colab: {T4_MENU_PATH}.",
         )
     if not has_token:
         return ModelChoice(
@@ -96,10 +101,7 @@ def resolve_model_path(choice: ModelChoice) -> str:
     `UserFacingError` that says what to do, never a traceback from deep inside transformers.
     """
     if choice.is_tiny:
-        from .tiny import ensure_tiny_llama
-
         return str(ensure_tiny_llama())
-    from .checks import check_model_dir, looks_like_local_path
 
     if looks_like_local_path(choice.name):
         check_model_dir(choice.name)
@@ -134,8 +136,6 @@ def load_model_and_tokenizer(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from .checks import check_family
-
     def load(path: str):
         if not choice.is_tiny and not Path(path).is_dir():  # a Hub id: its config first (KBs)
             config = AutoConfig.from_pretrained(path, token=token, cache_dir=cache_dir)
@@ -153,8 +153,6 @@ def load_model_and_tokenizer(
         raise
     except Exception as err:
         if choice.is_tiny and isinstance(err, _file_errors()):  # rebuilt, once
-            from .tiny import ensure_tiny_llama
-
             warnings.warn(
                 f"The cached tiny Llama 2 failed to load ({type(err).__name__}); rebuilding it.",
                 stacklevel=2,
@@ -177,15 +175,11 @@ def load_model_and_tokenizer(
 
 def _file_errors() -> tuple[type[BaseException], ...]:
     """The exceptions a damaged model file raises while loading (bad JSON, bad safetensors)."""
-    import safetensors
-
     return (OSError, ValueError, getattr(safetensors, "SafetensorError", OSError))
 
 
 def _raise_hub_error(err: OSError, choice: ModelChoice, token: str | None) -> None:
     """Raise a UserFacingError for a Hub refusal inside err; return if there is none."""
-    from .auth import explain_hub_error, find_hub_error, find_token
-
     hub_err = find_hub_error(err)
     if hub_err is None:
         return
@@ -234,7 +228,7 @@ def make_quantization_config(plan):
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_compute_dtype=getattr(torch, plan.dtype),
-        bnb_4bit_use_double_quant=plan.double_quant,
+        bnb_4bit_use_double_quant=True,  # the block scales in 8 bits too (plan counts them so)
     )
 
 
@@ -250,8 +244,8 @@ def oom_as_advice(plan, doing: str = "generating") -> Iterator[None]:
             torch.cuda.empty_cache()
         raise UserFacingError(
             f"The GPU ran out of memory while {doing} with {plan.model} "
-            f"({plan.quantization or plan.dtype}: {plan.weights_bytes / 1024**3:.2f} GiB of "
-            f"weights; the plan leaves room for about {plan.max_context_tokens:,} tokens of "
+            f"({plan.format_label}: {plan.weights_bytes / GiB:.2f} GiB of "
+            f"weights; the plan leaves room for about {plan.context_window:,} tokens of "
             "context). Memory still held by an earlier model counts too.",
             "Restart the runtime (Runtime > Restart session) so only this model is in memory. "
             + plan.advice,
@@ -266,13 +260,7 @@ def load_with_plan(plan, token: str | None = None, cache_dir: str | None = None)
     """
     if not plan.fits:
         raise UserFacingError(f"{plan.model} does not fit: {plan.reason}", plan.advice)
-    settings = Settings(
-        device=plan.device,
-        dtype=plan.dtype,
-        attn_implementation="sdpa",
-        device_map="auto" if plan.device == "cuda" else None,
-        reason=plan.reason,
-    )
+    settings = settings_for(plan.device, plan.dtype, plan.reason)
     with oom_as_advice(plan, "loading"):
         return load_model_and_tokenizer(
             ModelChoice(plan.model, "from the plan"),

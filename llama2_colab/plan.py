@@ -19,8 +19,15 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from huggingface_hub import hf_hub_download
+
+from .auth import explain_hub_error, find_hub_error, find_token, hub_endpoint
+from .catalog import did_you_mean, find_entry
+from .checks import check_config, check_family
 from .errors import UserFacingError
-from .runtime import GPU_PRESETS, RuntimeFacts, recommend_settings
+from .renames import renamed_attribute
+from .runtime import GPU_PRESETS, T4_MENU_PATH, GiB, RuntimeFacts, recommend_settings
+from .tiny import ensure_tiny_llama
 
 __all__ = [
     "GPU_RESERVE_BYTES",
@@ -29,6 +36,8 @@ __all__ = [
     "NF4_BLOCK_SIZE",
     "ParamCounts",
     "LoadPlan",
+    "PlanChoice",
+    "format_label",
     "load_config",
     "count_parameters",
     "weight_bytes",
@@ -37,7 +46,6 @@ __all__ = [
     "format_plan",
 ]
 
-GiB = 1024**3
 MiB = 1024**2
 
 # CUDA context + cuBLAS workspace take about 0.3-0.5 GiB of the card before any tensor exists;
@@ -79,10 +87,10 @@ class LoadPlan:
     quantization: str | None  # None | "int8" | "nf4"
     weights_bytes: int  # of the chosen format
     kv_bytes_per_token: int
-    max_context_tokens: int  # tokens of KV cache that fit next to the weights (<= model_context)
+    context_window: int  # tokens of context that fit next to the weights (<= the model's own)
     fits: bool
     reason: str
-    model_context_tokens: int = 0  # the model's own limit (max_position_embeddings)
+    model_context_window: int = 0  # the model's own (max_position_embeddings)
     device: str = "cuda"  # "cuda" | "cpu"
     gpu: str | None = None
     usable_memory_bytes: int = 0
@@ -92,12 +100,14 @@ class LoadPlan:
     ram_available_bytes: int = 0
     download_bytes: int = 0  # the 16-bit safetensors you download from the Hub
     advice: str = ""  # what would make it fit, or what to do after an out-of-memory error
-    double_quant: bool = True  # NF4 stores its block scales in 8 bits too
+
+    max_context_tokens = renamed_attribute("max_context_tokens", "context_window")
+    model_context_tokens = renamed_attribute("model_context_tokens", "model_context_window")
 
     @property
-    def compute_dtype(self) -> str:
-        """The dtype matmuls run in (for NF4: the `bnb_4bit_compute_dtype`)."""
-        return self.dtype
+    def format_label(self) -> str:
+        """The chosen format in words, e.g. "float16" or "4-bit NF4, float16 compute"."""
+        return format_label(self.dtype, self.quantization)
 
     def to_dict(self) -> dict:
         """Return the plan as a JSON-ready dict."""
@@ -108,12 +118,8 @@ def load_config(model_name: str):
     """Return (transformers config, canonical name) for "tiny", a catalog name or a local dir."""
     from transformers import AutoConfig, LlamaConfig
 
-    from .catalog import did_you_mean, find_entry
-
     name = model_name.strip()
     if name.lower() == "tiny":
-        from .tiny import ensure_tiny_llama
-
         return AutoConfig.from_pretrained(ensure_tiny_llama()), "tiny"
     entry = find_entry(name)
     if entry is not None:
@@ -121,13 +127,9 @@ def load_config(model_name: str):
         return LlamaConfig(**entry.config), canonical
     path = Path(name).expanduser()
     if (path / "config.json").is_file():
-        from .checks import check_config
-
         check_config(path)  # valid JSON, Llama family: a clear message, not a traceback
         return AutoConfig.from_pretrained(path), name
     if name.count("/") == 1 and not path.exists():
-        from .checks import check_family
-
         config = _config_from_hub(name)
         check_family(config.model_type, getattr(config, "architectures", None), name)
         return config, name
@@ -141,11 +143,7 @@ def load_config(model_name: str):
 
 def _config_from_hub(repo_id: str):
     """Fetch a model's config.json (a few KB) from the Hub; explain any refusal."""
-    from huggingface_hub import hf_hub_download
     from transformers import AutoConfig
-
-    from .auth import explain_hub_error, find_hub_error, find_token, hub_endpoint
-    from .catalog import did_you_mean
 
     token = find_token()
     try:
@@ -230,6 +228,29 @@ def _gib(n: int) -> str:
     return f"{n / 1024:.1f} KiB"
 
 
+def format_label(dtype: str, quantization: str | None) -> str:
+    """Return how the plan names a format: "float16", "int8 (LLM.int8)" or "4-bit NF4, ..."."""
+    if quantization is None:
+        return dtype
+    if quantization == "int8":
+        return "int8 (LLM.int8)"
+    return f"4-bit NF4, {dtype} compute"
+
+
+@dataclass(frozen=True)
+class PlanChoice:
+    """The part of a plan that depends on the machine: the format picked and the room it leaves."""
+
+    dtype: str  # the load/compute dtype
+    quantization: str | None  # None | "int8" | "nf4"
+    weights_bytes: int  # of that format
+    kv_bytes_per_token: int
+    context_window: int  # tokens of context that fit next to the weights
+    usable_bytes: int  # the device's memory minus the reserve
+    reserve_bytes: int  # CUDA context and activations (GPU), or Python and libraries (CPU)
+    fits: bool  # the weights plus MIN_CONTEXT_TOKENS of KV cache fit in the usable bytes
+
+
 def _usable(facts: RuntimeFacts) -> tuple[int, int]:
     """(usable bytes, reserve) of the device the model would live on."""
     if facts.gpu is None:
@@ -237,41 +258,35 @@ def _usable(facts: RuntimeFacts) -> tuple[int, int]:
     return max(0, facts.gpu.total_memory_bytes - GPU_RESERVE_BYTES), GPU_RESERVE_BYTES
 
 
-def _context(usable: int, weights: int, kv: int, limit: int) -> int:
-    return max(0, min(limit, (usable - weights) // kv)) if usable > weights else 0
+def _context(usable: int, weights: int, kv: int, window: int) -> int:
+    return max(0, min(window, (usable - weights) // kv)) if usable > weights else 0
+
+
+def _candidates(quantization: str, facts: RuntimeFacts) -> list[str | None]:
+    """The formats to try, smallest change first."""
+    if quantization != "auto":
+        return [None if quantization == "none" else quantization]
+    if facts.gpu is None:
+        return [None]  # bitsandbytes on the CPU works but is far too slow for a real model
+    return [None, "nf4"]  # int8 is never chosen: NF4 is smaller and faster
 
 
 def _choose(
     counts: ParamCounts, config, facts: RuntimeFacts, quantization: str, dtype: str | None = None
-) -> dict:
-    """Pick a format on one machine; return the fields of the plan that depend on the machine."""
+) -> PlanChoice:
+    """Pick a format on one machine: the first candidate that fits, else the last one tried."""
     dtype = dtype or recommend_settings(facts).dtype
     usable, reserve = _usable(facts)
     kv = kv_bytes_per_token(config, dtype)
-    limit = int(getattr(config, "max_position_embeddings", 4096))
-    if quantization != "auto":
-        candidates = [None if quantization == "none" else quantization]
-    elif facts.gpu is None:
-        candidates = [None]  # bitsandbytes on the CPU works but is far too slow for a real model
-    else:
-        candidates = [None, "nf4"]  # int8 is never chosen: NF4 is smaller and faster
-    needed = min(MIN_CONTEXT_TOKENS, limit)
-    fits = False
-    for quant in candidates:  # smallest change first; if none fits, report the last one tried
+    window = int(getattr(config, "max_position_embeddings", 4096))
+    needed = min(MIN_CONTEXT_TOKENS, window)
+    for quant in _candidates(quantization, facts):
         weights = weight_bytes(counts, dtype, quant)
         fits = weights + needed * kv <= usable
         if fits:
             break
-    return dict(
-        dtype=dtype,
-        quantization=quant,
-        weights=weights,
-        kv=kv,
-        ctx=_context(usable, weights, kv, limit),
-        usable=usable,
-        reserve=reserve,
-        fits=fits,
-    )
+    context = _context(usable, weights, kv, window)
+    return PlanChoice(dtype, quant, weights, kv, context, usable, reserve, fits)
 
 
 def _what_would_fit(counts: ParamCounts, config, facts: RuntimeFacts) -> str:
@@ -281,27 +296,105 @@ def _what_would_fit(counts: ParamCounts, config, facts: RuntimeFacts) -> str:
         if preset.gpu is None:
             continue
         choice = _choose(counts, config, preset, "auto")
-        if choice["fits"]:
-            fmt = "4-bit NF4" if choice["quantization"] == "nf4" else choice["dtype"]
+        if choice.fits:
             parts.append(
-                f"one {name} ({preset.gpu.total_memory_bytes / GiB:.0f} GiB) runs it in {fmt} "
-                f"with {choice['ctx']:,} tokens of context"
+                f"one {name} ({preset.gpu.total_memory_bytes / GiB:.0f} GiB) runs it in "
+                f"{format_label(choice.dtype, choice.quantization)} with "
+                f"{choice.context_window:,} tokens of context"
             )
             break
     if facts.gpu is not None:
-        dtype = recommend_settings(facts).dtype
-        kv = kv_bytes_per_token(config, dtype)
-        usable, _ = _usable(facts)
-        for quant, label in (("nf4", "4-bit NF4"), (None, dtype)):
-            need = weight_bytes(counts, dtype, quant) + MIN_CONTEXT_TOKENS * kv
-            n = math.ceil(need / usable) if usable else 0
+        for quant in ("nf4", "none"):
+            choice = _choose(counts, config, facts, quant)
+            need = choice.weights_bytes + MIN_CONTEXT_TOKENS * choice.kv_bytes_per_token
+            n = math.ceil(need / choice.usable_bytes) if choice.usable_bytes else 0
             if n > 1:
                 parts.append(
-                    f"{n} x {facts.gpu.name} in {label} (device_map='auto' splits the layers)"
+                    f"{n} x {facts.gpu.name} in {format_label(choice.dtype, choice.quantization)}"
+                    " (device_map='auto' splits the layers)"
                 )
     if not parts:
         return "No single GPU in the presets holds it: split it across several GPUs."
     return "What would fit: " + "; or ".join(parts) + "."
+
+
+def _ram_needed(counts: ParamCounts, choice: PlanChoice, facts: RuntimeFacts) -> int:
+    """Host RAM while loading: safetensors go tensor by tensor to the GPU, so the peak is the
+    libraries plus a couple of tensors. On the CPU the whole model lives in RAM."""
+    if facts.gpu is not None:
+        return HOST_OVERHEAD_BYTES + 2 * counts.largest_tensor * 2
+    return (
+        HOST_OVERHEAD_BYTES + choice.weights_bytes + MIN_CONTEXT_TOKENS * choice.kv_bytes_per_token
+    )
+
+
+def _describe_sizes(name: str, counts: ParamCounts, config, by_format: dict, c: PlanChoice) -> list:
+    """Wording: the model's size in each format and its KV cache per token."""
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return [
+        f"{name} has {counts.total:,} parameters: {_gib(by_format[c.dtype])} in {c.dtype}, "
+        f"{_gib(by_format['int8'])} in int8, {_gib(by_format['nf4'])} in 4-bit NF4.",
+        f"KV cache: {_gib(c.kv_bytes_per_token)} per token of context in {c.dtype} "
+        f"({config.num_hidden_layers} layers x {kv_heads} KV heads).",
+    ]
+
+
+def _describe_device(facts: RuntimeFacts, c: PlanChoice) -> str:
+    """Wording: how much of the device the model may use, and what is held back."""
+    if facts.gpu is not None:
+        return (
+            f"{facts.gpu.name}: {_gib(c.usable_bytes)} usable "
+            f"({_gib(facts.gpu.total_memory_bytes)} minus {_gib(c.reserve_bytes)} for the CUDA "
+            "context and activations)."
+        )
+    return (
+        f"No GPU: the model would live in system RAM, {_gib(c.usable_bytes)} usable "
+        f"({_gib(facts.ram_available_bytes)} available minus {_gib(c.reserve_bytes)} for "
+        "Python and the libraries)."
+    )
+
+
+def _describe_verdict(c: PlanChoice, window: int) -> str:
+    """Wording: the format chosen and the context it leaves, or why it does not fit."""
+    fmt = format_label(c.dtype, c.quantization)
+    if not c.fits:
+        return (
+            f"Does not fit: {fmt} needs {_gib(c.weights_bytes)} for the weights alone plus "
+            f"{_gib(MIN_CONTEXT_TOKENS * c.kv_bytes_per_token)} for {MIN_CONTEXT_TOKENS:,} "
+            "tokens of context."
+        )
+    extra = ""
+    if c.quantization == "nf4":
+        extra = f" ({c.dtype} does not fit with room for {MIN_CONTEXT_TOKENS:,} tokens)"
+    return (
+        f"Plan: {fmt}{extra}; {_gib(c.weights_bytes)} of weights leaves room for "
+        f"{c.context_window:,} tokens of context (the model allows {window:,})."
+    )
+
+
+def _advise(counts, config, facts: RuntimeFacts, c: PlanChoice, ram_ok: bool) -> str:
+    """Decision's advice: what would make it fit, or what to do after an out-of-memory error."""
+    if not c.fits:
+        where = f"Use a GPU runtime (on Colab: {T4_MENU_PATH}). " if facts.gpu is None else ""
+        return where + _what_would_fit(counts, config, facts)
+    if not ram_ok:
+        return "Use a runtime with more system RAM, and load safetensors (never .bin shards)."
+    if facts.gpu is None:
+        return f"On a GPU this runs much faster: {T4_MENU_PATH}."
+    return (
+        "If you still run out of GPU memory: shorten the conversation (fewer tokens of "
+        f"context than {c.context_window:,}), lower max_new_tokens, restart the runtime to "
+        "free memory held by an earlier model"
+        + ("" if c.quantization == "nf4" else ", or load in 4-bit NF4")
+        + "."
+    )
+
+
+def _check_plan_args(quantization: str, dtype: str | None) -> None:
+    if quantization not in ("auto", "none", "int8", "nf4"):
+        raise ValueError(f"quantization must be auto, none, int8 or nf4, not {quantization!r}")
+    if dtype is not None and dtype not in _DTYPE_BYTES:
+        raise ValueError(f"dtype must be float16, bfloat16 or float32, not {dtype!r}")
 
 
 def make_plan(
@@ -313,116 +406,48 @@ def make_plan(
     else 4-bit NF4, else does not fit), or forces "none", "int8" or "nf4". `dtype` forces the
     load/compute dtype; None takes the runtime's recommendation (float16 on a T4).
     """
-    if quantization not in ("auto", "none", "int8", "nf4"):
-        raise ValueError(f"quantization must be auto, none, int8 or nf4, not {quantization!r}")
-    if dtype is not None and dtype not in _DTYPE_BYTES:
-        raise ValueError(f"dtype must be float16, bfloat16 or float32, not {dtype!r}")
+    _check_plan_args(quantization, dtype)
     config, name = load_config(model_name)
     counts = count_parameters(config)
     c = _choose(counts, config, facts, quantization, dtype)
-    dtype, quant, kv = c["dtype"], c["quantization"], c["kv"]
-    by_format = {
-        dtype: weight_bytes(counts, dtype, None),
-        "int8": weight_bytes(counts, dtype, "int8"),
-        "nf4": weight_bytes(counts, dtype, "nf4"),
-    }
-    limit = int(getattr(config, "max_position_embeddings", 4096))
-    where = facts.gpu.name if facts.gpu is not None else "the CPU (system RAM)"
-    fmt = {None: dtype, "int8": "int8 (LLM.int8)", "nf4": f"4-bit NF4, {dtype} compute"}[quant]
-
-    # Host RAM while loading: safetensors go tensor by tensor to the GPU, so the peak is the
-    # libraries plus a couple of tensors. On the CPU the whole model lives in RAM (counted above).
-    if facts.gpu is not None:
-        ram_needed = HOST_OVERHEAD_BYTES + 2 * counts.largest_tensor * 2
-    else:
-        ram_needed = HOST_OVERHEAD_BYTES + c["weights"] + MIN_CONTEXT_TOKENS * kv
+    by_format = {q or c.dtype: weight_bytes(counts, c.dtype, q) for q in (None, "int8", "nf4")}
+    window = int(getattr(config, "max_position_embeddings", 4096))
+    ram_needed = _ram_needed(counts, c, facts)
     ram_ok = ram_needed <= facts.ram_available_bytes
-    fits = c["fits"] and ram_ok
-
-    lines = [
-        f"{name} has {counts.total:,} parameters: {_gib(by_format[dtype])} in {dtype}, "
-        f"{_gib(by_format['int8'])} in int8, {_gib(by_format['nf4'])} in 4-bit NF4.",
-        f"KV cache: {_gib(kv)} per token of context in {dtype} "
-        f"({config.num_hidden_layers} layers x "
-        f"{getattr(config, 'num_key_value_heads', None) or config.num_attention_heads} KV heads).",
-    ]
-    if facts.gpu is not None:
-        lines.append(
-            f"{where}: {_gib(c['usable'])} usable ({_gib(facts.gpu.total_memory_bytes)} minus "
-            f"{_gib(c['reserve'])} for the CUDA context and activations)."
-        )
-    else:
-        lines.append(
-            f"No GPU: the model would live in system RAM, {_gib(c['usable'])} usable "
-            f"({_gib(facts.ram_available_bytes)} available minus {_gib(c['reserve'])} for "
-            "Python and the libraries)."
-        )
-    if c["fits"]:
-        extra = ""
-        if quant == "nf4":
-            extra = f" ({dtype} does not fit with room for {MIN_CONTEXT_TOKENS:,} tokens)"
-        lines.append(
-            f"Plan: {fmt}{extra}; {_gib(c['weights'])} of weights leaves room for "
-            f"{c['ctx']:,} tokens of context (the model allows {limit:,})."
-        )
-    else:
-        lines.append(
-            f"Does not fit: {fmt} needs {_gib(c['weights'])} for the weights alone plus "
-            f"{_gib(MIN_CONTEXT_TOKENS * kv)} for {MIN_CONTEXT_TOKENS:,} tokens of context."
-        )
+    lines = _describe_sizes(name, counts, config, by_format, c)
+    lines += [_describe_device(facts, c), _describe_verdict(c, window)]
     if not ram_ok:
         lines.append(
             f"System RAM: loading needs about {_gib(ram_needed)}, only "
             f"{_gib(facts.ram_available_bytes)} is available: the session would crash."
         )
-
-    if not c["fits"]:
-        if facts.gpu is None:
-            advice = (
-                "Use a GPU runtime (on Colab: Runtime > Change runtime type > T4 GPU). "
-                + _what_would_fit(counts, config, facts)
-            )
-        else:
-            advice = _what_would_fit(counts, config, facts)
-    elif not ram_ok:
-        advice = "Use a runtime with more system RAM, and load safetensors (never .bin shards)."
-    elif facts.gpu is not None:
-        advice = (
-            "If you still run out of GPU memory: shorten the conversation (fewer tokens of "
-            f"context than {c['ctx']:,}), lower max_new_tokens, restart the runtime to free "
-            "memory held by an earlier model"
-            + ("" if quant == "nf4" else ", or load in 4-bit NF4")
-            + "."
-        )
-    else:
-        advice = "On a GPU this runs much faster: Runtime > Change runtime type > T4 GPU."
-    reason = " ".join(lines)
+    fits = c.fits and ram_ok
     return LoadPlan(
         model=name,
         params=counts.total,
-        dtype=dtype,
-        quantization=quant,
-        weights_bytes=c["weights"],
-        kv_bytes_per_token=kv,
-        max_context_tokens=c["ctx"] if fits else 0,
+        dtype=c.dtype,
+        quantization=c.quantization,
+        weights_bytes=c.weights_bytes,
+        kv_bytes_per_token=c.kv_bytes_per_token,
+        context_window=c.context_window if fits else 0,
         fits=fits,
-        reason=reason,
-        model_context_tokens=limit,
+        reason=" ".join(lines),
+        model_context_window=window,
         device="cuda" if facts.gpu is not None else "cpu",
         gpu=facts.gpu.name if facts.gpu is not None else None,
-        usable_memory_bytes=c["usable"],
-        reserve_bytes=c["reserve"],
+        usable_memory_bytes=c.usable_bytes,
+        reserve_bytes=c.reserve_bytes,
         bytes_by_format=by_format,
         ram_needed_bytes=ram_needed,
         ram_available_bytes=facts.ram_available_bytes,
         download_bytes=counts.total * 2,
-        advice=advice,
+        advice=_advise(counts, config, facts, c, ram_ok),
     )
 
 
 def format_plan(plan: LoadPlan) -> str:
     """Return the plan as a short text report (what `python -m llama2_colab plan` prints)."""
-    fmt = plan.dtype if plan.quantization is None else f"{plan.quantization} ({plan.dtype} compute)"
+    fmt = plan.format_label
     rows = [
         f"Model      : {plan.model}",
         f"Parameters : {plan.params:,}",
@@ -431,8 +456,8 @@ def format_plan(plan: LoadPlan) -> str:
         f"({_gib(plan.kv_bytes_per_token)})",
         f"Device     : {plan.gpu or 'CPU'}, {_gib(plan.usable_memory_bytes)} usable",
         f"Plan       : {fmt}, {_gib(plan.weights_bytes)} of weights",
-        f"Context    : {plan.max_context_tokens:,} tokens fit "
-        f"(model limit {plan.model_context_tokens:,})",
+        f"Context    : {plan.context_window:,} tokens fit "
+        f"(model limit {plan.model_context_window:,})",
         f"Host RAM   : needs ~{_gib(plan.ram_needed_bytes)}, "
         f"{_gib(plan.ram_available_bytes)} available",
         f"Fits       : {'yes' if plan.fits else 'NO'}",

@@ -14,6 +14,9 @@ import sys
 from dataclasses import asdict, dataclass
 
 __all__ = [
+    "ATTENTION",
+    "GiB",
+    "T4_MENU_PATH",
     "GpuFacts",
     "RuntimeFacts",
     "Settings",
@@ -21,11 +24,17 @@ __all__ = [
     "detect_runtime",
     "preset_runtime",
     "recommend_settings",
+    "settings_for",
     "format_report",
     "runtime_report_dict",
 ]
 
 GiB = 1024**3
+# The attention kernel, everywhere: FlashAttention-2 refuses Turing GPUs (a T4) outright, and on
+# a T4 SDPA already picks the memory-efficient kernel.
+ATTENTION = "sdpa"
+# Where Colab switches the runtime to a GPU; every message that sends you there says this.
+T4_MENU_PATH = "Runtime > Change runtime type > T4 GPU"
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,7 @@ class Settings:
 
     device: str  # "cuda" or "cpu"
     dtype: str  # "float16" | "bfloat16" | "float32"
-    attn_implementation: str  # always "sdpa" here; see recommend_settings
+    attn_implementation: str  # always ATTENTION ("sdpa") here
     device_map: str | None  # "auto" on a GPU (accelerate places the weights), None on the CPU
     reason: str
 
@@ -164,45 +173,43 @@ def detect_runtime() -> RuntimeFacts:
     )
 
 
+def settings_for(device: str, dtype: str, reason: str) -> Settings:
+    """Return the loading settings for a device and dtype already decided, and why.
+
+    The rest follows from the device: SDPA attention (`ATTENTION`) everywhere, and on a GPU
+    `device_map="auto"` so accelerate places the weights straight on it.
+    """
+    device_map = "auto" if device == "cuda" else None
+    return Settings(device, dtype, ATTENTION, device_map, reason)
+
+
 def recommend_settings(facts: RuntimeFacts) -> Settings:
     """Decide device, dtype and attention kernel from the facts alone.
 
     bf16 only from compute capability 8.0 (Ampere) up. A T4 (7.5) has no bf16 tensor cores;
     `torch.cuda.is_bf16_supported()` still says True there because it counts emulation, and
     emulated bf16 matmuls run about 17x slower than fp16 on a T4. So we never ask torch.
-    Attention is SDPA everywhere: FlashAttention-2 refuses Turing GPUs outright, and on a T4 SDPA
-    already picks the memory-efficient kernel.
     """
     if facts.gpu is None:
-        return Settings(
-            device="cpu",
-            dtype="float32",
-            attn_implementation="sdpa",
-            device_map=None,
-            reason="No CUDA GPU: float32 on the CPU (fp16 matmuls on a CPU are slow or missing).",
+        return settings_for(
+            "cpu",
+            "float32",
+            "No CUDA GPU: float32 on the CPU (fp16 matmuls on a CPU are slow or missing).",
         )
     major, minor = facts.gpu.compute_capability
     if (major, minor) >= (8, 0):
-        return Settings(
-            device="cuda",
-            dtype="bfloat16",
-            attn_implementation="sdpa",
-            device_map="auto",
-            reason=(
-                f"{facts.gpu.name} has compute capability {major}.{minor} >= 8.0: native bfloat16, "
-                "same memory as float16 and no overflow risk."
-            ),
+        return settings_for(
+            "cuda",
+            "bfloat16",
+            f"{facts.gpu.name} has compute capability {major}.{minor} >= 8.0: native bfloat16, "
+            "same memory as float16 and no overflow risk.",
         )
-    return Settings(
-        device="cuda",
-        dtype="float16",
-        attn_implementation="sdpa",
-        device_map="auto",
-        reason=(
-            f"{facts.gpu.name} has compute capability {major}.{minor} < 8.0: no bfloat16 tensor "
-            "cores, so float16 (bfloat16 would be emulated, ~17x slower on a T4). "
-            "SDPA attention: FlashAttention-2 needs compute capability 8.0."
-        ),
+    return settings_for(
+        "cuda",
+        "float16",
+        f"{facts.gpu.name} has compute capability {major}.{minor} < 8.0: no bfloat16 tensor "
+        "cores, so float16 (bfloat16 would be emulated, ~17x slower on a T4). "
+        "SDPA attention: FlashAttention-2 needs compute capability 8.0.",
     )
 
 
@@ -250,7 +257,5 @@ def format_report(facts: RuntimeFacts, settings: Settings | None = None) -> str:
         f"Why     : {settings.reason}",
     ]
     if facts.gpu is None and facts.colab:
-        lines.append(
-            "Hint    : Runtime > Change runtime type > T4 GPU, then run the notebook again."
-        )
+        lines.append(f"Hint    : {T4_MENU_PATH}, then run the notebook again.")
     return "\n".join(lines)

@@ -514,14 +514,14 @@ def test_a_closed_pipe_keeps_the_exit_code(argv, code):
 
 
 def test_bench_with_one_new_token_from_python_is_refused_not_measured():
-    from llama2_colab.bench import bench_model
+    from llama2_colab.bench_harness import bench_model
 
     with pytest.raises(UserFacingError, match="new_tokens=1 is out of range; decode speed"):
         bench_model("tiny", new_tokens=1)
 
 
 def test_bench_text_never_shows_an_unmeasured_speed_as_zero():
-    from llama2_colab.bench import format_bench
+    from llama2_colab.bench_harness import format_bench
 
     result = {
         "model": "tiny",
@@ -621,8 +621,8 @@ SEND_CASES = [
     (None, "x <</SYS>>", ValueError, "contains '<</SYS>>'"),
     (_set("system_prompt", "sys \udfff"), "hi", ValueError, "The system prompt contains"),
     (_set("system_prompt", 7), "hi", TypeError, "system prompt must be a string"),
-    (_set("context_limit", -5), "hi", ValueError, "context_limit=-5 is too small"),
-    (_set("context_limit", "4096"), "hi", TypeError, "context_limit must be a whole number"),
+    (_set("context_window", -5), "hi", ValueError, "context_window=-5 is too small"),
+    (_set("context_window", "4096"), "hi", TypeError, "context_window must be a whole number"),
     (_set("max_new_tokens", 0), "hi", ValueError, "max_new_tokens=0 is too small"),
     (_set("max_new_tokens", 2.5), "hi", TypeError, "max_new_tokens must be a whole number"),
     (_set("max_new_tokens", 5000), "hi", Exception, "between 1 and 4095"),
@@ -658,7 +658,7 @@ def test_bad_chat_input_is_refused_and_the_history_kept(session, change, text, e
 
 
 def test_a_long_message_never_advises_at_most_zero(session):
-    session.context_limit = 64
+    session.context_window = 64
     history = list(session.history)
     with pytest.raises(UserFacingError) as caught:
         session.send(" ".join(["tomato"] * 100))
@@ -695,19 +695,19 @@ def test_encode_dialog_says_what_is_wrong(tiny_model_and_tokenizer, messages, me
 
 
 @pytest.mark.parametrize(
-    ("limit", "new", "error", "message"),
+    ("window", "new", "error", "message"),
     [
-        (-5, 10, ValueError, "context_limit=-5 is too small: it must be at least 2"),
-        (0, 10, ValueError, "context_limit=0 is too small"),
+        (-5, 10, ValueError, "context_window=-5 is too small: it must be at least 2"),
+        (0, 10, ValueError, "context_window=0 is too small"),
         (4096, -1, ValueError, "max_new_tokens=-1 is too small"),
         (4096, True, TypeError, "max_new_tokens must be a whole number of tokens, not bool"),
-        (None, 10, TypeError, "context_limit must be a whole number of tokens, not NoneType"),
+        (None, 10, TypeError, "context_window must be a whole number of tokens, not NoneType"),
     ],
 )
-def test_fit_dialog_checks_its_numbers(tiny_model_and_tokenizer, limit, new, error, message):
+def test_fit_dialog_checks_its_numbers(tiny_model_and_tokenizer, window, new, error, message):
     _, tok = tiny_model_and_tokenizer
     with pytest.raises(error, match=message) as caught:
-        fit_dialog(tok, [{"role": "user", "content": "hi"}], limit, new)
+        fit_dialog(tok, [{"role": "user", "content": "hi"}], window, new)
     assert "between 1 and -" not in str(caught.value)
 
 

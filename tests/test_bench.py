@@ -8,22 +8,26 @@ random weights have the real architecture, and that every fast path gives the de
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
 from llama2_colab import UserFacingError, stream_generate
 from llama2_colab.bench import (
+    BenchWork,
     bandwidth_limit_tokens_per_s,
-    build_random_model,
     make_bench_prompt,
     run_bench,
     weights_read_bytes,
 )
+from llama2_colab.bench_harness import bench_loaded_model, build_random_model
 from llama2_colab.cli import main
 from llama2_colab.generation import fast_generate_kwargs
 from llama2_colab.plan import load_config
 
+ROOT = Path(__file__).resolve().parents[1]
 LLAMA2_7B_PARAMS = 6_738_415_616  # meta-llama/Llama-2-7b-hf, safetensors index total_size / 2
 LLAMA2_13B_PARAMS = 13_015_864_320
 
@@ -81,6 +85,70 @@ def test_bench_json_has_the_documented_keys(bench_json):
     assert lo <= bench_json["tokens_per_s"] <= hi
 
 
+def _documented_keys() -> set[str]:
+    """The keys docs/benchmarks.md lists after "JSON keys:"; `x(_iqr)` stands for x and x_iqr."""
+    docs = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    listed = re.search(r"JSON keys: `([^`]+)`", docs).group(1)
+    keys = set()
+    for item in re.split(r"[,\s]+", listed):
+        if item.endswith("(_iqr)"):
+            keys |= {item[: -len("(_iqr)")], item[: -len("(_iqr)")] + "_iqr"}
+        elif item:
+            keys.add(item)
+    return keys
+
+
+def _keys_gpu_check_reads() -> tuple[set[str], set[str]]:
+    """The keys scripts/gpu_check.sh's summary reads: of a result (r) and of a fast path (fp)."""
+    script = (ROOT / "scripts" / "gpu_check.sh").read_text(encoding="utf-8")
+    top = set(re.findall(r"\br(?:\['|\.get\(['\"])(\w+)", script)) | set(
+        re.findall(r'"(\w+)" in r\b', script)
+    )
+    fast = set(re.findall(r"\bfp\['(\w+)'\]", script))
+    return top, fast
+
+
+def test_bench_json_keeps_the_keys_the_docs_and_gpu_check_read(bench_json):
+    documented = _documented_keys()
+    top, fast = _keys_gpu_check_reads()
+    assert {"tokens_per_s_iqr", "baseline_ttft_s_iqr", "fraction_of_bandwidth_limit"} <= documented
+    assert {"tokens_per_s", "ratio", "peak_memory_bytes", "fast_paths"} <= top
+    assert {"ratio_to_default", "same_output_as_default", "error"} <= fast
+    assert sorted(documented - set(bench_json)) == []
+    assert sorted(top - {"error"} - set(bench_json)) == []  # "error": a step that failed
+
+
+def test_fast_path_figures_keep_the_keys_gpu_check_reads(tiny_model_and_tokenizer):
+    model, tok = tiny_model_and_tokenizer
+    work = BenchWork(prompt_tokens=32, new_tokens=4, repeats=1, warmup=0)
+    result = bench_loaded_model(model, tok, work, fast=("lookup",))
+    _, fast = _keys_gpu_check_reads()
+    assert sorted(fast - {"error"} - set(result["fast_paths"]["lookup"])) == []
+    assert result["generated_tokens"] == {"package": 4, "baseline": 4, "lookup": 4}
+
+
+def test_run_bench_the_notebook_calls_times_the_two_paths_on_the_same_work(
+    tiny_model_and_tokenizer,
+):
+    model, tok = tiny_model_and_tokenizer
+    result = run_bench(model, tok, prompt_tokens=32, new_tokens=4, repeats=2, warmup=0)
+    assert result["prompt_tokens"] == 32 and result["new_tokens"] == 4
+    assert result["generated_tokens"] == {"package": 4, "baseline": 4}
+    assert result["same_output_as_baseline"] is True
+    assert result["ratio"] == pytest.approx(
+        result["tokens_per_s"] / result["baseline_tokens_per_s"]
+    )
+    assert "fast_paths" not in result  # fast paths and peak memory are the harness's
+
+
+def test_a_static_path_past_the_plans_cache_is_reported_not_run(tiny_model_and_tokenizer):
+    model, tok = tiny_model_and_tokenizer
+    work = BenchWork(prompt_tokens=32, new_tokens=4, repeats=1, warmup=0)
+    result = bench_loaded_model(model, tok, work, fast=("static",), max_cache_len=16)
+    assert result["fast_paths"]["static"]["error"].startswith("prompt + new tokens (36) exceed")
+    assert result["generated_tokens"] == {"package": 4, "baseline": 4}
+
+
 def test_bench_compares_the_same_work(bench_json):
     assert bench_json["prompt_tokens"] == 128
     assert bench_json["generated_tokens"] == {"package": 8, "baseline": 8}
@@ -104,15 +172,8 @@ def test_bench_prompt_tokenizes_to_exactly_the_asked_length(tiny_model_and_token
 
 def test_fast_paths_give_the_default_greedy_output(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
-    result = run_bench(
-        model,
-        tokenizer,
-        prompt_tokens=64,
-        new_tokens=12,
-        repeats=1,
-        warmup=0,
-        fast=("lookup", "eager"),
-    )
+    work = BenchWork(prompt_tokens=64, new_tokens=12, repeats=1, warmup=0)
+    result = bench_loaded_model(model, tokenizer, work, fast=("lookup", "eager"))
     for name in ("lookup", "eager"):
         path = result["fast_paths"][name]
         assert "error" not in path, path

@@ -20,7 +20,7 @@ from llama2_colab import (
     UserFacingError,
     encode_dialog,
     fit_dialog,
-    read_context_limit,
+    read_context_window,
     render_dialog,
 )
 
@@ -243,7 +243,7 @@ def test_budget_drops_oldest_pairs_and_keeps_system_and_newest(tok):
     history = _chat(12, 20)
     messages = [S, *history, {"role": "user", "content": "newest"}]
     assert len(encode_dialog(tok, messages)) > 700
-    fit = fit_dialog(tok, messages, context_limit=700, max_new_tokens=100)
+    fit = fit_dialog(tok, messages, context_window=700, max_new_tokens=100)
     assert fit.prompt_tokens + 100 <= 700
     assert fit.messages[0] == S and fit.messages[-1]["content"] == "newest"
     assert fit.dropped == history[: len(fit.dropped)] and fit.dropped_turns >= 1
@@ -257,28 +257,28 @@ def test_budget_drops_oldest_pairs_and_keeps_system_and_newest(tok):
 
 def test_budget_keeps_everything_when_it_fits(tok):
     messages = [*_chat(2, 2), {"role": "user", "content": "newest"}]
-    fit = fit_dialog(tok, messages, context_limit=4096, max_new_tokens=256)
+    fit = fit_dialog(tok, messages, context_window=4096, max_new_tokens=256)
     assert fit.dropped == [] and fit.input_ids == encode_dialog(tok, messages)
 
 
 def test_a_single_message_too_long_for_the_window_is_a_clear_error(tok):
     huge = {"role": "user", "content": " ".join(["tomato"] * 800)}
     with pytest.raises(UserFacingError, match="more than the model's whole 600-token context"):
-        fit_dialog(tok, [S, *_chat(3, 2), huge], context_limit=600, max_new_tokens=64)
+        fit_dialog(tok, [S, *_chat(3, 2), huge], context_window=600, max_new_tokens=64)
     long = {"role": "user", "content": " ".join(["tomato"] * 100)}
     need = len(encode_dialog(tok, [S, long]))
     with pytest.raises(UserFacingError, match=f"lower max new tokens to at most {600 - need}"):
-        fit_dialog(tok, [S, *_chat(3, 2), long], context_limit=600, max_new_tokens=500)
+        fit_dialog(tok, [S, *_chat(3, 2), long], context_window=600, max_new_tokens=500)
     with pytest.raises(UserFacingError, match="between 1 and 599"):
-        fit_dialog(tok, [U], context_limit=600, max_new_tokens=600)
+        fit_dialog(tok, [U], context_window=600, max_new_tokens=600)
 
 
 def test_the_limit_comes_from_the_model_config(tiny_model_and_tokenizer, tiny_dir):
     model, tok = tiny_model_and_tokenizer
-    assert read_context_limit(model) == 4096
+    assert read_context_window(model) == 4096
     code_llama_like = AutoModelForCausalLM.from_pretrained(tiny_dir, max_position_embeddings=16384)
-    assert read_context_limit(code_llama_like) == 16384
-    assert ChatSession(code_llama_like, tok).limit == 16384
+    assert read_context_window(code_llama_like) == 16384
+    assert ChatSession(code_llama_like, tok).window_in_use() == 16384
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,7 +450,7 @@ def test_forty_turns_never_exceed_the_context_and_keep_the_system_prompt(tiny_di
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, max_position_embeddings=256).eval()
     system = "You are a cooking assistant. 日本語で答えてください。"
     session = ChatSession(model, tok, system_prompt=system, max_new_tokens=4)
-    assert session.limit == 256
+    assert session.window_in_use() == 256
     head = encode_dialog(tok, [{"role": "system", "content": system}, U])[:30]
     filler = " ".join(["tomato basil cheese"] * 12)
     dropped = []

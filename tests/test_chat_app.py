@@ -37,7 +37,7 @@ def send(app, text):
 def test_each_model_says_whether_it_fits():
     t4 = {name: label for name, (label, _) in describe_models(preset_runtime("T4")).items()}
     assert "7B chat: fits (float16" in t4["meta-llama/Llama-2-7b-chat-hf"]
-    assert "13B chat: fits (4-bit nf4" in t4["meta-llama/Llama-2-13b-chat-hf"]
+    assert "13B chat: fits (4-bit NF4, float16 compute" in t4["meta-llama/Llama-2-13b-chat-hf"]
     assert "70B chat: does not fit" in t4["meta-llama/Llama-2-70b-chat-hf"]
     assert "fits" in t4["tiny"]
 
@@ -297,7 +297,7 @@ def test_the_app_never_shows_a_replacement_character_while_streaming(app):
 
 def test_max_new_tokens_comes_back_when_a_long_system_prompt_is_shortened(app):
     app.max_new_tokens.value = 40
-    room = app.session.limit
+    room = app.session.window_in_use()
     app.system.value = "Be brief. " * (room // 3)  # leaves no room: the slider is capped at 1
     assert app.max_new_tokens.max == 1 and app.max_new_tokens.value == 1
     app.system.value = "Be brief."

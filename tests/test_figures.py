@@ -46,7 +46,7 @@ def test_each_notebook_links_to_the_one_after_it(path, following):
 
 
 def test_the_t4_context_room_of_7b_is_the_plan_s_figure_everywhere():
-    room = make_plan("meta-llama/Llama-2-7b-chat-hf", preset_runtime("T4")).max_context_tokens
+    room = make_plan("meta-llama/Llama-2-7b-chat-hf", preset_runtime("T4")).context_window
     quoted = {
         (name, figure)
         for name, text in _prose().items()

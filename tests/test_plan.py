@@ -53,14 +53,14 @@ def test_7b_chat_on_a_t4_loads_in_float16_with_room_for_context():
     assert plan.weights_bytes == 6_738_415_616 * 2
     assert plan.kv_bytes_per_token == 32 * 2 * 4096 * 2  # layers x (K,V) x hidden x fp16
     usable = T4.gpu.total_memory_bytes - GPU_RESERVE_BYTES
-    assert plan.max_context_tokens == (usable - plan.weights_bytes) // plan.kv_bytes_per_token
-    assert 1024 <= plan.max_context_tokens < 4096
+    assert plan.context_window == (usable - plan.weights_bytes) // plan.kv_bytes_per_token
+    assert 1024 <= plan.context_window < 4096
 
 
 def test_13b_on_a_t4_is_4bit_nf4_with_float16_compute():
     plan = make_plan("meta-llama/Llama-2-13b-chat-hf", T4)
     assert plan.fits and plan.quantization == "nf4" and plan.dtype == "float16"
-    assert plan.max_context_tokens == 4096
+    assert plan.context_window == 4096
     assert "4-bit NF4" in plan.reason
 
 
@@ -71,7 +71,7 @@ def test_13b_on_an_a100_needs_no_quantization_and_uses_bfloat16():
 
 def test_70b_on_a_t4_does_not_fit_and_says_what_would():
     plan = make_plan("meta-llama/Llama-2-70b-chat-hf", T4)
-    assert not plan.fits and plan.max_context_tokens == 0
+    assert not plan.fits and plan.context_window == 0
     assert "Does not fit" in plan.reason
     assert "A100-40GB" in plan.advice and "x Tesla T4" in plan.advice
 
@@ -131,7 +131,7 @@ def test_plan_command_json_for_13b_on_a_t4(capsys):
     data = json.loads(out)
     for key in (
         "model", "params", "dtype", "quantization", "weights_bytes",
-        "kv_bytes_per_token", "max_context_tokens", "fits", "reason",
+        "kv_bytes_per_token", "context_window", "fits", "reason",
     ):  # fmt: skip
         assert key in data
     assert data["quantization"] == "nf4" and data["dtype"] == "float16" and data["fits"] is True

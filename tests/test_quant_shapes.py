@@ -35,7 +35,7 @@ def _load_tiny_nf4(tiny_dir):
 def _scaled_down_13b_nf4():
     from test_bench import _scaled_down_13b
 
-    from llama2_colab.bench import build_random_model
+    from llama2_colab.bench_harness import build_random_model
 
     return build_random_model(
         "13b", device="cpu", dtype="float32", quantization="nf4", config=_scaled_down_13b()

@@ -12,6 +12,17 @@ import importlib
 import os
 from dataclasses import asdict, dataclass
 
+from huggingface_hub import HfApi, constants, get_token
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+)
+
+from .catalog import META_LLAMA_FORM, did_you_mean, find_entry, model_page_url
+
 __all__ = [
     "ACCESS_EXIT_CODES",
     "APPROVAL_TIME",
@@ -46,8 +57,6 @@ _TRUE = {"1", "on", "yes", "true"}
 
 def find_token() -> str | None:
     """Return the token huggingface_hub would use (env HF_TOKEN, saved login, Colab secret)."""
-    from huggingface_hub import get_token
-
     return get_token()
 
 
@@ -91,8 +100,6 @@ def describe_token(token: str | None = None) -> str:
 
 def hub_endpoint() -> str:
     """Return the Hub URL in use: $HF_ENDPOINT if set now, else huggingface_hub's default."""
-    from huggingface_hub import constants
-
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
@@ -112,8 +119,6 @@ def transport_errors() -> tuple[type[BaseException], ...]:
 
 
 def _offline() -> bool:
-    from huggingface_hub import constants
-
     return constants.is_offline_mode() or (
         (os.environ.get("HF_HUB_OFFLINE") or "").strip().lower() in _TRUE
     )
@@ -146,8 +151,6 @@ class AccessResult:
 
 
 def _gated_todo(repo_id: str, endpoint: str) -> str:
-    from .catalog import META_LLAMA_FORM, model_page_url
-
     return (
         f"1. Open {model_page_url(repo_id, endpoint)} while logged in and request access there. "
         f"2. Fill in Meta's form at {META_LLAMA_FORM}. Use the same email address on both: Meta "
@@ -166,8 +169,6 @@ def _login_todo() -> str:
 
 def find_hub_error(err: BaseException):
     """Return the huggingface_hub error behind an error (transformers wraps them), or None."""
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
     seen = err
     while seen is not None:
         if isinstance(seen, (HfHubHTTPError, OfflineModeIsEnabled)):
@@ -178,15 +179,6 @@ def find_hub_error(err: BaseException):
 
 def explain_hub_error(err: BaseException, repo_id: str, has_token: bool) -> tuple[str, str, str]:
     """Return (status, what happened, what to do) for an error raised by huggingface_hub."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-    )
-
-    from .catalog import did_you_mean
-
     endpoint = hub_endpoint()
     if isinstance(err, OfflineModeIsEnabled):
         return (
@@ -194,57 +186,18 @@ def explain_hub_error(err: BaseException, repo_id: str, has_token: bool) -> tupl
             "Offline mode is on (HF_HUB_OFFLINE=1), so the Hub was not asked.",
             "Unset HF_HUB_OFFLINE to check access. Models already in your cache still load.",
         )
-    response = getattr(err, "response", None)
-    code = getattr(response, "status_code", None)
+    code = getattr(getattr(err, "response", None), "status_code", None)
     if isinstance(err, GatedRepoError):
-        if not has_token:
-            return (
-                "no_token",
-                f"{repo_id} is gated and you are not logged in.",
-                _login_todo() + " Access must also be granted: " + _gated_todo(repo_id, endpoint),
-            )
-        if code == 401:
-            return ("invalid_token", "The Hub rejected your token (401).", _login_todo())
-        return (
-            "gated",
-            f"{repo_id} is gated and your account has not been granted access (yet).",
-            _gated_todo(repo_id, endpoint),
-        )
+        return _explain_gated(repo_id, endpoint, has_token, code)
     if isinstance(err, RepositoryNotFoundError):
-        hint = did_you_mean(repo_id)
         login = "" if has_token else " If it is private or gated, log in first."
         return (
             "not_found",
             f"There is no model repository {repo_id!r} on {endpoint}.",
-            f"{hint}Check the spelling (owner/name, case matters).{login}",
+            f"{did_you_mean(repo_id)}Check the spelling (owner/name, case matters).{login}",
         )
     if isinstance(err, HfHubHTTPError):
-        if code == 401:
-            if not has_token:
-                return ("no_token", "You are not logged in to Hugging Face.", _login_todo())
-            return (
-                "invalid_token",
-                "The Hub rejected your token (401): it is invalid, expired or revoked.",
-                _login_todo(),
-            )
-        if code == 403:
-            return (
-                "invalid_token",
-                f"Your token may not read {repo_id} (403).",
-                "A fine-grained token needs 'Read access to contents of all public gated repos "
-                "you can access'; or create a classic 'Read' token. " + _login_todo(),
-            )
-        if code is not None and code >= 500:
-            return (
-                "hub_error",
-                f"The Hub had a problem answering (HTTP {code}).",
-                "Try again in a few minutes; see https://status.huggingface.co.",
-            )
-        return (
-            "hub_error",
-            f"The Hub answered HTTP {code} for {repo_id}.",
-            "Try again; if it persists, open the model page in a browser.",
-        )
+        return _explain_http(repo_id, has_token, code)
     return (
         "offline",
         f"Could not reach the Hub at {endpoint} ({type(err).__name__}).",
@@ -253,11 +206,57 @@ def explain_hub_error(err: BaseException, repo_id: str, has_token: bool) -> tupl
     )
 
 
+def _explain_gated(
+    repo_id: str, endpoint: str, has_token: bool, code: int | None
+) -> tuple[str, str, str]:
+    """(status, what, todo) for a gated repository the Hub refused."""
+    if not has_token:
+        return (
+            "no_token",
+            f"{repo_id} is gated and you are not logged in.",
+            _login_todo() + " Access must also be granted: " + _gated_todo(repo_id, endpoint),
+        )
+    if code == 401:
+        return ("invalid_token", "The Hub rejected your token (401).", _login_todo())
+    return (
+        "gated",
+        f"{repo_id} is gated and your account has not been granted access (yet).",
+        _gated_todo(repo_id, endpoint),
+    )
+
+
+def _explain_http(repo_id: str, has_token: bool, code: int | None) -> tuple[str, str, str]:
+    """(status, what, todo) for any other HTTP answer of the Hub."""
+    if code == 401:
+        if not has_token:
+            return ("no_token", "You are not logged in to Hugging Face.", _login_todo())
+        return (
+            "invalid_token",
+            "The Hub rejected your token (401): it is invalid, expired or revoked.",
+            _login_todo(),
+        )
+    if code == 403:
+        return (
+            "invalid_token",
+            f"Your token may not read {repo_id} (403).",
+            "A fine-grained token needs 'Read access to contents of all public gated repos "
+            "you can access'; or create a classic 'Read' token. " + _login_todo(),
+        )
+    if code is not None and code >= 500:
+        return (
+            "hub_error",
+            f"The Hub had a problem answering (HTTP {code}).",
+            "Try again in a few minutes; see https://status.huggingface.co.",
+        )
+    return (
+        "hub_error",
+        f"The Hub answered HTTP {code} for {repo_id}.",
+        "Try again; if it persists, open the model page in a browser.",
+    )
+
+
 def check_access(repo_id: str, token: str | None = None) -> AccessResult:
     """Ask the Hub whether the token (default: `find_token()`) may download `repo_id`."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
-
     repo_id = repo_id.strip()
     token = find_token() if token is None else (token.strip() or None)
     endpoint = hub_endpoint()
@@ -269,8 +268,6 @@ def check_access(repo_id: str, token: str | None = None) -> AccessResult:
     if repo_id.lower() == "tiny":
         return result("ok", "The tiny model is built on this machine: no access needed.", "")
     if "/" not in repo_id:  # a bare name such as Llama-2-7b-chat-hf: the catalog knows its owner
-        from .catalog import did_you_mean, find_entry
-
         entry = find_entry(repo_id)
         if entry is None:
             return result(

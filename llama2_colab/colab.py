@@ -12,6 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from .errors import UserFacingError
+
 __all__ = [
     "REPO",
     "BRANCH",
@@ -141,8 +143,6 @@ def drive_cache_dir(
         return None
     free = shutil.disk_usage(drive).free
     if need_bytes and free < need_bytes:
-        from .errors import UserFacingError
-
         raise UserFacingError(
             f"Your Google Drive has {free / 1e9:.1f} GB free; caching this model there needs "
             f"{need_bytes / 1e9:.1f} GB.",

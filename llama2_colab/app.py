@@ -23,6 +23,7 @@ from contextlib import nullcontext
 from typing import NamedTuple
 
 from .chat import ChatSession, Message, encode_dialog, read_context_window
+from .errors import redact_secrets
 from .models import load_with_plan, oom_as_advice
 from .plan import LoadPlan, make_plan
 from .runtime import RuntimeFacts
@@ -524,9 +525,10 @@ class _Pending(NamedTuple):
 
 
 def _message_of(err: BaseException) -> str:
+    """The error as the app shows it: what happened and what to do, any token masked."""
     if isinstance(err, KeyboardInterrupt):
         return "interrupted."
     what, todo = getattr(err, "what", None), getattr(err, "todo", None)
     if what:
-        return f"{what} {todo or ''}".strip()
-    return str(err) or type(err).__name__
+        return redact_secrets(f"{what} {todo or ''}".strip())
+    return redact_secrets(str(err) or type(err).__name__)

@@ -331,3 +331,24 @@ def test_slider_labels_are_never_cut_off_and_the_sliders_wrap(app):
     row = app.widget.children[0].children[2]
     assert list(row.children) == [app.temperature, app.top_p, app.max_new_tokens]
     assert row.layout.flex_flow == "row wrap"  # narrower than three sliders: they wrap
+
+
+class FailWithToken(LogitsProcessor):
+    """An error whose text carries a token, as a library's error message might."""
+
+    def __init__(self, token):
+        self.token = token
+
+    def __call__(self, input_ids, scores):
+        raise RuntimeError(f"request failed with Authorization: Bearer {self.token}")
+
+
+def test_an_error_that_quotes_a_token_shows_it_masked(app):
+    token = "hf_" + "Ab3" * 12
+    app.session.generate_kwargs = {"logits_processor": LogitsProcessorList([FailWithToken(token)])}
+    send(app, "hello")
+    status = app.status_text()
+    assert "request failed" in status and "nothing was lost" in status
+    assert token not in status and token not in app.status.value
+    assert f"hf_...{token[-4:]}" in status
+    app.session.generate_kwargs = {}

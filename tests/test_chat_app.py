@@ -10,6 +10,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from llama2_colab import ChatSession, preset_runtime
 from llama2_colab.app import ChatApp, describe_models
+from llama2_colab.generation import stream_generate
 
 
 @pytest.fixture(scope="module")
@@ -203,27 +204,31 @@ class ForceText(LogitsProcessor):
         return forced
 
 
+def stream_forced(model, tok, ids, max_new_tokens=None):
+    """Stream a reply forced to be exactly ids; return (text, new ids, the streamed pieces)."""
+    pieces: list[str] = []
+    text, new_ids, _ = stream_generate(
+        model,
+        tok,
+        torch.tensor([tok.encode("Say hello")]),
+        on_text=pieces.append,
+        max_new_tokens=len(ids) + 1 if max_new_tokens is None else max_new_tokens,
+        do_sample=False,
+        logits_processor=LogitsProcessorList([ForceText(ids, tok.eos_token_id)]),
+    )
+    return text, new_ids, pieces
+
+
 JAPANESE_AND_EMOJI = "こんにちは、世界 🦙 ラマ です。 日本語 😀! Hi 🦙🦙 ok"
 
 
 def test_a_streamed_japanese_and_emoji_reply_never_shows_a_replacement_character(
     tiny_model_and_tokenizer,
 ):
-    from llama2_colab.generation import stream_generate
-
     model, tok = tiny_model_and_tokenizer
     ids = tok.encode(JAPANESE_AND_EMOJI, add_special_tokens=False)
     assert sum(t.startswith("<0x") for t in tok.convert_ids_to_tokens(ids)) >= 8  # byte tokens
-    pieces = []
-    text, new_ids, _ = stream_generate(
-        model,
-        tok,
-        torch.tensor([tok.encode("Say hello")]),
-        on_text=pieces.append,
-        max_new_tokens=len(ids) + 1,
-        do_sample=False,
-        logits_processor=LogitsProcessorList([ForceText(ids, tok.eos_token_id)]),
-    )
+    text, new_ids, pieces = stream_forced(model, tok, ids)
     assert text == JAPANESE_AND_EMOJI
     assert all("\ufffd" not in piece for piece in pieces)
     assert "".join(pieces) == text  # nothing lost, nothing doubled
@@ -232,20 +237,10 @@ def test_a_streamed_japanese_and_emoji_reply_never_shows_a_replacement_character
 def test_a_reply_cut_mid_character_streams_what_the_decoded_reply_shows(
     tiny_model_and_tokenizer,
 ):
-    from llama2_colab.generation import stream_generate
-
     model, tok = tiny_model_and_tokenizer
     ids = tok.encode("ok 🦙", add_special_tokens=False)
-    pieces = []
-    text, _, _ = stream_generate(
-        model,
-        tok,
-        torch.tensor([tok.encode("Say hello")]),
-        on_text=pieces.append,
-        max_new_tokens=len(ids) - 2,  # stops after the first two of the llama's four bytes
-        do_sample=False,
-        logits_processor=LogitsProcessorList([ForceText(ids, tok.eos_token_id)]),
-    )
+    # Stops after the first two of the llama's four bytes.
+    text, _, pieces = stream_forced(model, tok, ids, max_new_tokens=len(ids) - 2)
     assert text.startswith("ok ") and text.endswith("\ufffd")
     assert "".join(pieces) == text
 
@@ -262,21 +257,10 @@ def test_a_run_of_byte_tokens_streams_the_text_the_reply_ends_with(tiny_model_an
     """Random weights write byte runs that are not valid UTF-8. A run is decoded as a whole, so
     "m" and "é" turn into replacement characters once a bad byte joins them: the stream must
     not show the letters first (the browser test saw exactly that)."""
-    from llama2_colab.generation import stream_generate
-
     model, tok = tiny_model_and_tokenizer
     ids = tok.encode("Hi", add_special_tokens=False) + tok.convert_tokens_to_ids(run)
     ids += tok.encode(" there", add_special_tokens=False)[1:]
-    pieces = []
-    text, _, _ = stream_generate(
-        model,
-        tok,
-        torch.tensor([tok.encode("Say hello")]),
-        on_text=pieces.append,
-        max_new_tokens=len(ids) + 1,
-        do_sample=False,
-        logits_processor=LogitsProcessorList([ForceText(ids, tok.eos_token_id)]),
-    )
+    text, _, pieces = stream_forced(model, tok, ids)
     assert "\ufffd" * len(run) in text
     assert "".join(pieces) == text
 

@@ -5,9 +5,9 @@ like Llama 2 in every way except the quality of its answers. `build_tiny_llama` 
 
 - a `LlamaForCausalLM` (2 layers, hidden size 64, 4096 positions like Llama 2, grouped-query
   attention like the 70B) with weights drawn from a fixed seed, saved as safetensors;
-- a byte-fallback BPE tokenizer laid out like Llama 2's (`<unk>`=0, `<s>`=1, `</s>`=2, the 256
-  byte tokens `<0x00>`..`<0xFF>`, then word pieces with the `▁` space marker), trained on a small
-  bundled corpus, carrying the real Llama 2 chat template;
+- Llama 2's own tokenizer: the real 32,000-piece SentencePiece vocabulary (`llama2_colab.vocab`),
+  as `tokenizer.model` and as transformers' files, carrying the real Llama 2 chat template, so
+  every text gets the ids the real model sees;
 - the generation config of Llama-2-7b-chat-hf (temperature 0.6, top_p 0.9).
 
 It answers in gibberish, of course: the weights are random. Everything else (token ids, the chat
@@ -55,9 +55,8 @@ LLAMA2_CHAT_TEMPLATE = (
 )
 
 # Bump when the recipe changes, so a stale cache is never reused.
-TINY_VERSION = "2"
+TINY_VERSION = "3"
 _SEED = 0
-_PIECE_VOCAB = 1200  # word pieces learned from the corpus, on top of 3 specials + 256 bytes
 # Written into every folder build_tiny_llama fills, with exactly the text _README: the sign that
 # writing over the folder loses nothing.
 MARKER = "README.md"
@@ -83,46 +82,12 @@ def tiny_cache_dir() -> Path:
     return Path(root) / f"tiny-llama-2-v{TINY_VERSION}-transformers-{transformers.__version__}"
 
 
-def _train_pieces() -> tuple[list[str], list[tuple[str, str]]]:
-    """Train word pieces on the bundled corpus; return (pieces, merges), deterministically."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+def _build_tokenizer(out: Path):
+    """Write Llama 2's tokenizer.model into out; return transformers' tokenizer of it."""
+    from .vocab import build_llama2_tokenizer, write_llama2_tokenizer_model
 
-    corpus = resources.files("llama2_colab").joinpath("data/tiny_corpus.txt").read_text("utf-8")
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    # Split on spaces the SentencePiece way, so no piece spans two words.
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.BpeTrainer(
-        vocab_size=_PIECE_VOCAB, show_progress=False, special_tokens=["<unk>"]
-    )
-    tok.train_from_iterator(corpus.splitlines(), trainer)
-    model = json.loads(tok.to_str())["model"]
-    by_id = sorted(model["vocab"].items(), key=lambda kv: kv[1])
-    pieces = [p for p, _ in by_id if p != "<unk>"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    return pieces, merges
-
-
-def _build_tokenizer():
-    from transformers import LlamaTokenizer
-
-    pieces, merges = _train_pieces()
-    vocab: dict[str, int] = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    for b in range(256):
-        vocab[f"<0x{b:02X}>"] = len(vocab)
-    for piece in pieces:
-        vocab.setdefault(piece, len(vocab))
-    # legacy=False, add_bos_token=True, add_eos_token=False: as in Llama-2-7b-chat-hf.
-    tokenizer = LlamaTokenizer(
-        vocab=vocab,
-        merges=merges,
-        legacy=False,
-        add_bos_token=True,
-        add_eos_token=False,
-        model_max_length=4096,
-        padding_side="left",
-    )
-    tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
-    return tokenizer
+    write_llama2_tokenizer_model(out / "tokenizer.model")
+    return build_llama2_tokenizer(chat_template=LLAMA2_CHAT_TEMPLATE)
 
 
 def _write_tiny_files(out: Path) -> None:
@@ -130,7 +95,7 @@ def _write_tiny_files(out: Path) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = _build_tokenizer()
+    tokenizer = _build_tokenizer(out)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -167,6 +132,8 @@ def _write_tiny_files(out: Path) -> None:
     )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    notice = resources.files("llama2_colab").joinpath("data/LLAMA2_NOTICE.txt")
+    (out / "LLAMA2_NOTICE.txt").write_bytes(notice.read_bytes())  # the vocabulary is Meta's
     (out / MARKER).write_text(_README, encoding="utf-8")
 
 
@@ -262,7 +229,7 @@ def build_tiny_llama(out_dir: str | os.PathLike) -> Path:
     except OSError as err:
         raise UserFacingError(
             f"Cannot write the tiny model to {str(out)!r}: {err.strerror or err}.",
-            "Choose a folder you can write to, on a disk with 10 MB free, e.g. ./tiny-llama-2.",
+            "Choose a folder you can write to, on a disk with 30 MB free, e.g. ./tiny-llama-2.",
         ) from None
     return out
 
@@ -309,7 +276,7 @@ def ensure_tiny_llama(cache_dir: str | os.PathLike | None = None, rebuild: bool 
     except OSError as err:
         raise UserFacingError(
             f"Cannot use {str(target)!r} for the tiny model's cache: {err.strerror or err}.",
-            "Set LLAMA2_COLAB_CACHE to a folder you can write to, with 10 MB free, and run again.",
+            "Set LLAMA2_COLAB_CACHE to a folder you can write to, with 30 MB free, and run again.",
         ) from None
 
 

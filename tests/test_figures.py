@@ -14,6 +14,8 @@ from llama2_colab import make_plan, preset_runtime
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 GiB = 1024**3
+
+
 # Notebooks owned by another change; their "13 GB" (02, cell 0) and "13.5 GB" / "12.6 GiB" (09)
 # are to be written as 12.55 GiB there, and then this exception goes.
 def _markdown(path: Path) -> str:
@@ -62,9 +64,5 @@ def test_the_7b_weights_are_given_in_gib_as_the_plan_computes_them():
     assert all(gib in prose[name] for name in ("01_setup.ipynb", "03_pipeline.ipynb"))
     # The same bytes in other spellings, as they had drifted across notebooks.
     stale = re.compile(r"\b(?:13(?:\.5)? ?GB|12\.6 ?GiB|13\.2 ?GB)\b")
-    found = {
-        (name, m)
-        for name, text in prose.items()
-        for m in stale.findall(text)
-    }
+    found = {(name, m) for name, text in prose.items() for m in stale.findall(text)}
     assert not found, sorted(found)

@@ -30,7 +30,7 @@ OVER_BUDGET = {
     "01_setup": 1775,
     "03_pipeline": 1837,
     "04_generation": 2010,
-    "05_chat_prompting": 1968,
+    "05_chat_prompting": 1893,
     "07_bigger_models": 1881,
     "08_fine_tuning": 2824,
 }

@@ -17,29 +17,25 @@ github.com/meta-llama/codellama:
 - Instruct (`chat_completion`): the Llama 2 chat format, `[INST]`, `<<SYS>>` and all, which
   `llama2_colab.chat.encode_dialog` already builds exactly.
 
-`build_tiny_code_llama` writes an offline stand-in with Code Llama's vocabulary layout (32016
-entries, the four infilling tokens at 32007-32010, a real SentencePiece `tokenizer.model`),
+`build_tiny_code_llama` writes an offline stand-in with Code Llama's vocabulary (Llama 2's real
+32,000 pieces plus 16, the four infilling tokens at 32007-32010, a SentencePiece `tokenizer.model`),
 Code Llama's rope_theta of 1e6 and 16k positions, and random weights.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
-import sentencepiece as spm
-from sentencepiece import sentencepiece_model_pb2 as pb
-
 from .chat import Message, encode_dialog
-from .convert import compute_intermediate_size, write_hf_tokenizer
+from .convert import compute_intermediate_size
 from .errors import UserFacingError
-from .tiny import ensure_built, tiny_cache_dir
+from .tiny import LLAMA2_CHAT_TEMPLATE, ensure_built, tiny_cache_dir
+from .vocab import LLAMA2_VOCAB_SIZE, build_llama2_tokenizer, write_llama2_tokenizer_model
 
 __all__ = [
     "CODE_LLAMA_VOCAB_SIZE",
@@ -59,29 +55,8 @@ __all__ = [
 CODE_LLAMA_VOCAB_SIZE = 32016
 _INFILL_PIECES = ("▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>")  # ids 32007-32010 in Code Llama
 _SENTINEL = "☺"  # Meta's encode_infilling prefixes this to drop the leading space
-TINY_CODE_VERSION = "1"
+TINY_CODE_VERSION = "2"
 _SEED = 0
-_PIECE_VOCAB = 700
-# A few lines of code next to the bundled prose, so code splits into sensible pieces.
-_CODE_LINES = [
-    "def fibonacci(n):",
-    "    if n < 2:",
-    "        return n",
-    "    return fibonacci(n - 1) + fibonacci(n - 2)",
-    "def remove_non_ascii(s: str) -> str:",
-    '    """Remove non-ASCII characters from a string."""',
-    "    result = ''.join(c for c in s if ord(c) < 128)",
-    "    return result",
-    "for i in range(10):",
-    "    print(i, fibonacci(i))",
-    "import numpy as np",
-    "x = np.array([1, 2, 3])",
-    "class Stack:",
-    "    def __init__(self):",
-    "        self.items = []",
-    "    def push(self, item):",
-    "        self.items.append(item)",
-]
 
 
 class InfillTokens(NamedTuple):
@@ -180,44 +155,19 @@ def tiny_code_cache_dir() -> Path:
 
 
 def write_tiny_code_tokenizer_model(path: str | os.PathLike) -> Path:
-    """Write a SentencePiece tokenizer.model laid out like Code Llama's (32016 pieces)."""
-    corpus = resources.files("llama2_colab").joinpath("data/tiny_corpus.txt").read_text("utf-8")
-    buf = io.BytesIO()
-    # Llama's trainer settings: BPE, byte fallback, digits split, whitespace kept as it is.
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus.splitlines() + _CODE_LINES),
-        model_writer=buf,
-        model_type="bpe",
-        vocab_size=_PIECE_VOCAB,
-        hard_vocab_limit=False,
-        byte_fallback=True,
-        character_coverage=1.0,
-        split_digits=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        num_threads=1,
-        minloglevel=2,
-    )
-    model = pb.ModelProto()
-    model.ParseFromString(buf.getvalue())
-    piece = pb.ModelProto.SentencePiece
-    if _SENTINEL not in {p.piece for p in model.pieces}:  # a single piece in Code Llama too
-        model.pieces.add(piece=_SENTINEL, score=-1e4, type=piece.NORMAL)
-    # Unused slots up to 32007, the four infilling tokens, unused slots up to 32016.
-    while len(model.pieces) < 32007:
-        model.pieces.add(piece=f"<unused{len(model.pieces)}>", score=0.0, type=piece.UNUSED)
-    for name in _INFILL_PIECES:
-        model.pieces.add(piece=name, score=0.0, type=piece.CONTROL)
-    while len(model.pieces) < CODE_LLAMA_VOCAB_SIZE:
-        model.pieces.add(piece=f"<unused{len(model.pieces)}>", score=0.0, type=piece.UNUSED)
-    out = Path(path)
-    out.write_bytes(model.SerializeToString())
-    return out
+    """Write a SentencePiece tokenizer.model laid out like Code Llama's (32016 pieces).
+
+    Code Llama's vocabulary is Llama 2's 32,000 pieces plus 16: the four infilling tokens at
+    32007-32010 and twelve more that no prompt uses (here unused slots).
+    """
+    return write_llama2_tokenizer_model(path, _code_llama_extra(LLAMA2_VOCAB_SIZE))
+
+
+def _code_llama_extra(start: int) -> list[tuple[str, str]]:
+    """Code Llama's 16 entries after Llama 2's pieces, as (piece, SentencePiece type)."""
+    extra = [(f"<unused{i}>", "UNUSED") for i in range(start, 32007)]
+    extra += [(name, "CONTROL") for name in _INFILL_PIECES]
+    return extra + [(f"<unused{i}>", "UNUSED") for i in range(32011, CODE_LLAMA_VOCAB_SIZE)]
 
 
 def build_tiny_code_llama(out_dir: str | os.PathLike) -> Path:
@@ -227,9 +177,12 @@ def build_tiny_code_llama(out_dir: str | os.PathLike) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        spm_path = write_tiny_code_tokenizer_model(Path(tmp) / "tokenizer.model")
-        write_hf_tokenizer(spm_path, out, chat=True)
+    write_tiny_code_tokenizer_model(out / "tokenizer.model")
+    # Built from the pieces, not converted from tokenizer.model: see vocab.merges_by_score.
+    extra = _code_llama_extra(LLAMA2_VOCAB_SIZE)
+    build_llama2_tokenizer(extra, chat_template=LLAMA2_CHAT_TEMPLATE).save_pretrained(out)
+    notice = resources.files("llama2_colab").joinpath("data/LLAMA2_NOTICE.txt")
+    (out / "LLAMA2_NOTICE.txt").write_bytes(notice.read_bytes())  # the vocabulary is Meta's
     config = LlamaConfig(
         vocab_size=CODE_LLAMA_VOCAB_SIZE,
         hidden_size=64,

@@ -5,9 +5,9 @@ like Llama 2 in every way except the quality of its answers. `build_tiny_llama` 
 
 - a `LlamaForCausalLM` (2 layers, hidden size 64, 4096 positions like Llama 2, grouped-query
   attention like the 70B) with weights drawn from a fixed seed, saved as safetensors;
-- a byte-fallback BPE tokenizer laid out like Llama 2's (`<unk>`=0, `<s>`=1, `</s>`=2, the 256
-  byte tokens `<0x00>`..`<0xFF>`, then word pieces with the `▁` space marker), trained on a small
-  bundled corpus, carrying the real Llama 2 chat template;
+- Llama 2's own tokenizer: the real 32,000-piece SentencePiece vocabulary (`llama2_colab.vocab`),
+  as `tokenizer.model` and as transformers' files, carrying the real Llama 2 chat template, so
+  every text gets the ids the real model sees;
 - the generation config of Llama-2-7b-chat-hf (temperature 0.6, top_p 0.9).
 
 It answers in gibberish, of course: the weights are random. Everything else (token ids, the chat
@@ -24,6 +24,10 @@ import warnings
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+
+from .checks import check_model_dir
+from .errors import UserFacingError
+from .vocab import build_llama2_tokenizer, write_llama2_tokenizer_model
 
 __all__ = [
     "LLAMA2_CHAT_TEMPLATE",
@@ -55,9 +59,8 @@ LLAMA2_CHAT_TEMPLATE = (
 )
 
 # Bump when the recipe changes, so a stale cache is never reused.
-TINY_VERSION = "2"
+TINY_VERSION = "3"
 _SEED = 0
-_PIECE_VOCAB = 1200  # word pieces learned from the corpus, on top of 3 specials + 256 bytes
 # Written into every folder build_tiny_llama fills, with exactly the text _README: the sign that
 # writing over the folder loses nothing.
 MARKER = "README.md"
@@ -83,46 +86,11 @@ def tiny_cache_dir() -> Path:
     return Path(root) / f"tiny-llama-2-v{TINY_VERSION}-transformers-{transformers.__version__}"
 
 
-def _train_pieces() -> tuple[list[str], list[tuple[str, str]]]:
-    """Train word pieces on the bundled corpus; return (pieces, merges), deterministically."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+def _build_tokenizer(out: Path):
+    """Write Llama 2's tokenizer.model into out; return transformers' tokenizer of it."""
 
-    corpus = resources.files("llama2_colab").joinpath("data/tiny_corpus.txt").read_text("utf-8")
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    # Split on spaces the SentencePiece way, so no piece spans two words.
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.BpeTrainer(
-        vocab_size=_PIECE_VOCAB, show_progress=False, special_tokens=["<unk>"]
-    )
-    tok.train_from_iterator(corpus.splitlines(), trainer)
-    model = json.loads(tok.to_str())["model"]
-    by_id = sorted(model["vocab"].items(), key=lambda kv: kv[1])
-    pieces = [p for p, _ in by_id if p != "<unk>"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    return pieces, merges
-
-
-def _build_tokenizer():
-    from transformers import LlamaTokenizer
-
-    pieces, merges = _train_pieces()
-    vocab: dict[str, int] = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    for b in range(256):
-        vocab[f"<0x{b:02X}>"] = len(vocab)
-    for piece in pieces:
-        vocab.setdefault(piece, len(vocab))
-    # legacy=False, add_bos_token=True, add_eos_token=False: as in Llama-2-7b-chat-hf.
-    tokenizer = LlamaTokenizer(
-        vocab=vocab,
-        merges=merges,
-        legacy=False,
-        add_bos_token=True,
-        add_eos_token=False,
-        model_max_length=4096,
-        padding_side="left",
-    )
-    tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
-    return tokenizer
+    write_llama2_tokenizer_model(out / "tokenizer.model")
+    return build_llama2_tokenizer(chat_template=LLAMA2_CHAT_TEMPLATE)
 
 
 def _write_tiny_files(out: Path) -> None:
@@ -130,7 +98,7 @@ def _write_tiny_files(out: Path) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = _build_tokenizer()
+    tokenizer = _build_tokenizer(out)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -167,6 +135,8 @@ def _write_tiny_files(out: Path) -> None:
     )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    notice = resources.files("llama2_colab").joinpath("data/LLAMA2_NOTICE.txt")
+    (out / "LLAMA2_NOTICE.txt").write_bytes(notice.read_bytes())  # the vocabulary is Meta's
     (out / MARKER).write_text(_README, encoding="utf-8")
 
 
@@ -176,7 +146,6 @@ def _refuse_target(out_dir: str | os.PathLike) -> Path:
     Allowed: a new folder, an empty one, or one this package wrote itself (its README.md is the
     one build_tiny_llama writes). Nothing else is ever written over.
     """
-    from .errors import UserFacingError
 
     if not str(out_dir).strip():
         raise UserFacingError(
@@ -233,7 +202,6 @@ def build_tiny_llama(out_dir: str | os.PathLike) -> Path:
     `UserFacingError`, so no file of yours is overwritten. The files are built in a hidden folder
     first and moved in at the end, so an interrupted build leaves no half model behind.
     """
-    from .errors import UserFacingError
 
     out = out_dir
     try:
@@ -262,7 +230,7 @@ def build_tiny_llama(out_dir: str | os.PathLike) -> Path:
     except OSError as err:
         raise UserFacingError(
             f"Cannot write the tiny model to {str(out)!r}: {err.strerror or err}.",
-            "Choose a folder you can write to, on a disk with 10 MB free, e.g. ./tiny-llama-2.",
+            "Choose a folder you can write to, on a disk with 30 MB free, e.g. ./tiny-llama-2.",
         ) from None
     return out
 
@@ -276,8 +244,6 @@ def _move_files(src: Path, dst: Path) -> None:
 
 def check_tiny_cache(folder: str | os.PathLike) -> str | None:
     """Return what is wrong with a tiny-model cache folder, or None if it looks whole."""
-    from .checks import check_model_dir
-    from .errors import UserFacingError
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -301,7 +267,6 @@ def ensure_tiny_llama(cache_dir: str | os.PathLike | None = None, rebuild: bool 
     with a warning that says so; `rebuild=True` rebuilds it even if it looks whole (for a cache
     that failed to load). If the new one is damaged too, a `UserFacingError` says what to do.
     """
-    from .errors import UserFacingError
 
     target = Path(cache_dir) if cache_dir is not None else tiny_cache_dir()
     try:
@@ -309,12 +274,11 @@ def ensure_tiny_llama(cache_dir: str | os.PathLike | None = None, rebuild: bool 
     except OSError as err:
         raise UserFacingError(
             f"Cannot use {str(target)!r} for the tiny model's cache: {err.strerror or err}.",
-            "Set LLAMA2_COLAB_CACHE to a folder you can write to, with 10 MB free, and run again.",
+            "Set LLAMA2_COLAB_CACHE to a folder you can write to, with 30 MB free, and run again.",
         ) from None
 
 
 def _ensure(target: Path, named: bool, rebuild: bool) -> Path:
-    from .errors import UserFacingError
 
     problem = "you asked for a rebuild" if rebuild else check_tiny_cache(target)
     if problem is None:

@@ -34,3 +34,20 @@ def tiny_model_and_tokenizer(tiny_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
     return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def executed():
+    """executed("05_chat_prompting"): that notebook run once per session, its kernel kept up."""
+    from notebook_kernel import execute_notebook
+
+    runs: dict = {}
+
+    def get(name: str):
+        if name not in runs:
+            runs[name] = execute_notebook(name)
+        return runs[name]
+
+    yield get
+    for nb in runs.values():
+        nb.close()

@@ -331,7 +331,12 @@ FOLDER_CASES = [
         "not as a text generator",
         True,
     ),
-    ("no-tokenizer", _remove("tokenizer.json"), r"has no tokenizer \(tokenizer.json", False),
+    (
+        "no-tokenizer",
+        _remove("tokenizer.json", "tokenizer.model"),
+        r"has no tokenizer \(tokenizer.json",
+        False,
+    ),
     ("truncated", _truncate_weights, "is damaged: it is truncated", False),
     ("no-weights", _remove("model.safetensors"), "has no weights", False),
     ("missing-shard", _sharded_with_a_missing_shard, "lacks 1 of its 2 weight files", False),

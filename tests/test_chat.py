@@ -120,11 +120,12 @@ def test_known_dialog_token_by_token(tok):
         ],
     )
     text = tok.convert_ids_to_tokens(ids)
-    # Each turn starts with BOS and the word-start marker; each finished turn ends with EOS.
-    assert text[:3] == ["<s>", "▁", "<0x5B>"]
+    # Each turn starts with BOS and `[INST]` as Llama 2 spells it after a word start (518, 25580,
+    # 29962); each finished turn ends with EOS.
+    assert ids[:4] == [1, 518, 25580, 29962] and text[:4] == ["<s>", "▁[", "INST", "]"]
     assert ids.count(1) == 2 and ids.count(2) == 1
     eos = ids.index(2)
-    assert text[eos - 2 : eos + 3] == ["▁Hello", "▁", "</s>", "<s>", "▁"]
+    assert text[eos - 2 : eos + 3] == ["▁Hello", "▁", "</s>", "<s>", "▁["]
     assert tok.decode(ids) == (
         "<s> [INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n Hi [/INST] Hello </s><s> [INST] Bye [/INST]"
     )
@@ -159,8 +160,8 @@ def test_the_template_renders_the_same_string(tok):
 
 def test_the_template_tokens_lack_the_word_start_after_each_bos(tok):
     # apply_chat_template tokenizes "<s>[INST] ..." as one string: with legacy=False (as in
-    # Llama-2-7b-chat-hf's config) no word-start marker follows <s>, while the reference
-    # encodes each turn on its own, so every turn starts "<s> ▁[INST]".
+    # Llama-2-7b-chat-hf's config) no word-start marker follows <s>, so each turn starts with
+    # `[` (29961); the reference encodes each turn on its own, so every turn starts `▁[` (518).
     dialog = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hi"},
@@ -169,10 +170,15 @@ def test_the_template_tokens_lack_the_word_start_after_each_bos(tok):
     ]
     ours = encode_dialog(tok, dialog)
     template = tok.apply_chat_template(dialog, return_dict=True)["input_ids"]
-    space = tok.convert_tokens_to_ids("▁")
-    without = [t for i, t in enumerate(ours) if not (t == space and ours[i - 1] == 1)]
-    assert ours != template and without == template
-    assert len(ours) - len(template) == ours.count(1) == 2
+    after_bos = [i + 1 for i, t in enumerate(ours) if t == 1]
+    assert len(after_bos) == 2 and len(ours) == len(template)
+    assert [ours[i] for i in after_bos] == [518, 518] and [template[i] for i in after_bos] == [
+        29961,
+        29961,
+    ]
+    assert [t for i, t in enumerate(ours) if i not in after_bos] == [
+        t for i, t in enumerate(template) if i not in after_bos
+    ]
 
 
 def test_the_template_lets_a_typed_eos_forge_a_turn(tok):

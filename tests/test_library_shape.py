@@ -40,9 +40,7 @@ LAZY_RELATIVE = {
     "__init__.py": "the lazy `__getattr__` is what keeps `import llama2_colab` cheap",
 }
 # Files whose imports are left as they are for now, and why.
-IMPORTS_LEFT_FOR_NOW = {
-    "tiny.py": "another engineer rewrites tiny.py's tokenizer; its imports move after that merge",
-}
+IMPORTS_LEFT_FOR_NOW = {}
 
 
 def _library_files() -> list[Path]:

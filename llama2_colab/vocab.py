@@ -1,0 +1,159 @@
+"""Llama 2's own tokenizer, offline: the 32,000 SentencePiece pieces, written as a tokenizer.model.
+
+The pieces ship inside the package (`data/llama2_vocab.json`, 340 KB, derived once by
+`scripts/build_llama2_vocab.py` from llama.cpp's copy of Meta's vocabulary, its sha256 recorded).
+`write_llama2_tokenizer_model` turns them back into a SentencePiece model with Meta's settings
+(BPE, byte fallback, a dummy-prefix space, no normalization), so `sentencepiece` and transformers'
+`LlamaTokenizer` split every text into the same ids as meta-llama/Llama-2-7b-hf: `[INST]` is
+518, 25580, 29962. No token and no network are needed.
+
+The vocabulary is Meta's: Llama 2 is licensed under the LLAMA 2 Community License, Copyright (c)
+Meta Platforms, Inc. All Rights Reserved (`data/LLAMA2_NOTICE.txt`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from tokenizers import AddedToken
+
+from .errors import UserFacingError
+
+__all__ = [
+    "LLAMA2_VOCAB_SHA256",
+    "LLAMA2_VOCAB_SIZE",
+    "build_llama2_tokenizer",
+    "load_llama2_pieces",
+    "merges_by_score",
+    "write_llama2_tokenizer_model",
+]
+
+LLAMA2_VOCAB_SIZE = 32000
+# sha256 of data/llama2_vocab.json as scripts/build_llama2_vocab.py writes it.
+LLAMA2_VOCAB_SHA256 = "6b68836271d2b09d308e8020712354c964089cb4255fdfade28fda5e75932a54"
+_DATA = "data/llama2_vocab.json"
+_REINSTALL = "Reinstall the helper: pip install --force-reinstall llama2-colab (or its git URL)."
+
+
+def load_llama2_pieces() -> list[tuple[str, float, str]]:
+    """Return Llama 2's pieces in id order as (piece, score, type), type as SentencePiece names."""
+    try:
+        raw = resources.files("llama2_colab").joinpath(_DATA).read_bytes()
+    except OSError:
+        raise UserFacingError(
+            f"Llama 2's vocabulary ({_DATA}) is missing from the llama2_colab package.", _REINSTALL
+        ) from None
+    if hashlib.sha256(raw).hexdigest() != LLAMA2_VOCAB_SHA256:
+        raise UserFacingError(
+            f"Llama 2's vocabulary ({_DATA}) is damaged: its sha256 is not the one recorded.",
+            _REINSTALL,
+        )
+    data = json.loads(raw)
+    whitespace = {int(i): float(s) for i, s in data["whitespace_scores"].items()}
+    out: list[tuple[str, float, str]] = []
+    for i, piece in enumerate(data["pieces"]):
+        if i == 0:
+            out.append((piece, 0.0, "UNKNOWN"))
+        elif i < 3:
+            out.append((piece, 0.0, "CONTROL"))
+        elif i < 259:
+            out.append((piece, 0.0, "BYTE"))
+        else:
+            out.append((piece, whitespace.get(i, -float(i - 259)), "NORMAL"))
+    return out
+
+
+def merges_by_score(pieces: Sequence[tuple[str, float, str]]) -> list[tuple[str, str]]:
+    """Return the BPE merges SentencePiece applies, best first: normal pieces' splits, by score.
+
+    SentencePiece merges the pair whose merged piece scores highest. Meta scored the whitespace-only
+    pieces (`▁▁`, `▁▁▁▁`...) -1e9, so `"    return"` becomes `▁▁▁` + `▁return`; merges ordered by
+    id instead (what transformers 5.24 derives from a tokenizer.model) give `▁▁▁▁` + `return`.
+    """
+    ids = {piece: i for i, (piece, _, _) in enumerate(pieces)}
+    normal = {piece for piece, _, kind in pieces if kind == "NORMAL"}
+    found: list[tuple[float, int, int, str, str]] = []
+    for piece, score, kind in pieces:
+        if kind != "NORMAL":
+            continue
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in normal and right in normal:
+                found.append((-score, -len(left), -len(right), left, right))
+    found.sort(key=lambda m: (m[0], m[1], m[2], ids[m[3]], ids[m[4]]))
+    return [(left, right) for *_, left, right in found]
+
+
+def build_llama2_tokenizer(extra: Sequence[tuple[str, str]] = (), chat_template: str | None = None):
+    """Return transformers' LlamaTokenizer with Llama 2's vocabulary and merges, as in the Hub repo.
+
+    Built from the pieces directly (not converted from a tokenizer.model), so the merges follow
+    the scores as SentencePiece's do. `extra` as in `write_llama2_tokenizer_model`; its CONTROL
+    entries become special tokens.
+    """
+    from transformers import LlamaTokenizer
+
+    pieces = load_llama2_pieces() + [(piece, 0.0, kind) for piece, kind in extra]
+    vocab = {piece: i for i, (piece, _, _) in enumerate(pieces)}
+    specials = [AddedToken(p, normalized=False, special=True) for p, k in extra if k == "CONTROL"]
+    # legacy=False, add_bos_token=True, add_eos_token=False: as in Llama-2-7b-chat-hf.
+    tokenizer = LlamaTokenizer(
+        vocab=vocab,
+        merges=merges_by_score(pieces),
+        legacy=False,
+        add_bos_token=True,
+        add_eos_token=False,
+        model_max_length=4096,
+        padding_side="left",
+    )
+    if specials:
+        tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def write_llama2_tokenizer_model(
+    path: str | os.PathLike, extra: Sequence[tuple[str, str]] = ()
+) -> Path:
+    """Write Llama 2's tokenizer.model to path; `extra` appends (piece, type) entries after 31999.
+
+    Code Llama's vocabulary is Llama 2's plus 16 entries, which is what `extra` is for.
+    """
+    try:
+        from sentencepiece import sentencepiece_model_pb2 as pb
+    except ImportError as err:
+        raise UserFacingError(
+            f"Writing Llama 2's tokenizer.model needs the `{err.name}` package.",
+            "pip install sentencepiece protobuf",
+        ) from None
+    model = pb.ModelProto()
+    # Meta's settings for Llama 2 (its tokenizer.model's trainer_spec and normalizer_spec).
+    t = model.trainer_spec
+    t.model_type = pb.TrainerSpec.BPE
+    t.vocab_size = LLAMA2_VOCAB_SIZE + len(extra)
+    t.byte_fallback = True
+    t.split_digits = True
+    t.allow_whitespace_only_pieces = True
+    t.max_sentencepiece_length = 16
+    t.character_coverage = 0.99995
+    t.unk_id, t.bos_id, t.eos_id, t.pad_id = 0, 1, 2, -1
+    t.unk_surface = " \u2047 "
+    n = model.normalizer_spec
+    n.name = "identity"
+    n.add_dummy_prefix = True
+    n.remove_extra_whitespaces = False
+    n.escape_whitespaces = True
+    kinds = pb.ModelProto.SentencePiece
+    for piece, score, kind in load_llama2_pieces():
+        model.pieces.add(piece=piece, score=score, type=getattr(kinds, kind))
+    for piece, kind in extra:
+        model.pieces.add(piece=piece, score=0.0, type=getattr(kinds, kind))
+    out = Path(path)
+    out.write_bytes(model.SerializeToString())
+    return out

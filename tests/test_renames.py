@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +58,18 @@ def test_plan_old_field_names_warn_and_give_the_same_numbers():
 @pytest.fixture(scope="module")
 def tok(tiny_model_and_tokenizer):
     return tiny_model_and_tokenizer[1]
+
+
+OLD_NAMES = ("read_context_limit", "context_limit", "max_context_tokens", "model_context_tokens")
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(Path(__file__).resolve().parents[1].glob("notebooks/*.ipynb")),
+    ids=lambda p: p.name,
+)
+def test_the_lessons_teach_the_current_names(path):
+    # An old name would print a DeprecationWarning in a learner's notebook.
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    text = "\n".join("".join(c["source"]) for c in cells)
+    assert [name for name in OLD_NAMES if name in text] == []

@@ -1,0 +1,106 @@
+"""The fast decode path gives the default path's greedy tokens, and refuses what cannot fit.
+
+On a CPU the fast path runs the same prefill and decode steps as on a GPU, without recording a
+CUDA graph; in float32 its arithmetic is the default path's, so the tokens must be identical.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from llama2_colab.errors import UserFacingError
+from llama2_colab.fast_decode import FastDecoder, fast_stream_generate
+from llama2_colab.generation import stream_generate
+
+PROMPTS = ["I have tomatoes at home", "The basil", "Hello", "What should I cook tonight?"]
+
+
+def _default(model, tokenizer, ids, **kwargs):
+    return stream_generate(model, tokenizer, ids, do_sample=False, **kwargs)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+@pytest.mark.parametrize("least", [0, 12])
+def test_fast_path_gives_the_default_greedy_tokens(tiny_model_and_tokenizer, prompt, least):
+    model, tokenizer = tiny_model_and_tokenizer
+    ids = torch.tensor([tokenizer(prompt).input_ids])
+    text, want, _ = _default(model, tokenizer, ids, max_new_tokens=12, min_new_tokens=least)
+    pieces: list[str] = []
+    fast_text, got, stats = fast_stream_generate(
+        model, tokenizer, ids, on_text=pieces.append, max_new_tokens=12, min_new_tokens=least
+    )
+    assert got == want
+    assert fast_text == text == "".join(pieces)
+    assert stats.new_tokens == len(want) and stats.prompt_tokens == ids.shape[1]
+
+
+def test_one_decoder_serves_many_replies(tiny_model_and_tokenizer):
+    # The chat reuses one decoder (one cache, one recorded graph on a GPU) for every reply;
+    # a reply must not see the previous reply's cache.
+    model, tokenizer = tiny_model_and_tokenizer
+    decoder = FastDecoder(model, max_cache_len=64)
+    for prompt in PROMPTS + PROMPTS[:1]:
+        ids = torch.tensor([tokenizer(prompt).input_ids])
+        _, want, _ = _default(model, tokenizer, ids, max_new_tokens=10)
+        _, got, _ = fast_stream_generate(model, tokenizer, ids, max_new_tokens=10, decoder=decoder)
+        assert got == want, prompt
+
+
+@pytest.fixture
+def eos_loving_model(tiny_dir):
+    """The tiny model with its output head tilted so that EOS soon scores highest."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    with torch.no_grad():
+        model.lm_head.weight[2] = 50 * model.lm_head.weight.abs().max()
+        model.model.norm.weight.abs_()  # a positive final norm: EOS's row then wins everywhere
+    return model
+
+
+@pytest.mark.parametrize("least", [0, 1, 5])
+def test_eos_ends_the_reply_after_min_new_tokens_as_generate_does(
+    eos_loving_model, tiny_model_and_tokenizer, least
+):
+    _, tokenizer = tiny_model_and_tokenizer
+    ids = torch.tensor([tokenizer("Hello").input_ids])
+    _, want, _ = _default(eos_loving_model, tokenizer, ids, max_new_tokens=10, min_new_tokens=least)
+    _, got, _ = fast_stream_generate(
+        eos_loving_model, tokenizer, ids, max_new_tokens=10, min_new_tokens=least
+    )
+    assert got == want
+    # It stopped at EOS (before max_new_tokens), and not before min_new_tokens.
+    assert got[-1] == tokenizer.eos_token_id and least < len(got) < 10
+    assert tokenizer.eos_token_id not in got[:-1]
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5, None])
+def test_max_new_tokens_must_be_a_whole_number_of_at_least_one(tiny_model_and_tokenizer, bad):
+    model, tokenizer = tiny_model_and_tokenizer
+    ids = torch.tensor([tokenizer("Hello").input_ids])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        fast_stream_generate(model, tokenizer, ids, max_new_tokens=bad)
+
+
+def test_a_prompt_that_fills_the_cache_is_refused_with_the_sizes(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    ids = torch.tensor([tokenizer("What should I cook tonight?").input_ids])
+    n = ids.shape[1]
+    decoder = FastDecoder(model, max_cache_len=n + 4)
+    _, got, _ = fast_stream_generate(model, tokenizer, ids, max_new_tokens=4, decoder=decoder)
+    assert len(got) == 4  # exactly full is fine
+    with pytest.raises(UserFacingError, match=rf"\({n} tokens\).*\(5\).*{n + 4} tokens"):
+        fast_stream_generate(model, tokenizer, ids, max_new_tokens=5, decoder=decoder)
+
+
+def test_a_request_past_the_models_positions_is_refused(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    ids = torch.tensor([tokenizer("Hello").input_ids])
+    with pytest.raises(ValueError, match="4096 positions"):
+        fast_stream_generate(model, tokenizer, ids, max_new_tokens=4096)
+
+
+def test_no_graph_is_recorded_for_a_model_on_the_cpu(tiny_model_and_tokenizer):
+    model, _ = tiny_model_and_tokenizer  # on the CPU, whether or not this machine has a GPU
+    decoder = FastDecoder(model, max_cache_len=16, use_graph=True)
+    assert decoder.use_graph is False and decoder.graph is None

@@ -10,6 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from llama2_colab.bench import BenchWork
+from llama2_colab.bench_harness import bench_loaded_model
 from llama2_colab.errors import UserFacingError
 from llama2_colab.fast_decode import FastDecoder, fast_stream_generate
 from llama2_colab.generation import stream_generate
@@ -104,3 +106,26 @@ def test_no_graph_is_recorded_for_a_model_on_the_cpu(tiny_model_and_tokenizer):
     model, _ = tiny_model_and_tokenizer  # on the CPU, whether or not this machine has a GPU
     decoder = FastDecoder(model, max_cache_len=16, use_graph=True)
     assert decoder.use_graph is False and decoder.graph is None
+
+
+def test_the_bench_times_the_graph_path_on_the_same_work(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    work = BenchWork(prompt_tokens=32, new_tokens=6, repeats=2, warmup=0)
+    result = bench_loaded_model(model, tokenizer, work, fast=("graph",))
+    graph = result["fast_paths"]["graph"]
+    assert "error" not in graph, graph
+    assert result["generated_tokens"] == {"package": 6, "baseline": 6, "graph": 6}
+    assert graph["same_output_as_default"] is True
+    assert graph["cuda_graph"] is False and graph["graph_error"] is None  # a CPU model
+    lo, hi = graph["paired_ratio_to_pipeline_iqr"]
+    assert lo <= graph["paired_ratio_to_pipeline"] <= hi
+
+
+def test_the_graph_path_past_the_plans_cache_is_reported_not_run(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    work = BenchWork(prompt_tokens=32, new_tokens=6, repeats=1, warmup=0)
+    result = bench_loaded_model(model, tokenizer, work, fast=("graph",), max_cache_len=16)
+    assert (
+        "exceed the static cache the plan allows (16 tokens)"
+        in result["fast_paths"]["graph"]["error"]
+    )

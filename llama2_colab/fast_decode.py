@@ -72,7 +72,7 @@ def decode_one_token(model, cache: StaticCache, token, position) -> torch.Tensor
 
 def _pick(logits, eos_token_id: int | None, allow_eos: bool) -> torch.Tensor:
     """Greedy choice as generate() makes it (float32 scores; EOS barred before min_new_tokens)."""
-    scores = logits.float()
+    scores = logits.to(dtype=torch.float32, copy=True)  # never write the graph's output
     if not allow_eos and eos_token_id is not None:
         scores[:, eos_token_id] = float("-inf")
     return scores.argmax(dim=-1, keepdim=True)

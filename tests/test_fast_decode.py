@@ -129,3 +129,20 @@ def test_the_graph_path_past_the_plans_cache_is_reported_not_run(tiny_model_and_
         "exceed the static cache the plan allows (16 tokens)"
         in result["fast_paths"]["graph"]["error"]
     )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="records a CUDA graph: needs a GPU")
+def test_on_a_gpu_the_recorded_graph_replays_the_eager_steps(tiny_dir, tiny_model_and_tokenizer):
+    # Runs in `scripts/gpu_check.sh --suite`. The graph replays the very kernels the eager
+    # steps launch, so the tokens must be identical, and recording must have succeeded.
+    _, tokenizer = tiny_model_and_tokenizer
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).to("cuda").eval()
+    graphed = FastDecoder(model, max_cache_len=64)
+    eager = FastDecoder(model, max_cache_len=64, use_graph=False)
+    for prompt in PROMPTS:
+        ids = torch.tensor([tokenizer(prompt).input_ids])
+        kwargs = {"max_new_tokens": 12, "min_new_tokens": 12}
+        _, want, _ = fast_stream_generate(model, tokenizer, ids, decoder=eager, **kwargs)
+        _, got, _ = fast_stream_generate(model, tokenizer, ids, decoder=graphed, **kwargs)
+        assert got == want, prompt
+    assert graphed.graph is not None, graphed.graph_error

@@ -180,11 +180,13 @@ def fast_stream_generate(
     max_new_tokens: int = 256,
     min_new_tokens: int = 0,
     decoder: FastDecoder | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[str, list[int], GenerationStats]:
     """Greedy-decode like `stream_generate` on the fast path; return (text, new ids, stats).
 
     Pass a `FastDecoder` to reuse its cache and CUDA graph across replies (the chat does); without
-    one, a decoder sized for this request is made and thrown away.
+    one, a decoder sized for this request is made and thrown away. `should_stop` is asked after
+    every token (a Stop button): True ends the reply there, keeping what was generated.
     """
     _check_request(model, input_ids, max_new_tokens, min_new_tokens)
     n = int(input_ids.shape[1])
@@ -204,6 +206,8 @@ def fast_stream_generate(
             new_ids.append(int(on_host))
             streamer.put(on_host.reshape(-1))
             if len(new_ids) >= max_new_tokens or new_ids[-1] == eos:
+                break
+            if should_stop is not None and should_stop():
                 break
             logits = decoder.step(token)
     streamer.end()

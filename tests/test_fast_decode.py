@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from llama2_colab.bench import BenchWork
 from llama2_colab.bench_harness import bench_loaded_model
+from llama2_colab.chat import ChatSession
 from llama2_colab.errors import UserFacingError
 from llama2_colab.fast_decode import FastDecoder, fast_stream_generate
 from llama2_colab.generation import stream_generate
@@ -146,3 +147,43 @@ def test_on_a_gpu_the_recorded_graph_replays_the_eager_steps(tiny_dir, tiny_mode
         _, got, _ = fast_stream_generate(model, tokenizer, ids, decoder=graphed, **kwargs)
         assert got == want, prompt
     assert graphed.graph is not None, graphed.graph_error
+
+
+def test_a_greedy_chat_on_the_fast_path_says_what_the_default_path_says(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    turns = ["Hello", "What should I cook tonight?", "And for dessert?"]
+    sessions = [
+        ChatSession(
+            model,
+            tokenizer,
+            system_prompt="Be brief.",
+            max_new_tokens=12,
+            do_sample=False,
+            fast=fast,
+        )
+        for fast in (False, True)
+    ]
+    for text in turns:
+        pieces: list[str] = []
+        want = sessions[0].send(text)
+        got = sessions[1].send(text, on_text=pieces.append)
+        assert got == want and "".join(pieces).strip() == got
+    assert sessions[1].history == sessions[0].history
+    assert sessions[1]._decoder is not None  # the fast path really ran
+
+
+def test_stop_ends_a_fast_reply_and_keeps_it(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    session = ChatSession(model, tokenizer, max_new_tokens=40, do_sample=False, fast=True)
+    pieces: list[str] = []
+
+    def stop_after_first(text):
+        pieces.append(text)
+        session.stop()
+
+    reply = session.send("Tell me a long story", on_text=stop_after_first)
+    assert session.last_stopped and session.last_stats.new_tokens < 40
+    assert session.history[-1] == {"role": "assistant", "content": reply}
+    session.max_new_tokens = 6
+    session.send("Go on")
+    assert not session.last_stopped and session.last_stats.new_tokens <= 6

@@ -42,6 +42,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "tiny": ("LLAMA2_CHAT_TEMPLATE", "build_tiny_llama", "ensure_tiny_llama"),
     "generation": ("GenerationStats", "fast_generate_kwargs", "stream_generate"),
+    "fast_decode": ("FastDecoder", "fast_stream_generate"),
     "chat": (
         "ChatSession",
         "DialogFit",

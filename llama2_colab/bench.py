@@ -53,6 +53,7 @@ __all__ = [
     "compare_paths",
     "make_bench_prompt",
     "make_paths",
+    "paired_ratio",
     "prepare_paths",
     "measure_copy_bandwidth",
     "package_path",
@@ -325,25 +326,35 @@ def time_paths(
     return {name: _path_timing(full[name], one[name], n, firsts[name]) for name in paths}, errors
 
 
+def paired_ratio(path: PathTiming, other: PathTiming) -> tuple[float, list[float]]:
+    """Median and IQR of path's speed over other's, repetition by repetition.
+
+    The two ran seconds apart in each repetition, so a load burst on a shared machine hits
+    both; the median of these ratios is the steadiest single figure of the difference.
+    """
+    paired = [a / b for a, b in zip(path.rates, other.rates, strict=False) if b > 0]
+    return (statistics.median(paired) if paired else 0.0), list(_quartiles(paired))
+
+
 def compare_paths(timings: dict[str, PathTiming]) -> dict:
     """The package path against the baseline, as the flat figures notebooks and the JSON read."""
     pkg, base = timings["package"], timings["baseline"]
     ratio = pkg.tokens_per_s / base.tokens_per_s if base.tokens_per_s else 0.0
-    # Per-repetition ratios: the two paths ran seconds apart, so a load burst on a shared machine
-    # hits both; their median is the steadiest single figure of the overhead.
-    paired = [a / b for a, b in zip(pkg.rates, base.rates, strict=False) if b > 0]
+    paired, paired_iqr = paired_ratio(pkg, base)
     return {
         "tokens_per_s": pkg.tokens_per_s,
         "tokens_per_s_iqr": list(pkg.tokens_per_s_iqr),
         "baseline_tokens_per_s": base.tokens_per_s,
         "baseline_tokens_per_s_iqr": list(base.tokens_per_s_iqr),
         "ratio": ratio,
-        "paired_ratio_median": statistics.median(paired) if paired else 0.0,
-        "paired_ratio_iqr": list(_quartiles(paired)),
+        "paired_ratio_median": paired,
+        "paired_ratio_iqr": paired_iqr,
         "ttft_s": pkg.ttft_s,
         "ttft_s_iqr": list(pkg.ttft_s_iqr),
         "baseline_ttft_s": base.ttft_s,
         "baseline_ttft_s_iqr": list(base.ttft_s_iqr),
+        "warmup_s": pkg.warmup_s,
+        "baseline_warmup_s": base.warmup_s,
         "generated_tokens": {name: len(t.new_ids) for name, t in timings.items()},
         "same_output_as_baseline": pkg.new_ids == base.new_ids,
     }

@@ -31,12 +31,14 @@ from .bench import (
     compare_paths,
     measure_copy_bandwidth,
     package_path,
+    paired_ratio,
     prepare_paths,
     time_paths,
     weights_read_bytes,
 )
 from .checks import NotLlamaError, check_bench_numbers, check_model_dir, looks_like_local_path
 from .errors import UserFacingError
+from .fast_decode import FastDecoder, fast_stream_generate
 from .generation import fast_generate_kwargs
 from .models import (
     DEFAULT_MODEL,
@@ -63,6 +65,7 @@ __all__ = [
 ]
 
 FAST_PATHS = {
+    "graph": "static KV cache, decode step recorded once as a CUDA graph (eager on a CPU)",
     "static": "static KV cache + torch.compile (CUDA graphs on a GPU)",
     "lookup": "prompt-lookup decoding (10 tokens copied from the prompt per guess)",
     "eager": "eager attention instead of SDPA",
@@ -265,7 +268,19 @@ def _attn_switch(model, implementation: str | None):
     return switched()
 
 
-def _fast_path(name: str, model, tokenizer, ids: list[int], work: BenchWork, cap: int | None):
+def _graph_path(model, tokenizer, input_ids, n: int, decoder: FastDecoder) -> BenchPath:
+    """`fast_decode` on one decoder: its first call records the CUDA graph, later calls replay."""
+
+    def call(k: int) -> list[int]:
+        greedy = {"max_new_tokens": k, "min_new_tokens": k}
+        return fast_stream_generate(model, tokenizer, input_ids, **greedy, decoder=decoder)[1]
+
+    return BenchPath(call, lambda: call(n))
+
+
+def _fast_path(
+    name: str, model, tokenizer, ids: list[int], work: BenchWork, cap: int | None, notes: dict
+):
     """Return the fast path's BenchPath, or the reason it cannot run (a string)."""
     import torch
 
@@ -286,6 +301,9 @@ def _fast_path(name: str, model, tokenizer, ids: list[int], work: BenchWork, cap
         return (
             f"prompt + new tokens ({needed}) exceed the static cache the plan allows ({cap} tokens)"
         )
+    if name == "graph":
+        notes[name] = FastDecoder(model, needed)
+        return _graph_path(model, tokenizer, input_ids, n, notes[name])
     extra = fast_generate_kwargs(
         static_cache=True, max_cache_len=needed, device_type=model.device.type
     )
@@ -309,7 +327,16 @@ def _with_peak_memory(paths: dict[str, BenchPath], device: str, peaks: dict) -> 
     return {name: measured(name, path) for name, path in paths.items()}
 
 
-def _fast_figures(fast, timings: dict[str, PathTiming], errors: dict, peaks: dict) -> dict:
+def _graph_notes(decoder: FastDecoder | None) -> dict:
+    """Whether the graph path really replayed a CUDA graph, and why not if it did not."""
+    if decoder is None:
+        return {}
+    return {"cuda_graph": decoder.graph is not None, "graph_error": decoder.graph_error}
+
+
+def _fast_figures(
+    fast, timings: dict[str, PathTiming], errors: dict, peaks: dict, notes: dict
+) -> dict:
     """Each fast path's figures next to the package path's, or the reason it failed."""
     pkg = timings["package"]
     out = {}
@@ -318,6 +345,7 @@ def _fast_figures(fast, timings: dict[str, PathTiming], errors: dict, peaks: dic
             out[name] = {"what": FAST_PATHS[name], "error": errors[name]}
             continue
         t = timings[name]
+        paired, paired_iqr = paired_ratio(t, timings["baseline"])
         out[name] = {
             "what": FAST_PATHS[name],
             "tokens_per_s": t.tokens_per_s,
@@ -328,6 +356,9 @@ def _fast_figures(fast, timings: dict[str, PathTiming], errors: dict, peaks: dic
             "peak_memory_bytes": peaks[name][0],
             "generated_tokens": len(t.new_ids),
             "same_output_as_default": t.new_ids == pkg.new_ids,
+            "paired_ratio_to_pipeline": paired,
+            "paired_ratio_to_pipeline_iqr": paired_iqr,
+            **_graph_notes(notes.get(name)),
         }
     return out
 
@@ -347,9 +378,9 @@ def bench_loaded_model(
     """
     check_fast_paths(fast)
     ids, paths = prepare_paths(model, tokenizer, work)
-    device, errors = str(model.device), {}
+    device, errors, notes = str(model.device), {}, {}
     for name in fast:
-        path = _fast_path(name, model, tokenizer, ids, work, max_cache_len)
+        path = _fast_path(name, model, tokenizer, ids, work, max_cache_len, notes)
         if isinstance(path, str):
             errors[name] = path
         else:
@@ -363,7 +394,7 @@ def bench_loaded_model(
         "peak_memory_bytes": peaks["package"][0],
         "baseline_peak_memory_bytes": peaks["baseline"][0],
         "peak_memory_kind": peaks["package"][1],
-        "fast_paths": _fast_figures(fast, timings, errors, peaks),
+        "fast_paths": _fast_figures(fast, timings, errors, peaks, notes),
     }
 
 
@@ -569,7 +600,9 @@ def format_bench(result: dict) -> str:
         else:
             lines.append(
                 f"Fast {name:<6}: {fp['tokens_per_s']:.1f} tok/s = {fp['ratio_to_default']:.2f}x "
-                f"default; first token {fp['ttft_s'] * 1000:.0f} ms; warm-up "
-                f"{fp['warmup_s']:.1f} s; same output: {fp['same_output_as_default']}"
+                f"default, {fp['paired_ratio_to_pipeline']:.2f}x the pipeline (paired); first "
+                f"token {fp['ttft_s'] * 1000:.0f} ms; warm-up {fp['warmup_s']:.1f} s; "
+                f"same output: {fp['same_output_as_default']}"
+                + (f"; CUDA graph: {fp['cuda_graph']}" if "cuda_graph" in fp else "")
             )
     return "\n".join(lines)

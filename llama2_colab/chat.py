@@ -28,6 +28,7 @@ from typing import Literal, TypedDict
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .errors import UserFacingError
+from .fast_decode import FastDecoder, fast_stream_generate
 from .generation import GenerationStats, stream_generate
 from .renames import renamed_attribute, renamed_function, renamed_keywords, warn_renamed
 
@@ -345,6 +346,13 @@ class StopOnEvent(StoppingCriteria):
         )
 
 
+def _as_tensor(ids: list[int]):
+    """The prompt ids as the 1 x N tensor generation takes."""
+    import torch
+
+    return torch.tensor([ids])
+
+
 @dataclass(frozen=True)
 class _Turn:
     reply: str
@@ -381,6 +389,10 @@ class ChatSession:
     last_stats: GenerationStats | None = None
     last_fit: DialogFit | None = None
     last_stopped: bool = False
+    # Opt-in, not measured on a GPU yet: greedy replies (do_sample=False, no extra generate
+    # kwargs or stopping criteria) through fast_decode's static cache and CUDA graph.
+    fast: bool = False
+    _decoder: FastDecoder | None = field(default=None, init=False, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _guard: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _busy: bool = field(default=False, init=False, repr=False)
@@ -483,6 +495,8 @@ class ChatSession:
             extra = dict(self.generate_kwargs)
             criteria = [StopOnEvent(self._stop), *(stopping_criteria or [])]
             criteria += list(extra.pop("stopping_criteria", None) or [])
+            if self.fast and not (self.do_sample or extra or stopping_criteria):
+                return self._generate_fast(fit, on_text)
             if self.do_sample:
                 sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
             else:
@@ -500,6 +514,24 @@ class ChatSession:
             return _Turn(reply.strip(), stats, fit, stopped=self._stop.is_set())
         finally:
             self._stop.clear()
+
+    def _generate_fast(self, fit: DialogFit, on_text) -> _Turn:
+        """One greedy reply on the fast path, on a decoder kept while the reply fits its cache."""
+        needed = len(fit.input_ids) + fit.max_new_tokens
+        if self._decoder is None or self._decoder.max_cache_len < needed:
+            # Round up, so that a growing dialog re-records its CUDA graph only now and then.
+            size = min(-(-needed // 256) * 256, max(needed, self.window_in_use()))
+            self._decoder = FastDecoder(self.model, size)
+        reply, _, stats = fast_stream_generate(
+            self.model,
+            self.tokenizer,
+            _as_tensor(fit.input_ids),
+            on_text=on_text,
+            max_new_tokens=fit.max_new_tokens,
+            decoder=self._decoder,
+            should_stop=self._stop.is_set,
+        )
+        return _Turn(reply.strip(), stats, fit, stopped=self._stop.is_set())
 
     def _record(self, turn: _Turn, history: list[Message], text: str) -> str:
         self.last_stats, self.last_fit, self.last_stopped = turn.stats, turn.fit, turn.stopped

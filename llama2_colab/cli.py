@@ -289,7 +289,8 @@ def _add_bench(sub) -> None:
         "--fast",
         action="append",
         metavar="PATH",
-        help="also measure a fast path: static, lookup, eager or all (comma-separated, repeatable)",
+        help="also measure a fast path: graph, static, lookup, eager or all "
+        "(comma-separated, repeatable)",
     )
     p.add_argument(
         "--prompt-tokens",

@@ -7,6 +7,8 @@ arrives as it is produced, and the same streamer timestamps every new token.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +18,8 @@ from transformers import CompileConfig, TextStreamer
 from .errors import UserFacingError
 
 __all__ = ["GenerationStats", "ReplyStreamer", "fast_generate_kwargs", "stream_generate"]
+
+_GENERATE_LOGGER = "transformers.generation.utils"  # where generate() logs its warnings
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,10 @@ class ReplyStreamer(TextStreamer):
     character is "\ufffd"; a run with one bad byte is all "\ufffd"). So a run of byte tokens is
     held back until a word piece follows it or the reply ends, and the text never shows a
     replacement character that the reply does not have.
+
+    It adds no device sync per token: generate() already copies each new token to the CPU
+    before `put` (and waits for its stop check), as it does for a plain `TextStreamer`; `put`
+    only reads that CPU tensor and the clock.
     """
 
     def __init__(self, tokenizer, on_text: Callable[[str], None] | None = None):
@@ -178,12 +186,8 @@ def stream_generate(
     attention_mask = torch.ones_like(input_ids)
     streamer = ReplyStreamer(tokenizer, on_text)
     generate_kwargs.setdefault("pad_token_id", tokenizer.eos_token_id)
-    if "max_new_tokens" in generate_kwargs:
-        # Llama 2's generation_config sets max_length=4096; with max_new_tokens given it only
-        # triggers a "both were set" warning, so say plainly that max_new_tokens is the limit.
-        generate_kwargs.setdefault("max_length", None)
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), _without_length_warning():
         output = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -200,6 +204,32 @@ def stream_generate(
     )
     text = tokenizer.decode(new_ids, skip_special_tokens=True)
     return text, new_ids, stats
+
+
+class _BothLengthsFilter(logging.Filter):
+    """Drops transformers' "Both `max_new_tokens` and `max_length`" warning, and nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Both `max_new_tokens`")
+
+
+@contextlib.contextmanager
+def _without_length_warning():
+    """Run generate() without the "both lengths set" warning, passing no extra kwarg for it.
+
+    Llama 2's generation_config sets max_length=4096, so every call that gives max_new_tokens
+    makes transformers warn that both are set (max_new_tokens wins; nothing is wrong). Passing
+    max_length=None would silence it too, but then the package would hand generate() a kwarg
+    the pipeline does not; a filter on transformers' generation logger, for this call only,
+    keeps the package's kwargs a subset of the pipeline's.
+    """
+    hf_logger = logging.getLogger(_GENERATE_LOGGER)
+    quiet = _BothLengthsFilter()
+    hf_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        hf_logger.removeFilter(quiet)
 
 
 def _check_input_ids(input_ids, torch) -> None:

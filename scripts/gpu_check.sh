@@ -13,10 +13,14 @@
 # Steps (each under its own time limit, so one failure does not sink the rest):
 #   env        versions, GPU name and memory
 #   7b-fp16    Llama-2-7B architecture, random weights, float16 (the T4 format): the package's
-#              default path vs a plain transformers text-generation pipeline, plus the fast
-#              paths prompt lookup and eager attention; copy bandwidth and the bandwidth limit
+#              default path vs a plain transformers text-generation pipeline (10 repetitions),
+#              plus the fast path "graph" (static KV cache, decode step as a CUDA graph); copy
+#              bandwidth and the bandwidth limit
 #   7b-static  the same model with a static KV cache + torch.compile (compiling takes a while)
-#   13b-nf4    Llama-2-13B architecture in 4-bit NF4 with float16 compute, if bitsandbytes imports
+#   13b-nf4    Llama-2-13B architecture in 4-bit NF4 with float16 compute, default vs pipeline
+#              (10 repetitions) and the "graph" path, if bitsandbytes imports
+# The summary gives, for each path: tok/s, the paired ratio to the pipeline, the fraction of the
+# bandwidth limit, warm-up seconds, peak memory and whether greedy output matches the default.
 #
 # Needs torch, transformers and accelerate (bitsandbytes optional); no network, no token: random
 # weights are built on the GPU from the architectures in llama2_colab/data/catalog.json.
@@ -41,13 +45,17 @@ export HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH
 
 if [ "$MODE" = "smoke" ]; then
   M7="tiny"; M13="tiny"; DT=(); Q=(--quantization nf4)
-  WORK=(--prompt-tokens 64 --new-tokens 8 --repeats 2 --warmup 0)
+  WORK=(--prompt-tokens 64 --new-tokens 8 --warmup 0); MANY=(--repeats 2); FEW=(--repeats 2)
   LIMITS=(60 120 240 120)
 else
   M7="meta-llama/Llama-2-7b-chat-hf"; M13="meta-llama/Llama-2-13b-chat-hf"
   DT=(--dtype float16); Q=(--quantization nf4)
-  WORK=(--prompt-tokens 512 --new-tokens 64 --repeats 3 --warmup 0)
-  LIMITS=(30 170 190 80)  # seconds per step: 470 s in all, under 8 minutes with the summary
+  WORK=(--prompt-tokens 512 --new-tokens 64 --warmup 0); MANY=(--repeats 10); FEW=(--repeats 5)
+  # Seconds per step, 470 s in all (under 8 minutes with the summary). Estimated from the H200
+  # run of 2026-11-27 (7B fp16: 1.8 s per 64-token call, building 7B ~15 s, compiling 45 s;
+  # 13B NF4: 3.7 s per call): 7b-fp16 ~70 s, 7b-static ~100 s, 13b-nf4 ~150 s, with room for a
+  # slower card. A step past its limit is recorded as timed out and the others still run.
+  LIMITS=(30 120 150 170)
 fi
 
 run_step() {  # name, limit, command...: run it with a time limit; record a failure as JSON
@@ -111,14 +119,14 @@ print(json.dumps({"python": platform.python_version(), "torch": torch.__version_
                   "cuda": torch.version.cuda, "gpu": gpu}, indent=2))'
 
 run_step 7b-fp16 "${LIMITS[1]}" "${BENCH[@]}" --model "$M7" --random-weights "${DT[@]}" \
-  --fast lookup,eager "${WORK[@]}"
+  --fast graph "${WORK[@]}" "${MANY[@]}"
 
 run_step 7b-static "${LIMITS[2]}" "${BENCH[@]}" --model "$M7" --random-weights "${DT[@]}" \
-  --fast static --no-bandwidth "${WORK[@]}"
+  --fast static --no-bandwidth "${WORK[@]}" "${FEW[@]}"
 
 if [ "$MODE" = "dry" ] || "$PY" -c "import bitsandbytes" >/dev/null 2>&1; then
   run_step 13b-nf4 "${LIMITS[3]}" "${BENCH[@]}" --model "$M13" --random-weights "${DT[@]}" \
-    "${Q[@]}" "${WORK[@]}"
+    "${Q[@]}" --fast graph "${WORK[@]}" "${MANY[@]}"
 else
   echo "== 13b-nf4: skipped, bitsandbytes does not import"
   echo '{"step": "13b-nf4", "error": "skipped: bitsandbytes does not import"}' \
@@ -135,32 +143,50 @@ env = json.loads((out / "env.json").read_text() or "{}") if (out / "env.json").e
 gpu = (env.get("gpu") or {}).get("name", "no GPU")
 print(f"\nMachine: {gpu}; torch {env.get('torch')}, transformers {env.get('transformers')}, "
       f"bitsandbytes {env.get('bitsandbytes')}")
+print(f"{'step / path':<22} {'tok/s':>7} {'x pipeline [IQR]':>19} {'of limit':>8} {'warm-up':>8} "
+      f"{'peak GiB':>8}  same output")
+limits = {}
 for step in ("7b-fp16", "7b-static", "13b-nf4"):
     path = out / f"{step}.json"
     try:
         r = json.loads(path.read_text())
     except Exception as err:
-        print(f"{step:<10} no result ({type(err).__name__})")
+        print(f"{step:<22} no result ({type(err).__name__})")
         continue
     if "error" in r:
-        print(f"{step:<10} {r['error']}")
+        print(f"{step:<22} {r['error']}")
         continue
-    line = (f"{step:<10} {r['model'].split('/')[-1]} {r['dtype']}"
-            f"{' ' + r['quantization'] if r.get('quantization') else ''}: "
-            f"package {r['tokens_per_s']:.1f} tok/s, pipeline {r['baseline_tokens_per_s']:.1f}, "
-            f"ratio {r['ratio']:.3f}; TTFT({r['prompt_tokens']}) {r['ttft_s'] * 1000:.0f} ms; "
-            f"peak {r['peak_memory_bytes'] / 2**30:.2f} GiB")
-    if "bandwidth_limit_tokens_per_s" in r:
-        line += (f"; copy {r['copy_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s, limit "
-                 f"{r['bandwidth_limit_tokens_per_s']:.0f} tok/s "
-                 f"({100 * r['fraction_of_bandwidth_limit']:.0f}% reached)")
-    print(line)
+    # 7b-static skips the bandwidth copy: it runs the same model and work as 7b-fp16.
+    limit = r.get("bandwidth_limit_tokens_per_s") or limits.get(r['model'])
+    limits[r['model']] = limit
+    print(f"{step}: {r['model'].split('/')[-1]} {r['dtype']}"
+          f"{' ' + r['quantization'] if r.get('quantization') else ''}, "
+          f"{r['prompt_tokens']}-token prompt, {r['new_tokens']} new, {r['repeats']} repetitions; "
+          f"default/pipeline ratio of medians {r['ratio']:.3f}"
+          + (f"; limit {limit:.0f} tok/s" if limit else "")
+          + (f" (copy {r['copy_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s)"
+             if "copy_bandwidth_bytes_per_s" in r else ""))
+
+    def row(name, tps, paired, iqr, warm, peak, same):
+        of = f"{100 * tps / limit:.0f}%" if limit else "n/a"
+        ratio = f"{paired:.3f} [{iqr[0]:.2f}-{iqr[1]:.2f}]" if paired is not None else "1"
+        print(f"  {name:<20} {tps:>7.1f} {ratio:>19} {of:>8} {warm:>7.1f}s "
+              f"{peak / 2**30:>8.2f}  {same}")
+
+    row("default (package)", r['tokens_per_s'], r['paired_ratio_median'], r['paired_ratio_iqr'],
+        r['warmup_s'], r['peak_memory_bytes'], "(reference)")
+    row("pipeline", r['baseline_tokens_per_s'], None, None, r['baseline_warmup_s'],
+        r['baseline_peak_memory_bytes'], r['same_output_as_baseline'])
     for name, fp in r.get("fast_paths", {}).items():
         if "error" in fp:
-            print(f"{'':<10}   {name}: failed: {fp['error'][:200]}")
-        else:
-            print(f"{'':<10}   {name}: {fp['tokens_per_s']:.1f} tok/s = "
-                  f"{fp['ratio_to_default']:.2f}x default; warm-up {fp['warmup_s']:.0f} s; "
-                  f"same output {fp['same_output_as_default']}")
+            print(f"  {name:<20} failed: {fp['error'][:200]}")
+            continue
+        graph = ""
+        if "cuda_graph" in fp:
+            graph = f"; CUDA graph {fp.get('cuda_graph')}" + (
+                f" ({fp.get('graph_error')})" if fp.get('graph_error') else "")
+        row(name, fp['tokens_per_s'], fp['paired_ratio_to_pipeline'],
+            fp['paired_ratio_to_pipeline_iqr'], fp['warmup_s'], fp['peak_memory_bytes'],
+            f"{fp['same_output_as_default']} ({fp['ratio_to_default']:.2f}x default){graph}")
 print(f"\nJSON results in {out}/")
 EOF

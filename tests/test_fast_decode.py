@@ -1,0 +1,189 @@
+"""The fast decode path gives the default path's greedy tokens, and refuses what cannot fit.
+
+On a CPU the fast path runs the same prefill and decode steps as on a GPU, without recording a
+CUDA graph; in float32 its arithmetic is the default path's, so the tokens must be identical.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from llama2_colab.bench import BenchWork
+from llama2_colab.bench_harness import bench_loaded_model
+from llama2_colab.chat import ChatSession
+from llama2_colab.errors import UserFacingError
+from llama2_colab.fast_decode import FastDecoder, fast_stream_generate
+from llama2_colab.generation import stream_generate
+
+PROMPTS = ["I have tomatoes at home", "The basil", "Hello", "What should I cook tonight?"]
+
+
+def _default(model, tokenizer, ids, **kwargs):
+    return stream_generate(model, tokenizer, ids, do_sample=False, **kwargs)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+@pytest.mark.parametrize("least", [0, 12])
+def test_fast_path_gives_the_default_greedy_tokens(tiny_model_and_tokenizer, prompt, least):
+    model, tokenizer = tiny_model_and_tokenizer
+    ids = torch.tensor([tokenizer(prompt).input_ids])
+    text, want, _ = _default(model, tokenizer, ids, max_new_tokens=12, min_new_tokens=least)
+    pieces: list[str] = []
+    fast_text, got, stats = fast_stream_generate(
+        model, tokenizer, ids, on_text=pieces.append, max_new_tokens=12, min_new_tokens=least
+    )
+    assert got == want
+    assert fast_text == text == "".join(pieces)
+    assert stats.new_tokens == len(want) and stats.prompt_tokens == ids.shape[1]
+
+
+def test_one_decoder_serves_many_replies(tiny_model_and_tokenizer):
+    # The chat reuses one decoder (one cache, one recorded graph on a GPU) for every reply;
+    # a reply must not see the previous reply's cache.
+    model, tokenizer = tiny_model_and_tokenizer
+    decoder = FastDecoder(model, max_cache_len=64)
+    for prompt in PROMPTS + PROMPTS[:1]:
+        ids = torch.tensor([tokenizer(prompt).input_ids])
+        _, want, _ = _default(model, tokenizer, ids, max_new_tokens=10)
+        _, got, _ = fast_stream_generate(model, tokenizer, ids, max_new_tokens=10, decoder=decoder)
+        assert got == want, prompt
+
+
+@pytest.fixture
+def eos_loving_model(tiny_dir):
+    """The tiny model with its output head tilted so that EOS soon scores highest."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    with torch.no_grad():
+        model.lm_head.weight[2] = 50 * model.lm_head.weight.abs().max()
+        model.model.norm.weight.abs_()  # a positive final norm: EOS's row then wins everywhere
+    return model
+
+
+@pytest.mark.parametrize("least", [0, 1, 5])
+def test_eos_ends_the_reply_after_min_new_tokens_as_generate_does(
+    eos_loving_model, tiny_model_and_tokenizer, least
+):
+    _, tokenizer = tiny_model_and_tokenizer
+    ids = torch.tensor([tokenizer("Hello").input_ids])
+    _, want, _ = _default(eos_loving_model, tokenizer, ids, max_new_tokens=10, min_new_tokens=least)
+    _, got, _ = fast_stream_generate(
+        eos_loving_model, tokenizer, ids, max_new_tokens=10, min_new_tokens=least
+    )
+    assert got == want
+    # It stopped at EOS (before max_new_tokens), and not before min_new_tokens.
+    assert got[-1] == tokenizer.eos_token_id and least < len(got) < 10
+    assert tokenizer.eos_token_id not in got[:-1]
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5, None])
+def test_max_new_tokens_must_be_a_whole_number_of_at_least_one(tiny_model_and_tokenizer, bad):
+    model, tokenizer = tiny_model_and_tokenizer
+    ids = torch.tensor([tokenizer("Hello").input_ids])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        fast_stream_generate(model, tokenizer, ids, max_new_tokens=bad)
+
+
+def test_a_prompt_that_fills_the_cache_is_refused_with_the_sizes(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    ids = torch.tensor([tokenizer("What should I cook tonight?").input_ids])
+    n = ids.shape[1]
+    decoder = FastDecoder(model, max_cache_len=n + 4)
+    _, got, _ = fast_stream_generate(model, tokenizer, ids, max_new_tokens=4, decoder=decoder)
+    assert len(got) == 4  # exactly full is fine
+    with pytest.raises(UserFacingError, match=rf"\({n} tokens\).*\(5\).*{n + 4} tokens"):
+        fast_stream_generate(model, tokenizer, ids, max_new_tokens=5, decoder=decoder)
+
+
+def test_a_request_past_the_models_positions_is_refused(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    ids = torch.tensor([tokenizer("Hello").input_ids])
+    with pytest.raises(ValueError, match="4096 positions"):
+        fast_stream_generate(model, tokenizer, ids, max_new_tokens=4096)
+
+
+def test_no_graph_is_recorded_for_a_model_on_the_cpu(tiny_model_and_tokenizer):
+    model, _ = tiny_model_and_tokenizer  # on the CPU, whether or not this machine has a GPU
+    decoder = FastDecoder(model, max_cache_len=16, use_graph=True)
+    assert decoder.use_graph is False and decoder.graph is None
+
+
+def test_the_bench_times_the_graph_path_on_the_same_work(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    work = BenchWork(prompt_tokens=32, new_tokens=6, repeats=2, warmup=0)
+    result = bench_loaded_model(model, tokenizer, work, fast=("graph",))
+    graph = result["fast_paths"]["graph"]
+    assert "error" not in graph, graph
+    assert result["generated_tokens"] == {"package": 6, "baseline": 6, "graph": 6}
+    assert graph["same_output_as_default"] is True
+    assert graph["cuda_graph"] is False and graph["graph_error"] is None  # a CPU model
+    lo, hi = graph["paired_ratio_to_pipeline_iqr"]
+    assert lo <= graph["paired_ratio_to_pipeline"] <= hi
+
+
+def test_the_graph_path_past_the_plans_cache_is_reported_not_run(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    work = BenchWork(prompt_tokens=32, new_tokens=6, repeats=1, warmup=0)
+    result = bench_loaded_model(model, tokenizer, work, fast=("graph",), max_cache_len=16)
+    assert (
+        "exceed the static cache the plan allows (16 tokens)"
+        in result["fast_paths"]["graph"]["error"]
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="records a CUDA graph: needs a GPU")
+def test_on_a_gpu_the_recorded_graph_replays_the_eager_steps(tiny_dir, tiny_model_and_tokenizer):
+    # Runs in `scripts/gpu_check.sh --suite`. The graph replays the very kernels the eager
+    # steps launch, so the tokens must be identical, and recording must have succeeded.
+    _, tokenizer = tiny_model_and_tokenizer
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).to("cuda").eval()
+    graphed = FastDecoder(model, max_cache_len=64)
+    eager = FastDecoder(model, max_cache_len=64, use_graph=False)
+    for prompt in PROMPTS:
+        ids = torch.tensor([tokenizer(prompt).input_ids])
+        kwargs = {"max_new_tokens": 12, "min_new_tokens": 12}
+        _, want, _ = fast_stream_generate(model, tokenizer, ids, decoder=eager, **kwargs)
+        _, got, _ = fast_stream_generate(model, tokenizer, ids, decoder=graphed, **kwargs)
+        assert got == want, prompt
+    assert graphed.graph is not None, graphed.graph_error
+
+
+def test_a_greedy_chat_on_the_fast_path_says_what_the_default_path_says(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    turns = ["Hello", "What should I cook tonight?", "And for dessert?"]
+    sessions = [
+        ChatSession(
+            model,
+            tokenizer,
+            system_prompt="Be brief.",
+            max_new_tokens=12,
+            do_sample=False,
+            fast=fast,
+        )
+        for fast in (False, True)
+    ]
+    for text in turns:
+        pieces: list[str] = []
+        want = sessions[0].send(text)
+        got = sessions[1].send(text, on_text=pieces.append)
+        assert got == want and "".join(pieces).strip() == got
+    assert sessions[1].history == sessions[0].history
+    assert sessions[1]._decoder is not None  # the fast path really ran
+
+
+def test_stop_ends_a_fast_reply_and_keeps_it(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    session = ChatSession(model, tokenizer, max_new_tokens=40, do_sample=False, fast=True)
+    pieces: list[str] = []
+
+    def stop_after_first(text):
+        pieces.append(text)
+        session.stop()
+
+    reply = session.send("Tell me a long story", on_text=stop_after_first)
+    assert session.last_stopped and session.last_stats.new_tokens < 40
+    assert session.history[-1] == {"role": "assistant", "content": reply}
+    session.max_new_tokens = 6
+    session.send("Go on")
+    assert not session.last_stopped and session.last_stats.new_tokens <= 6

@@ -34,7 +34,7 @@ from typing import NamedTuple
 from .chat import Message, encode_dialog
 from .convert import compute_intermediate_size
 from .errors import UserFacingError
-from .tiny import LLAMA2_CHAT_TEMPLATE, ensure_built, tiny_cache_dir
+from .tiny import LLAMA2_CHAT_TEMPLATE, ensure_built, seeded_llama, tiny_cache_dir
 from .vocab import LLAMA2_VOCAB_SIZE, build_llama2_tokenizer, write_llama2_tokenizer_model
 
 __all__ = [
@@ -173,7 +173,7 @@ def _code_llama_extra(start: int) -> list[tuple[str, str]]:
 def build_tiny_code_llama(out_dir: str | os.PathLike) -> Path:
     """Write the tiny Code Llama - Instruct (model, tokenizer.model, HF tokenizer) to out_dir."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaConfig
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,12 +198,7 @@ def build_tiny_code_llama(out_dir: str | os.PathLike) -> Path:
         pad_token_id=None,
         tie_word_embeddings=False,
     )
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(_SEED)
-        model = LlamaForCausalLM(config)
-    finally:
-        torch.random.set_rng_state(state)
+    model = seeded_llama(config)
     # A trained model never predicts the slots no text maps to; give them zero logits so the
     # tiny one's greedy gibberish is made of real pieces rather than `<unused123>`.
     tokenizer_vocab = json.loads((out / "tokenizer.json").read_text("utf-8"))["model"]["vocab"]

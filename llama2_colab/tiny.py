@@ -36,6 +36,7 @@ __all__ = [
     "build_tiny_llama",
     "check_tiny_cache",
     "ensure_built",
+    "seeded_llama",
     "ensure_tiny_llama",
     "is_tiny_folder",
     "tiny_cache_dir",
@@ -93,10 +94,22 @@ def _build_tokenizer(out: Path):
     return build_llama2_tokenizer(chat_template=LLAMA2_CHAT_TEMPLATE)
 
 
+def seeded_llama(config):
+    """Return a LlamaForCausalLM with weights drawn from the fixed seed (global RNG untouched)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(_SEED)
+        return LlamaForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(state)
+
+
 def _write_tiny_files(out: Path) -> None:
     """Build the tiny Llama 2 and save every file of it into the existing folder out."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaConfig
 
     tokenizer = _build_tokenizer(out)
     config = LlamaConfig(
@@ -118,12 +131,7 @@ def _write_tiny_files(out: Path) -> None:
         tie_word_embeddings=False,
         initializer_range=0.02,
     )
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(_SEED)
-        model = LlamaForCausalLM(config)
-    finally:
-        torch.random.set_rng_state(state)
+    model = seeded_llama(config)
     model.generation_config = GenerationConfig(
         bos_token_id=1,
         eos_token_id=2,

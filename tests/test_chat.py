@@ -374,6 +374,11 @@ def test_a_failing_stream_callback_leaves_history_as_before(session):
 
 
 def test_stop_keeps_the_partial_reply(session):
+    assert_stop_keeps_the_partial_reply(session)
+
+
+def assert_stop_keeps_the_partial_reply(session):
+    """Stop after the first piece: the partial reply is kept, the next turn starts fresh."""
     session.max_new_tokens = 40
     pieces: list[str] = []
 

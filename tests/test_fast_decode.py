@@ -53,11 +53,13 @@ def test_one_decoder_serves_many_replies(tiny_model_and_tokenizer):
 
 @pytest.fixture
 def eos_loving_model(tiny_dir):
-    """The tiny model with its output head tilted so that EOS soon scores highest."""
+    """The tiny model with EOS scoring highest at every step, whatever its random weights say."""
     model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
-    with torch.no_grad():
-        model.lm_head.weight[2] = 50 * model.lm_head.weight.abs().max()
-        model.model.norm.weight.abs_()  # a positive final norm: EOS's row then wins everywhere
+
+    def eos_wins(module, inputs, logits):
+        return logits.index_fill(-1, torch.tensor([2], device=logits.device), 1e4)
+
+    model.lm_head.register_forward_hook(eos_wins)
     return model
 
 
@@ -173,17 +175,8 @@ def test_a_greedy_chat_on_the_fast_path_says_what_the_default_path_says(tiny_mod
 
 
 def test_stop_ends_a_fast_reply_and_keeps_it(tiny_model_and_tokenizer):
+    from test_chat import assert_stop_keeps_the_partial_reply
+
     model, tokenizer = tiny_model_and_tokenizer
     session = ChatSession(model, tokenizer, max_new_tokens=40, do_sample=False, fast=True)
-    pieces: list[str] = []
-
-    def stop_after_first(text):
-        pieces.append(text)
-        session.stop()
-
-    reply = session.send("Tell me a long story", on_text=stop_after_first)
-    assert session.last_stopped and session.last_stats.new_tokens < 40
-    assert session.history[-1] == {"role": "assistant", "content": reply}
-    session.max_new_tokens = 6
-    session.send("Go on")
-    assert not session.last_stopped and session.last_stats.new_tokens <= 6
+    assert_stop_keeps_the_partial_reply(session)

@@ -55,7 +55,7 @@ __all__ = [
 CODE_LLAMA_VOCAB_SIZE = 32016
 _INFILL_PIECES = ("▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>")  # ids 32007-32010 in Code Llama
 _SENTINEL = "☺"  # Meta's encode_infilling prefixes this to drop the leading space
-TINY_CODE_VERSION = "2"
+TINY_CODE_VERSION = "3"
 _SEED = 0
 
 

@@ -60,7 +60,7 @@ LLAMA2_CHAT_TEMPLATE = (
 )
 
 # Bump when the recipe changes, so a stale cache is never reused.
-TINY_VERSION = "3"
+TINY_VERSION = "4"
 _SEED = 0
 # Written into every folder build_tiny_llama fills, with exactly the text _README: the sign that
 # writing over the folder loses nothing.

@@ -101,13 +101,16 @@ def build_llama2_tokenizer(extra: Sequence[tuple[str, str]] = (), chat_template:
     pieces = load_llama2_pieces() + [(piece, 0.0, kind) for piece, kind in extra]
     vocab = {piece: i for i, (piece, _, _) in enumerate(pieces)}
     specials = [AddedToken(p, normalized=False, special=True) for p, k in extra if k == "CONTROL"]
-    # legacy=False, add_bos_token=True, add_eos_token=False: as in Llama-2-7b-chat-hf.
+    # legacy=False, add_bos_token=True, add_eos_token=False, clean_up_tokenization_spaces=False:
+    # as in Llama-2-7b-chat-hf's tokenizer_config.json (a clean-up would eat the space before
+    # punctuation, and transformers 5.15 warns about it on every decode).
     tokenizer = LlamaTokenizer(
         vocab=vocab,
         merges=merges_by_score(pieces),
         legacy=False,
         add_bos_token=True,
         add_eos_token=False,
+        clean_up_tokenization_spaces=False,
         model_max_length=4096,
         padding_side="left",
     )

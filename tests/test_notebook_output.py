@@ -33,6 +33,20 @@ EXPLAINED = {
     # peft asks transformers 5 under a retiring name (08).
     r"FutureWarning: `is_gradient_checkpointing` is deprecated": "is_gradient_checkpointing",
     r"^\s*warnings\.warn\($": "is_gradient_checkpointing",
+    # bitsandbytes 0.46 (the floor, on the Colab stack) on a machine without a GPU (04, 07, 08).
+    r"bitsandbytes was compiled without GPU support": "compiled without GPU support",
+    r"FutureWarning: _check_is_size will be removed": "_check_is_size",
+    r"^\s*torch\._check_is_size\(blocksize\)$": "_check_is_size",
+    # transformers 5.15 (Colab's): a pipeline passes a generation config and arguments (03).
+    r"Passing `generation_config` together with generation-related arguments": (
+        "`generation_config` together with generation-related"
+    ),
+    # transformers 5.15 (Colab's): the pipeline asks for a clean-up that BPE tokenizers skip (03).
+    r"Ignoring clean_up_tokenization_spaces=True for BPE tokenizer": (
+        "clean_up_tokenization_spaces=True for BPE tokenizer"
+    ),
+    # transformers 5.15 (Colab's): peft reads config.use_return_dict (08).
+    r"`use_return_dict` is deprecated!": "`use_return_dict` is deprecated",
     # the reward model's load report (08): its new head is MISSING, the old one UNEXPECTED.
     r"LlamaForSequenceClassification LOAD REPORT": _LOAD_REPORT,
     r"^Key\s+\|\s+Status": _LOAD_REPORT,

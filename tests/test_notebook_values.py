@@ -63,3 +63,26 @@ def test_08_the_adapter_learned_every_answer(executed):
     losses, accuracies = nb.value("losses"), nb.value("accuracies")
     assert losses[-1] < losses[0] - 0.8 and accuracies[-1] == 1.0
     assert nb.value("all(answers[q] == a for q, a in EXAMPLES)") is True
+
+
+def test_01_each_machine_gets_its_dtype_and_sdpa(executed):
+    nb = executed("01_setup")
+    dtypes = nb.value("{name: decided.dtype for name, decided in decisions.items()}")
+    assert dtypes == {
+        "T4": "float16",
+        "V100": "float16",
+        "L4": "bfloat16",
+        "A100-40GB": "bfloat16",
+        "H100": "bfloat16",
+        "cpu": "float32",
+    }
+    assert nb.value("sorted({d.attn_implementation for d in decisions.values()})") == ["sdpa"]
+
+
+def test_07_13b_is_nf4_with_float16_compute_and_70b_is_advised_elsewhere(executed):
+    nb = executed("07_bigger_models")
+    assert nb.value("[bnb.load_in_4bit, bnb.bnb_4bit_quant_type]") == [True, "nf4"]
+    assert nb.value("str(bnb.bnb_4bit_compute_dtype)") == "torch.float16"
+    assert nb.value("type(layer).__name__") == "Linear4bit"
+    assert nb.value("'A100-40GB' in p70.advice") is True
+    assert nb.value("reloaded") == "Linear4bit"

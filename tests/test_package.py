@@ -46,5 +46,9 @@ def test_the_wheel_colab_installs_carries_the_data_files(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"llama2_colab/data/catalog.json", "llama2_colab/data/tiny_corpus.txt"} <= names
     # Llama 2's vocabulary and its licence notice: the offline tiny model's tokenizer needs both.
-    assert {"llama2_colab/data/llama2_vocab.json", "llama2_colab/data/LLAMA2_NOTICE.txt"} <= names
+    assert {
+        "llama2_colab/data/llama2_vocab.json",
+        "llama2_colab/data/LLAMA2_NOTICE.txt",
+        "llama2_colab/data/LLAMA2_LICENSE.txt",  # the agreement, which redistribution must carry
+    } <= names
     assert "llama2_colab/__main__.py" in names

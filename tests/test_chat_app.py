@@ -10,7 +10,8 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from llama2_colab import ChatSession, preset_runtime
 from llama2_colab.app import ChatApp, describe_models
-from llama2_colab.generation import stream_generate
+from llama2_colab.generation import ReplyStreamer, stream_generate
+from llama2_colab.vocab import build_llama2_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -336,3 +337,60 @@ def test_an_error_that_quotes_a_token_shows_it_masked(app):
     assert token not in status and token not in app.status.value
     assert f"hf_...{token[-4:]}" in status
     app.session.generate_kwargs = {}
+
+
+class _CountingTokenizer:
+    """The real tokenizer, recording how many ids each decode() call was given."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.decoded_lengths: list[int] = []
+
+    def decode(self, ids, **kwargs):
+        self.decoded_lengths.append(len(ids))
+        return self.tokenizer.decode(ids, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def stream_ids(tokenizer, ids):
+    """Feed ids to a ReplyStreamer one token at a time, as generate() does; return the pieces."""
+    pieces: list[str] = []
+    streamer = ReplyStreamer(tokenizer, pieces.append)
+    streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt comes first and is never shown
+    for token in ids:
+        streamer.put(torch.tensor([token]))
+    streamer.end()
+    return pieces
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_streamed_pieces_add_up_to_the_reply_for_any_ids(seed):
+    """Llama 2's real 32,000-piece vocabulary, random replies mixing word pieces, spaces, byte
+    tokens (valid UTF-8 and not) and special tokens: the pieces are the decoded reply."""
+    tok = build_llama2_tokenizer()
+    gen = torch.Generator().manual_seed(seed)
+    text_ids = tok.encode(JAPANESE_AND_EMOJI + "\n  def f(x):\n\treturn x", add_special_tokens=False)
+    pools = [
+        torch.randint(3, tok.vocab_size, (400,), generator=gen).tolist(),  # any piece
+        list(range(3, 3 + 256)),  # the byte tokens <0x00>..<0xFF>
+        text_ids,
+        [0, 1, 2],  # <unk>, <s>, </s>
+    ]
+    ids = []
+    for _ in range(300):
+        pool = pools[int(torch.randint(len(pools), (1,), generator=gen))]
+        ids.append(pool[int(torch.randint(len(pool), (1,), generator=gen))])
+    pieces = stream_ids(tok, ids)
+    assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)
+
+
+def test_streaming_a_long_reply_decodes_a_short_window_per_token():
+    """Token 2,000 costs the streamer what token 20 does: no piece re-decodes the whole reply."""
+    tok = _CountingTokenizer(build_llama2_tokenizer())
+    ids = tok.encode("A llama says hello to the world. " * 250, add_special_tokens=False)
+    assert len(ids) > 2000
+    pieces = stream_ids(tok, ids)
+    assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)
+    assert max(tok.decoded_lengths[:-1]) <= 8  # the last call is the check just above

@@ -11,9 +11,15 @@ written the way gpt-fast writes it, one small function per step:
 On a GPU, `FastDecoder` records `decode_one_token` once as a CUDA graph (`torch.cuda.CUDAGraph`)
 and replays it for every later token: one launch per token instead of hundreds of kernel
 launches from Python, and no `torch.compile`. The cache's write position and the token's
-position live in device tensors that the graph reads, so one graph serves every position. On a
-CPU the same functions run without the graph, and greedy output is the default path's, token
-for token (tests/test_fast_decode.py).
+position live in device tensors that the graph reads, so one graph serves every position.
+
+It also never lets the GPU wait for Python: the next step is queued before the host waits for
+this token (a copy to page-locked memory and an event), so streaming the text, the Stop check
+and the next launch overlap the GPU's work. generate() waits for each token before it queues
+anything more. After EOS the one step already queued is thrown away.
+
+On a CPU the same functions run without the graph, and greedy output is the default path's,
+token for token, in either order (tests/test_fast_decode.py).
 """
 
 from __future__ import annotations
@@ -82,7 +88,13 @@ class FastDecoder:
     """A model with its own static cache (and, on a GPU, its recorded decode step), reusable
     across replies: the CUDA graph is recorded on the first reply and replayed ever after."""
 
-    def __init__(self, model, max_cache_len: int, use_graph: bool | None = None):
+    def __init__(
+        self,
+        model,
+        max_cache_len: int,
+        use_graph: bool | None = None,
+        overlap: bool | None = None,
+    ):
         if isinstance(max_cache_len, bool) or not isinstance(max_cache_len, int):
             raise ValueError(f"max_cache_len must be a whole number, not {max_cache_len!r}.")
         if max_cache_len < 2:
@@ -97,6 +109,14 @@ class FastDecoder:
         self.graph = None  # recorded on the first decode step that needs it
         self.logits = None  # the graph's output, rewritten by every replay
         self.graph_error: str | None = None  # why recording failed, if it did (then eager)
+        # Queue the next step before waiting for this token on the host (see `to_host`). On by
+        # default on a GPU, where the wait would otherwise leave the GPU idle; `overlap=True`
+        # runs the same order on a CPU, which is how the tests check it.
+        self.overlap = on_gpu if overlap is None else bool(overlap)
+        self.host_token = (
+            torch.zeros(1, dtype=torch.long, pin_memory=True) if on_gpu else None
+        )  # page-locked, so the copy to it runs while the GPU works on
+        self.token_ready = torch.cuda.Event() if on_gpu else None
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         """Raise UserFacingError if the prompt plus max_new_tokens does not fit the cache."""
@@ -128,6 +148,24 @@ class FastDecoder:
             logits = self.logits
         self.position.add_(1)
         return logits
+
+    def to_host(self, token) -> Callable[[], int]:
+        """Start copying a picked token (1 x 1, on the device) to the host; return its reader.
+
+        On a GPU the copy is queued behind the pick and the reader waits for that copy only, so
+        a step queued in between keeps running while the host streams the token: the GPU never
+        waits for Python between tokens. On a CPU the token is already there.
+        """
+        if self.host_token is None:
+            return lambda: int(token)
+        self.host_token.copy_(token.reshape(-1), non_blocking=True)
+        self.token_ready.record()
+
+        def read() -> int:
+            self.token_ready.synchronize()
+            return int(self.host_token[0])
+
+        return read
 
     def _record(self) -> torch.Tensor:
         """Run this step on a side stream (its warm-up), then record it as a CUDA graph."""
@@ -199,17 +237,19 @@ def fast_stream_generate(
     new_ids: list[int] = []
     start = time.perf_counter()
     with torch.inference_mode():
-        logits = decoder.start(input_ids)
+        token = _pick(decoder.start(input_ids), eos, allow_eos=min_new_tokens == 0)
         while True:
+            read = decoder.to_host(token)
+            last = len(new_ids) + 1 >= max_new_tokens
+            if decoder.overlap and not last:
+                logits = decoder.step(token)  # queued before the wait: wasted only after EOS
+            new_ids.append(read())  # the one wait for the device per token, as in generate()
+            streamer.put(torch.tensor(new_ids[-1:]))
+            if last or new_ids[-1] == eos or (should_stop is not None and should_stop()):
+                break
+            if not decoder.overlap:
+                logits = decoder.step(token)
             token = _pick(logits, eos, allow_eos=len(new_ids) >= min_new_tokens)
-            on_host = token.cpu()  # the one host sync per token, as in generate()
-            new_ids.append(int(on_host))
-            streamer.put(on_host.reshape(-1))
-            if len(new_ids) >= max_new_tokens or new_ids[-1] == eos:
-                break
-            if should_stop is not None and should_stop():
-                break
-            logits = decoder.step(token)
     streamer.end()
     times = streamer.token_times
     stats = GenerationStats(

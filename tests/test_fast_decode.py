@@ -26,13 +26,25 @@ def _default(model, tokenizer, ids, **kwargs):
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 @pytest.mark.parametrize("least", [0, 12])
-def test_fast_path_gives_the_default_greedy_tokens(tiny_model_and_tokenizer, prompt, least):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_fast_path_gives_the_default_greedy_tokens(
+    tiny_model_and_tokenizer, prompt, least, overlap
+):
+    # overlap=True is the GPU's order (the next step queued before the token is read), run on
+    # the CPU: the tokens must not change.
     model, tokenizer = tiny_model_and_tokenizer
     ids = torch.tensor([tokenizer(prompt).input_ids])
     text, want, _ = _default(model, tokenizer, ids, max_new_tokens=12, min_new_tokens=least)
     pieces: list[str] = []
+    decoder = FastDecoder(model, max_cache_len=64, overlap=overlap)
     fast_text, got, stats = fast_stream_generate(
-        model, tokenizer, ids, on_text=pieces.append, max_new_tokens=12, min_new_tokens=least
+        model,
+        tokenizer,
+        ids,
+        on_text=pieces.append,
+        max_new_tokens=12,
+        min_new_tokens=least,
+        decoder=decoder,
     )
     assert got == want
     assert fast_text == text == "".join(pieces)
@@ -43,7 +55,7 @@ def test_one_decoder_serves_many_replies(tiny_model_and_tokenizer):
     # The chat reuses one decoder (one cache, one recorded graph on a GPU) for every reply;
     # a reply must not see the previous reply's cache.
     model, tokenizer = tiny_model_and_tokenizer
-    decoder = FastDecoder(model, max_cache_len=64)
+    decoder = FastDecoder(model, max_cache_len=64, overlap=True)  # one step past EOS runs
     for prompt in PROMPTS + PROMPTS[:1]:
         ids = torch.tensor([tokenizer(prompt).input_ids])
         _, want, _ = _default(model, tokenizer, ids, max_new_tokens=10)
@@ -64,14 +76,16 @@ def eos_loving_model(tiny_dir):
 
 
 @pytest.mark.parametrize("least", [0, 1, 5])
+@pytest.mark.parametrize("overlap", [False, True])
 def test_eos_ends_the_reply_after_min_new_tokens_as_generate_does(
-    eos_loving_model, tiny_model_and_tokenizer, least
+    eos_loving_model, tiny_model_and_tokenizer, least, overlap
 ):
     _, tokenizer = tiny_model_and_tokenizer
     ids = torch.tensor([tokenizer("Hello").input_ids])
     _, want, _ = _default(eos_loving_model, tokenizer, ids, max_new_tokens=10, min_new_tokens=least)
+    decoder = FastDecoder(eos_loving_model, max_cache_len=16, overlap=overlap)
     _, got, _ = fast_stream_generate(
-        eos_loving_model, tokenizer, ids, max_new_tokens=10, min_new_tokens=least
+        eos_loving_model, tokenizer, ids, max_new_tokens=10, min_new_tokens=least, decoder=decoder
     )
     assert got == want
     # It stopped at EOS (before max_new_tokens), and not before min_new_tokens.
@@ -180,3 +194,29 @@ def test_stop_ends_a_fast_reply_and_keeps_it(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     session = ChatSession(model, tokenizer, max_new_tokens=40, do_sample=False, fast=True)
     assert_stop_keeps_the_partial_reply(session)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_stop_keeps_exactly_the_tokens_streamed_so_far(tiny_model_and_tokenizer, overlap):
+    # With overlap the next step is already queued when Stop is seen: its token must not leak
+    # into the reply, and the next reply on the same decoder must start clean.
+    model, tokenizer = tiny_model_and_tokenizer
+    ids = torch.tensor([tokenizer("Tell me a long story").input_ids])
+    _, want, _ = _default(model, tokenizer, ids, max_new_tokens=20, min_new_tokens=20)
+    decoder = FastDecoder(model, max_cache_len=64, overlap=overlap)
+    seen: list[str] = []
+    _, got, stats = fast_stream_generate(
+        model,
+        tokenizer,
+        ids,
+        on_text=seen.append,
+        max_new_tokens=20,
+        min_new_tokens=20,
+        decoder=decoder,
+        should_stop=lambda: len(seen) >= 3,
+    )
+    assert 3 <= len(got) < 20 and got == want[: len(got)] and stats.new_tokens == len(got)
+    _, again, _ = fast_stream_generate(
+        model, tokenizer, ids, max_new_tokens=20, min_new_tokens=20, decoder=decoder
+    )
+    assert again == want

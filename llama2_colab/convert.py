@@ -44,6 +44,7 @@ from pathlib import Path
 from .errors import UserFacingError
 from .runtime import GiB, detect_runtime
 from .tiny import LLAMA2_CHAT_TEMPLATE
+from .vocab import read_tokenizer_model, tokenizer_from_pieces
 
 __all__ = [
     "MARKER_FILE",
@@ -365,25 +366,16 @@ def _layer_tensors(shards: _Shards, i: int) -> dict:
 
 
 def write_hf_tokenizer(tokenizer_model: str | os.PathLike, out_dir: str | os.PathLike, chat: bool):
-    """Write a Hugging Face Llama tokenizer built from Meta's tokenizer.model; return it."""
-    try:
-        import google.protobuf  # noqa: F401
-        import sentencepiece  # noqa: F401
-    except ImportError as err:
-        raise UserFacingError(
-            f"Reading tokenizer.model needs the `{err.name}` package.",
-            "pip install sentencepiece protobuf",
-        ) from None
-    from transformers import LlamaTokenizer
+    """Write a Hugging Face Llama tokenizer built from Meta's tokenizer.model; return it.
 
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copyfile(tokenizer_model, Path(tmp) / "tokenizer.model")
-        # As in meta-llama/Llama-2-7b-hf: BOS added, EOS not, padding on the left.
-        tokenizer = LlamaTokenizer.from_pretrained(
-            tmp, add_bos_token=True, add_eos_token=False, legacy=False, padding_side="left"
-        )
-    if chat:
-        tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
+    It is built from the pieces and their scores (`vocab.tokenizer_from_pieces`), not through
+    transformers' converter: that one orders the merges by id, and then `"    return"` splits as
+    `▁▁▁▁` + `return` where SentencePiece (and the Hub's Llama 2 tokenizer) gives `▁▁▁` +
+    `▁return`, so indented code would get other ids than the model was trained on.
+    """
+    tokenizer = tokenizer_from_pieces(
+        read_tokenizer_model(tokenizer_model), LLAMA2_CHAT_TEMPLATE if chat else None
+    )
     tokenizer.save_pretrained(out_dir)
     shutil.copyfile(tokenizer_model, Path(out_dir) / "tokenizer.model")
     return tokenizer

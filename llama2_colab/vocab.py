@@ -30,6 +30,8 @@ __all__ = [
     "build_llama2_tokenizer",
     "load_llama2_pieces",
     "merges_by_score",
+    "read_tokenizer_model",
+    "tokenizer_from_pieces",
     "write_llama2_tokenizer_model",
 ]
 
@@ -96,11 +98,26 @@ def build_llama2_tokenizer(extra: Sequence[tuple[str, str]] = (), chat_template:
     the scores as SentencePiece's do. `extra` as in `write_llama2_tokenizer_model`; its CONTROL
     entries become special tokens.
     """
+    pieces = load_llama2_pieces() + [(piece, 0.0, kind) for piece, kind in extra]
+    return tokenizer_from_pieces(pieces, chat_template)
+
+
+def tokenizer_from_pieces(
+    pieces: Sequence[tuple[str, float, str]], chat_template: str | None = None
+):
+    """Return a LlamaTokenizer for SentencePiece pieces (piece, score, type) in id order.
+
+    Ids 0, 1 and 2 are <unk>, <s> and </s> as in every Llama tokenizer.model; a CONTROL piece
+    after them (Code Llama's `▁<PRE>`...) becomes a special token.
+    """
     from transformers import LlamaTokenizer
 
-    pieces = load_llama2_pieces() + [(piece, 0.0, kind) for piece, kind in extra]
     vocab = {piece: i for i, (piece, _, _) in enumerate(pieces)}
-    specials = [AddedToken(p, normalized=False, special=True) for p, k in extra if k == "CONTROL"]
+    specials = [
+        AddedToken(piece, normalized=False, special=True)
+        for i, (piece, _, kind) in enumerate(pieces)
+        if kind == "CONTROL" and i > 2
+    ]
     # legacy=False, add_bos_token=True, add_eos_token=False, clean_up_tokenization_spaces=False:
     # as in Llama-2-7b-chat-hf's tokenizer_config.json (a clean-up would eat the space before
     # punctuation, and transformers 5.15 warns about it on every decode).
@@ -121,6 +138,40 @@ def build_llama2_tokenizer(extra: Sequence[tuple[str, str]] = (), chat_template:
     return tokenizer
 
 
+def read_tokenizer_model(path: str | os.PathLike) -> list[tuple[str, float, str]]:
+    """Return the pieces of a SentencePiece tokenizer.model as (piece, score, type), in id order.
+
+    Raises UserFacingError for a file that is not a SentencePiece BPE model (Llama's kind).
+    """
+    pb = _sentencepiece_proto("Reading tokenizer.model")
+    model = pb.ModelProto()
+    try:
+        model.ParseFromString(Path(path).read_bytes())
+    except Exception as err:  # protobuf's DecodeError, whose module differs across versions
+        raise UserFacingError(
+            f"{path} is not a SentencePiece tokenizer.model ({type(err).__name__}).",
+            "Use the tokenizer.model that Meta's download.sh fetched with the weights.",
+        ) from None
+    if model.trainer_spec.model_type != pb.TrainerSpec.BPE or not model.pieces:
+        raise UserFacingError(
+            f"{path} is a SentencePiece model but not a BPE one, so it is not Llama's tokenizer.",
+            "Use the tokenizer.model that Meta's download.sh fetched with the weights.",
+        )
+    kinds = pb.ModelProto.SentencePiece.Type
+    return [(p.piece, p.score, kinds.Name(p.type)) for p in model.pieces]
+
+
+def _sentencepiece_proto(doing: str):
+    """Return sentencepiece's protobuf module, or raise UserFacingError with the pip command."""
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError as err:
+        raise UserFacingError(
+            f"{doing} needs the `{err.name}` package.", "pip install sentencepiece protobuf"
+        ) from None
+    return sentencepiece_model_pb2
+
+
 def write_llama2_tokenizer_model(
     path: str | os.PathLike, extra: Sequence[tuple[str, str]] = ()
 ) -> Path:
@@ -128,13 +179,7 @@ def write_llama2_tokenizer_model(
 
     Code Llama's vocabulary is Llama 2's plus 16 entries, which is what `extra` is for.
     """
-    try:
-        from sentencepiece import sentencepiece_model_pb2 as pb
-    except ImportError as err:
-        raise UserFacingError(
-            f"Writing Llama 2's tokenizer.model needs the `{err.name}` package.",
-            "pip install sentencepiece protobuf",
-        ) from None
+    pb = _sentencepiece_proto("Writing Llama 2's tokenizer.model")
     model = pb.ModelProto()
     # Meta's settings for Llama 2 (its tokenizer.model's trainer_spec and normalizer_spec).
     t = model.trainer_spec

@@ -29,6 +29,7 @@ from llama2_colab.convert import (  # noqa: E402
     conversion_needs,
     convert_meta_checkpoint,
     inspect_meta_checkpoint,
+    write_hf_tokenizer,
 )
 from llama2_colab.errors import UserFacingError  # noqa: E402
 
@@ -474,3 +475,37 @@ def test_a_big_model_is_written_in_several_files_with_an_index(tmp_path):
     torch.testing.assert_close(
         _hf_logits(out, tokens), meta_forward(sd, params, tokens), atol=1e-5, rtol=1e-5
     )
+
+
+INDENTED_CODE = [
+    "def add(a, b):\n    return a + b",
+    "if x:\n        y = 1\n\tz = 2\n            w = 3",
+    "x = [\n  1,\n   2,\n]  # two and three spaces, a tab:\t here",
+]
+# Not probed: a text that *starts* with spaces. transformers 5's LlamaTokenizer (Metaspace with
+# prepend_scheme="first") drops one leading space there, for the Hub's Llama 2 tokenizer too
+# (huggingface/transformers#47700); the converted tokenizer behaves as the Hub's does.
+
+
+def test_a_converted_llama2_tokenizer_splits_indented_code_as_sentencepiece(tmp_path):
+    """With Llama 2's real vocabulary: `"    return"` is `▁▁▁` + `▁return` for SentencePiece
+    (Meta scored whitespace-only pieces -1e9); merges ordered by id would give `▁▁▁▁` +
+    `return`, ids the model never saw in training."""
+    from llama2_colab.vocab import write_llama2_tokenizer_model
+
+    model_file = write_llama2_tokenizer_model(tmp_path / "tokenizer.model")
+    tokenizer = write_hf_tokenizer(model_file, tmp_path / "hf", chat=False)
+    sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    for text in INDENTED_CODE:
+        assert tokenizer(text)["input_ids"] == [1] + sp.encode(text), text
+        assert tokenizer.decode(sp.encode(text)) == text
+    assert "▁▁▁" in tokenizer.convert_ids_to_tokens(tokenizer.encode(INDENTED_CODE[0]))
+
+
+def test_refuses_a_tokenizer_model_that_is_not_sentencepiece(tmp_path):
+    bad = tmp_path / "tokenizer.model"
+    bad.write_bytes(b"\x00\xff not a protobuf at all" * 10)
+    with pytest.raises(UserFacingError, match="not a SentencePiece tokenizer.model") as err:
+        write_hf_tokenizer(bad, tmp_path / "hf", chat=False)
+    assert "download.sh" in err.value.todo
+    assert not (tmp_path / "hf").exists()

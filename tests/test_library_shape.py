@@ -31,7 +31,8 @@ LAZY_MODULES = {
     "resource": "Unix-only standard module (no Windows); the RSS fallback needs it",
     "psutil": "optional on a bare GPU box (scripts/gpu_check.sh); RAM falls back to /proc",
     "google.protobuf": "imported to check it is installed: a missing one gets a pip command",
-    "sentencepiece": "imported to check it is installed: a missing one gets a pip command",
+    "sentencepiece": "optional: only reading or writing a tokenizer.model needs its protobuf "
+    "module, and a missing one gets a pip command",
 }
 # Relative imports allowed inside a function, by file, each with its measured reason.
 LAZY_RELATIVE = {

@@ -144,11 +144,15 @@ def weights_read_bytes(model) -> int:
     """Return the bytes of weights one decode step reads: every tensor but the input embedding.
 
     The input embedding is a lookup (one row per token); the output head is a full matrix
-    multiply and is counted. 4-bit weights count their packed bytes and their block scales.
+    multiply and is counted. 4-bit weights count their packed bytes and their block scales,
+    int8 (LLM.int8) weights their bytes and one float32 scale per output row (`SCB`).
     """
     total = 0
     for param in model.parameters():
         total += param.numel() * param.element_size()
+        row_scales = getattr(param, "SCB", None)
+        if row_scales is not None:
+            total += row_scales.numel() * row_scales.element_size()
         state = getattr(param, "quant_state", None)
         while state is not None:
             absmax = getattr(state, "absmax", None)

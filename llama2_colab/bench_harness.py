@@ -83,9 +83,10 @@ def build_random_model(
     """Return a model with a catalog model's real architecture and random weights, on the device.
 
     The weights are drawn straight on the device: no download, no token, no copy in host RAM.
-    `quantization="nf4"` builds every decoder Linear layer as a bitsandbytes 4-bit layer, one
-    layer at a time, so 13B fits a T4 the way it would loaded in 4-bit. Pass `config` to use
-    another architecture (a scaled-down one in tests); `device="meta"` gives shapes only.
+    `quantization="nf4"` (or `"int8"`, LLM.int8) builds every decoder Linear layer as a
+    bitsandbytes layer, one layer at a time, so 13B fits a T4 the way it would loaded in 4-bit.
+    Pass `config` to use another architecture (a scaled-down one in tests); `device="meta"`
+    gives shapes only.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -99,14 +100,45 @@ def build_random_model(
                 config, dtype=torch_dtype, attn_implementation=ATTENTION
             )
         return model.eval()
-    if quantization != "nf4":
-        raise ValueError(f"random weights support quantization None or 'nf4', not {quantization!r}")
-    return _build_random_nf4(config, device, torch_dtype).eval()
+    if quantization not in ("nf4", "int8"):
+        raise ValueError(
+            f"random weights support quantization None, 'nf4' or 'int8', not {quantization!r}"
+        )
+    return _build_random_quantized(config, device, torch_dtype, quantization).eval()
 
 
-def _build_random_nf4(config, device: str, torch_dtype):
-    """Build on the meta device, then make each Linear a random NF4 layer and the rest real."""
+def _bnb_layer(module, weight, torch_dtype, quantization: str):
+    """A bitsandbytes layer (on the meta device until moved) holding `weight` for `module`."""
     import bitsandbytes as bnb
+
+    if quantization == "int8":  # as transformers loads it: int8 weights, outliers above 6.0
+        layer = bnb.nn.Linear8bitLt(
+            module.in_features,
+            module.out_features,
+            bias=module.bias is not None,
+            has_fp16_weights=False,
+            threshold=6.0,
+            device="meta",
+        )
+        layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+        return layer
+    layer = bnb.nn.Linear4bit(
+        module.in_features,
+        module.out_features,
+        bias=module.bias is not None,
+        compute_dtype=torch_dtype,
+        compress_statistics=True,
+        quant_type="nf4",
+        device="meta",
+    )
+    layer.weight = bnb.nn.Params4bit(
+        weight, requires_grad=False, compress_statistics=True, quant_type="nf4"
+    )
+    return layer
+
+
+def _build_random_quantized(config, device: str, torch_dtype, quantization: str):
+    """Build on the meta device, then make each Linear a random bitsandbytes layer, the rest real."""
     import torch
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
@@ -121,25 +153,14 @@ def _build_random_nf4(config, device: str, torch_dtype):
             weight = torch.empty(
                 module.out_features, module.in_features, dtype=torch_dtype, device=device
             ).normal_(0.0, std)
-            layer = bnb.nn.Linear4bit(
-                module.in_features,
-                module.out_features,
-                bias=module.bias is not None,
-                compute_dtype=torch_dtype,
-                compress_statistics=True,
-                quant_type="nf4",
-                device="meta",
-            )
-            layer.weight = bnb.nn.Params4bit(
-                weight, requires_grad=False, compress_statistics=True, quant_type="nf4"
-            )
+            layer = _bnb_layer(module, weight, torch_dtype, quantization)
             if module.bias is not None:
                 layer.bias = torch.nn.Parameter(
                     torch.zeros(module.out_features, dtype=torch_dtype, device=device),
                     requires_grad=False,
                 )
             layer = layer.to(device)  # quantizes the weight
-            if not layer.weight.bnb_quantized:
+            if quantization == "nf4" and not layer.weight.bnb_quantized:
                 layer.weight = layer.weight._quantize(device)
             model.set_submodule(name, layer)
             del weight

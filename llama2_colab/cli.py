@@ -284,7 +284,7 @@ def _add_bench(sub) -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None)
-    p.add_argument("--quantization", choices=["none", "nf4"], default=None)
+    p.add_argument("--quantization", choices=["none", "nf4", "int8"], default=None)
     p.add_argument(
         "--fast",
         action="append",

@@ -3,8 +3,12 @@
 #
 #   scripts/gpu_check.sh            run every step (repository root as working directory)
 #   scripts/gpu_check.sh --dry-run  print the steps and their time limits, run nothing
-#   scripts/gpu_check.sh --smoke    run every step on the tiny model with few tokens: checks the
-#                                   script itself on any machine, a CPU-only one included
+#   scripts/gpu_check.sh --quant    instead, the formats a T4 can run besides those: 7B in 4-bit
+#                                   NF4 and in int8 (LLM.int8), 13B in int8, each against the
+#                                   pipeline and with the graph path, also under 8 minutes: the
+#                                   figures the plan's choice of format waits for
+#   scripts/gpu_check.sh --smoke    run every step of both checks on the tiny model with few
+#                                   tokens: checks the script itself on any machine, CPU included
 #   scripts/gpu_check.sh --suite    run the whole test suite (every notebook included) on this
 #                                   machine's GPU instead, in under 5 minutes: the GPU branch of
 #                                   each notebook executes. Needs pytest, nbval, ipykernel and
@@ -32,8 +36,9 @@ case "${1:-}" in
   --dry-run) MODE="dry" ;;
   --smoke) MODE="smoke" ;;
   --suite) MODE="suite" ;;
+  --quant) MODE="quant" ;;
   "") ;;
-  *) echo "usage: $0 [--dry-run|--smoke|--suite]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--dry-run|--smoke|--suite|--quant]" >&2; exit 2 ;;
 esac
 
 cd "$(dirname "$0")/.." || exit 1
@@ -46,7 +51,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH
 if [ "$MODE" = "smoke" ]; then
   M7="tiny"; M13="tiny"; DT=(); Q=(--quantization nf4)
   WORK=(--prompt-tokens 64 --new-tokens 8 --warmup 0); MANY=(--repeats 2); FEW=(--repeats 2)
-  LIMITS=(60 120 240 120)
+  LIMITS=(60 120 240 120); QLIMITS=(120 120 120)
 else
   M7="meta-llama/Llama-2-7b-chat-hf"; M13="meta-llama/Llama-2-13b-chat-hf"
   DT=(--dtype float16); Q=(--quantization nf4)
@@ -56,6 +61,9 @@ else
   # 13B NF4: 3.7 s per call): 7b-fp16 ~70 s, 7b-static ~100 s, 13b-nf4 ~150 s, with room for a
   # slower card. A step past its limit is recorded as timed out and the others still run.
   LIMITS=(30 120 150 170)
+  # --quant: 7B NF4 and int8 build in ~15 s each and decode at roughly 13B NF4's speed or
+  # slower (LLM.int8 splits out outliers on every call); 13B int8 is the slowest. 5 repetitions.
+  QLIMITS=(140 150 170)
 fi
 
 run_step() {  # name, limit, command...: run it with a time limit; record a failure as JSON
@@ -118,24 +126,44 @@ print(json.dumps({"python": platform.python_version(), "torch": torch.__version_
                   "transformers": transformers.__version__, "bitsandbytes": bnb,
                   "cuda": torch.version.cuda, "gpu": gpu}, indent=2))'
 
-run_step 7b-fp16 "${LIMITS[1]}" "${BENCH[@]}" --model "$M7" --random-weights "${DT[@]}" \
-  --fast graph "${WORK[@]}" "${MANY[@]}"
+have_bnb() { [ "$MODE" = "dry" ] || "$PY" -c "import bitsandbytes" >/dev/null 2>&1; }
 
-run_step 7b-static "${LIMITS[2]}" "${BENCH[@]}" --model "$M7" --random-weights "${DT[@]}" \
-  --fast static --no-bandwidth "${WORK[@]}" "${FEW[@]}"
+bnb_step() {  # name, limit, bench args...: a bitsandbytes step, or a record of why it was skipped
+  local name="$1" limit="$2"; shift 2
+  if have_bnb; then
+    run_step "$name" "$limit" "${BENCH[@]}" "$@"
+  else
+    echo "== $name: skipped, bitsandbytes does not import"
+    echo "{\"step\": \"$name\", \"error\": \"skipped: bitsandbytes does not import\"}" \
+      >"$OUT_DIR/$name.json"
+  fi
+}
 
-if [ "$MODE" = "dry" ] || "$PY" -c "import bitsandbytes" >/dev/null 2>&1; then
-  run_step 13b-nf4 "${LIMITS[3]}" "${BENCH[@]}" --model "$M13" --random-weights "${DT[@]}" \
+STEPS=()
+if [ "$MODE" != "quant" ]; then
+  STEPS+=(7b-fp16 7b-static 13b-nf4)
+  run_step 7b-fp16 "${LIMITS[1]}" "${BENCH[@]}" --model "$M7" --random-weights "${DT[@]}" \
+    --fast graph "${WORK[@]}" "${MANY[@]}"
+
+  run_step 7b-static "${LIMITS[2]}" "${BENCH[@]}" --model "$M7" --random-weights "${DT[@]}" \
+    --fast static --no-bandwidth "${WORK[@]}" "${FEW[@]}"
+
+  bnb_step 13b-nf4 "${LIMITS[3]}" --model "$M13" --random-weights "${DT[@]}" \
     "${Q[@]}" --fast graph "${WORK[@]}" "${MANY[@]}"
-else
-  echo "== 13b-nf4: skipped, bitsandbytes does not import"
-  echo '{"step": "13b-nf4", "error": "skipped: bitsandbytes does not import"}' \
-    >"$OUT_DIR/13b-nf4.json"
+fi
+if [ "$MODE" = "quant" ] || [ "$MODE" = "smoke" ] || [ "$MODE" = "dry" ]; then
+  STEPS+=(7b-nf4 7b-int8 13b-int8)
+  bnb_step 7b-nf4 "${QLIMITS[0]}" --model "$M7" --random-weights "${DT[@]}" \
+    --quantization nf4 --fast graph "${WORK[@]}" "${FEW[@]}"
+  bnb_step 7b-int8 "${QLIMITS[1]}" --model "$M7" --random-weights "${DT[@]}" \
+    --quantization int8 --fast graph "${WORK[@]}" "${FEW[@]}"
+  bnb_step 13b-int8 "${QLIMITS[2]}" --model "$M13" --random-weights "${DT[@]}" \
+    --quantization int8 --fast graph "${WORK[@]}" "${FEW[@]}"
 fi
 
 [ "$MODE" = "dry" ] && exit 0
 
-"$PY" - "$OUT_DIR" <<'EOF' | tee "$OUT_DIR/summary.txt"
+"$PY" - "$OUT_DIR" "${STEPS[@]}" <<'EOF' | tee "$OUT_DIR/summary.txt"
 import json, pathlib, sys
 
 out = pathlib.Path(sys.argv[1])
@@ -146,7 +174,7 @@ print(f"\nMachine: {gpu}; torch {env.get('torch')}, transformers {env.get('trans
 print(f"{'step / path':<22} {'tok/s':>7} {'x pipeline [IQR]':>19} {'of limit':>8} {'warm-up':>8} "
       f"{'peak GiB':>8}  same output")
 limits = {}
-for step in ("7b-fp16", "7b-static", "13b-nf4"):
+for step in sys.argv[2:]:
     path = out / f"{step}.json"
     try:
         r = json.loads(path.read_text())

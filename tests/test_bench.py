@@ -249,7 +249,7 @@ def _scaled_down_13b():
     return config
 
 
-def test_random_weights_generate_on_the_device_in_16_bit_and_4_bit(tiny_model_and_tokenizer):
+def test_random_weights_generate_on_the_device_in_16_bit_4_bit_and_int8(tiny_model_and_tokenizer):
     _, tokenizer = tiny_model_and_tokenizer
     config = _scaled_down_13b()
     ids = torch.tensor([tokenizer("Hello there").input_ids])
@@ -267,7 +267,17 @@ def test_random_weights_generate_on_the_device_in_16_bit_and_4_bit(tiny_model_an
     )
     saved = weights_read_bytes(full) - weights_read_bytes(nf4)
     assert 0.8 * layer_bytes < saved < layer_bytes
-    for model in (full, nf4):
+    int8 = build_random_model(
+        "13b", device="cpu", dtype="float32", quantization="int8", config=config
+    )
+    assert type(int8.model.layers[0].mlp.up_proj).__name__ == "Linear8bitLt"
+    assert int8.model.layers[0].mlp.up_proj.weight.dtype == torch.int8
+    # LLM.int8: one byte per decoder weight plus a float32 scale per output row.
+    rows = sum(
+        m.weight.shape[0] for m in full.model.layers.modules() if isinstance(m, torch.nn.Linear)
+    )
+    assert weights_read_bytes(full) - weights_read_bytes(int8) == 3 * layer_bytes // 4 - 4 * rows
+    for model in (full, nf4, int8):
         _, new_ids, _ = stream_generate(
             model, tokenizer, ids, max_new_tokens=4, min_new_tokens=4, do_sample=False
         )

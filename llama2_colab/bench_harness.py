@@ -138,7 +138,7 @@ def _bnb_layer(module, weight, torch_dtype, quantization: str):
 
 
 def _build_random_quantized(config, device: str, torch_dtype, quantization: str):
-    """Build on the meta device, then make each Linear a random bitsandbytes layer, the rest real."""
+    """Build on the meta device; each Linear becomes a random bitsandbytes layer, the rest real."""
     import torch
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM

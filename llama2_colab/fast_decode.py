@@ -108,7 +108,12 @@ class FastDecoder:
         self.position = torch.zeros((1, 1), dtype=torch.long, device=model.device)
         self.graph = None  # recorded on the first decode step that needs it
         self.logits = None  # the graph's output, rewritten by every replay
-        self.graph_error: str | None = None  # why recording failed, if it did (then eager)
+        self.graph_error: str | None = None  # why there is no graph on a GPU, if there is none
+        if self.use_graph and _syncs_the_host(model):
+            self.use_graph = False
+            self.graph_error = (
+                "not recorded: LLM.int8 layers check their outliers on the host every call"
+            )
         # Queue the next step before waiting for this token on the host (see `to_host`). On by
         # default on a GPU, where the wait would otherwise leave the GPU idle; `overlap=True`
         # runs the same order on a CPU, which is how the tests check it.
@@ -149,6 +154,15 @@ class FastDecoder:
         self.position.add_(1)
         return logits
 
+    @property
+    def queues_ahead(self) -> bool:
+        """Whether the next step may be queued before this token is read (see `to_host`).
+
+        Not while the graph is still to be recorded: recording waits for the GPU and traces a
+        whole forward pass, and the first token would wait for it.
+        """
+        return self.overlap and (self.graph is not None or not self.use_graph)
+
     def to_host(self, token) -> Callable[[], int]:
         """Start copying a picked token (1 x 1, on the device) to the host; return its reader.
 
@@ -169,11 +183,12 @@ class FastDecoder:
 
     def _record(self) -> torch.Tensor:
         """Run this step on a side stream (its warm-up), then record it as a CUDA graph."""
+        caller = torch.cuda.current_stream()
         side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        side.wait_stream(caller)
         with torch.cuda.stream(side):
             logits = decode_one_token(self.model, self.cache, self.token, self.position)
-        torch.cuda.current_stream().wait_stream(side)
+        caller.wait_stream(side)
         # The warm-up step was real: its KV entry is written and its logits are this step's.
         # Recording runs nothing; every replay reads the token, the position and the cache's
         # write index from the same device tensors, as they are then.
@@ -183,9 +198,18 @@ class FastDecoder:
                 self.logits = decode_one_token(self.model, self.cache, self.token, self.position)
             self.graph = graph
         except Exception as err:  # an op that cannot be recorded: stay eager, say why
-            self.graph_error = f"{type(err).__name__}: {err}"[:300]
+            # A failed capture can leave its own stream current: give the caller theirs back.
+            torch.cuda.set_stream(caller)
+            torch.cuda.synchronize()
+            cause = err.__context__ or err  # the first error, not "failed during capture"
+            self.graph_error = f"{type(cause).__name__}: {cause}"[:300]
             self.use_graph = False
         return logits
+
+
+def _syncs_the_host(model) -> bool:
+    """True for a model with bitsandbytes int8 layers, which no CUDA graph can record."""
+    return any(type(m).__name__ == "Linear8bitLt" for m in model.modules())
 
 
 def _check_request(model, input_ids, max_new_tokens, min_new_tokens) -> None:
@@ -241,13 +265,14 @@ def fast_stream_generate(
         while True:
             read = decoder.to_host(token)
             last = len(new_ids) + 1 >= max_new_tokens
-            if decoder.overlap and not last:
+            queued = decoder.queues_ahead and not last
+            if queued:
                 logits = decoder.step(token)  # queued before the wait: wasted only after EOS
             new_ids.append(read())  # the one wait for the device per token, as in generate()
             streamer.put(torch.tensor(new_ids[-1:]))
             if last or new_ids[-1] == eos or (should_stop is not None and should_stop()):
                 break
-            if not decoder.overlap:
+            if not queued:
                 logits = decoder.step(token)
             token = _pick(logits, eos, allow_eos=len(new_ids) >= min_new_tokens)
     streamer.end()

@@ -371,7 +371,8 @@ def test_streamed_pieces_add_up_to_the_reply_for_any_ids(seed):
     tokens (valid UTF-8 and not) and special tokens: the pieces are the decoded reply."""
     tok = build_llama2_tokenizer()
     gen = torch.Generator().manual_seed(seed)
-    text_ids = tok.encode(JAPANESE_AND_EMOJI + "\n  def f(x):\n\treturn x", add_special_tokens=False)
+    code = "\n  def f(x):\n\treturn x"
+    text_ids = tok.encode(JAPANESE_AND_EMOJI + code, add_special_tokens=False)
     pools = [
         torch.randint(3, tok.vocab_size, (400,), generator=gen).tolist(),  # any piece
         list(range(3, 3 + 256)),  # the byte tokens <0x00>..<0xFF>

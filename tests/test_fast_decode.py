@@ -220,3 +220,47 @@ def test_a_stop_keeps_exactly_the_tokens_streamed_so_far(tiny_model_and_tokenize
         model, tokenizer, ids, max_new_tokens=20, min_new_tokens=20, decoder=decoder
     )
     assert again == want
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="records a CUDA graph: needs a GPU")
+def test_on_a_gpu_a_step_that_cannot_be_recorded_stays_eager_and_says_why(
+    tiny_dir, tiny_model_and_tokenizer
+):
+    # Runs in `scripts/gpu_check.sh --suite`. A host sync inside the step (as LLM.int8's
+    # outlier check does) breaks the capture: the decoder must fall back with the first error,
+    # give the caller's stream back, and still produce the eager tokens.
+    _, tokenizer = tiny_model_and_tokenizer
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).to("cuda").eval()
+    model.model.norm.register_forward_hook(lambda module, inputs, out: bool(out.sum() > 0))
+    stream = torch.cuda.current_stream()
+    ids = torch.tensor([tokenizer("Hello").input_ids])
+    kwargs = {"max_new_tokens": 8, "min_new_tokens": 8}
+    eager = FastDecoder(model, max_cache_len=32, use_graph=False)
+    _, want, _ = fast_stream_generate(model, tokenizer, ids, decoder=eager, **kwargs)
+    decoder = FastDecoder(model, max_cache_len=32)
+    _, got, _ = fast_stream_generate(model, tokenizer, ids, decoder=decoder, **kwargs)
+    assert got == want
+    assert decoder.graph is None and not decoder.use_graph
+    assert decoder.graph_error and "previous error" not in decoder.graph_error
+    assert torch.cuda.current_stream() == stream
+
+
+def test_int8_weights_give_the_default_tokens_on_the_fast_path(tiny_model_and_tokenizer):
+    # LLM.int8 layers (bitsandbytes) on the fast path: on a GPU no graph is recorded for them
+    # (their outlier check syncs the host), and the tokens are the default path's either way.
+    pytest.importorskip("bitsandbytes")
+    from llama2_colab.bench_harness import build_random_model
+
+    tiny, tokenizer = tiny_model_and_tokenizer
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = build_random_model("tiny", device, "float32", quantization="int8", config=tiny.config)
+    ids = torch.tensor([tokenizer("I have tomatoes at home").input_ids])
+    _, want, _ = _default(model, tokenizer, ids, max_new_tokens=10, min_new_tokens=10)
+    decoder = FastDecoder(model, max_cache_len=32)
+    _, got, _ = fast_stream_generate(
+        model, tokenizer, ids, max_new_tokens=10, min_new_tokens=10, decoder=decoder
+    )
+    assert got == want
+    assert decoder.graph is None
+    if device == "cuda":
+        assert "LLM.int8" in decoder.graph_error

@@ -29,8 +29,11 @@ case "$stack" in
   # Colab's torch is the CUDA build; PyPI's 2.11.0 is that build (about 5 GB with its CUDA
   # libraries, cached by pip after the first time). It runs on a CPU.
   colab) venv=.venv-colab; pins=(-c constraints/colab.txt); torch_spec=torch
+         # Colab ships httpx2 beside httpx, and huggingface_hub 1.x uses it when it is there;
+         # no requirement pulls it in, so it is named here or the stack would lack it.
+         extra_pkgs=(httpx2)
          # Colab's front end for its widget versions: the classic Notebook 6.5.
-         [ "$dev" = 1 ] && extra_pkgs=(notebook) ;;
+         [ "$dev" = 1 ] && extra_pkgs+=(notebook) ;;
   *) echo "setup.sh: unknown stack $stack (use latest or colab)" >&2; exit 2 ;;
 esac
 [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"

@@ -24,9 +24,13 @@ EXIT_PIPE_CLOSED = 141
 
 
 def _emit(text: str) -> None:
-    """Print a command's result; a reader that went away (`| head`) is not an error."""
+    """Print a command's result, tokens masked; a reader that went away (`| head`) is no error.
+
+    A result can quote what the user typed (`access hf_...` names the "model" it was given), so
+    it passes through `redact_secrets` like every error does.
+    """
     try:
-        print(text, flush=True)
+        print(redact_secrets(text), flush=True)
     except BrokenPipeError:
         _silence_stdout()
 

@@ -586,6 +586,14 @@ def test_cli_errors_mask_tokens(capsys, argv):
     assert TOKEN not in out + err and "hf_...4567" in err
 
 
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_a_token_pasted_as_the_model_is_masked_in_the_result(capsys, json_flag):
+    # `access` answers on stdout, quoting the "model" it was given: the token, here.
+    code, out, err = run_cli(capsys, "access", *json_flag, TOKEN)
+    assert code != 0
+    assert TOKEN not in out + err and "hf_...4567" in out
+
+
 def test_an_unexpected_error_is_shown_with_the_token_masked(capsys, monkeypatch):
     import llama2_colab.runtime as runtime
 

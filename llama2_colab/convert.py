@@ -30,6 +30,7 @@ Measured on a 0.77 GiB bf16 checkpoint with 256 MiB files: 0.45 GiB of memory at
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -158,7 +159,7 @@ def _is_hf_folder(folder: Path) -> bool:
 
 def inspect_meta_checkpoint(meta_dir: str | os.PathLike) -> MetaCheckpoint:
     """Return what a Meta-format folder holds; raise UserFacingError if it is not one."""
-    folder = Path(meta_dir).expanduser()
+    folder = Path(meta_dir).expanduser().resolve()  # "." names its parent and its chat-ness
     if not folder.exists():
         raise UserFacingError(f"{folder} does not exist.", "Check the path to the model folder.")
     if not folder.is_dir():
@@ -204,18 +205,30 @@ def inspect_meta_checkpoint(meta_dir: str | os.PathLike) -> MetaCheckpoint:
             checkpoint_bytes=sum(p.stat().st_size for p in shards),
             mmap_ok=all(zipfile.is_zipfile(p) for p in shards),
         )
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, ZeroDivisionError) as err:
         raise UserFacingError(
             f"{folder / 'params.json'} has a value of the wrong type ({err}).",
             "Download it again with download.sh.",
         ) from None
-    if dim % n_heads or n_heads % n_kv or (dim // n_heads) % 2:
+    _check_sizes(checkpoint)
+    return checkpoint
+
+
+def _check_sizes(c: MetaCheckpoint) -> None:
+    """Raise UserFacingError unless params.json's sizes are positive and split into heads."""
+    sizes = {"dim": c.dim, "n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads, "n_layers": c.n_layers}
+    if min(sizes.values()) < 1:
         raise UserFacingError(
-            f"params.json says dim={dim}, n_heads={n_heads}, n_kv_heads={n_kv}: these do not "
-            "split into whole heads.",
+            f"params.json says {', '.join(f'{k}={v}' for k, v in sizes.items())}: every size "
+            "must be at least 1.",
+            "Download it again with download.sh.",
+        )
+    if c.dim % c.n_heads or c.n_heads % c.n_kv_heads or (c.dim // c.n_heads) % 2:
+        raise UserFacingError(
+            f"params.json says dim={c.dim}, n_heads={c.n_heads}, n_kv_heads={c.n_kv_heads}: "
+            "these do not split into whole heads.",
             "Download params.json again with download.sh.",
         )
-    return checkpoint
 
 
 def conversion_needs(
@@ -261,6 +274,11 @@ def _load_shard(path: Path, mmap: bool) -> dict:
 
     try:
         return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+    except PermissionError:
+        raise UserFacingError(
+            f"{path} cannot be read: permission denied.",
+            f"Give yourself read access (chmod u+r {path.name}) and run convert again.",
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
         raise UserFacingError(
             f"{path.name} could not be read ({type(err).__name__}: {str(err)[:200]}).",
@@ -450,14 +468,85 @@ def _write_weights(
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), "utf-8")
 
 
-def _check_out_dir(out: Path) -> None:
+def _check_out_dir(out: Path, source: Path) -> None:
+    """Refuse an OUT_DIR that holds anything this command did not write, or the source itself."""
     if out.exists() and not out.is_dir():
         raise UserFacingError(f"{out} is a file.", "Give a new folder name for OUT_DIR.")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER_FILE).is_file():
+    if out == source or out in source.parents:
+        raise UserFacingError(
+            f"{out} holds the checkpoint being converted ({source}); it is left as it is.",
+            "Give an OUT_DIR outside the Meta model folder, e.g. a new folder beside it.",
+        )
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / MARKER_FILE).is_file():
         raise UserFacingError(
             f"{out} is not empty and was not written by this command; it is left as it is.",
             "Give a new or empty folder for OUT_DIR.",
         )
+    theirs = sorted(p.name for p in out.iterdir() if not _written_by_convert(out, p.name))
+    if theirs:
+        raise UserFacingError(
+            f"{out} was written by convert, but now also holds {', '.join(theirs[:5])}"
+            f"{', ...' if len(theirs) > 5 else ''}, which convert did not write: converting "
+            "again would replace the folder, so it is left as it is.",
+            "Move those out first (an adapter, notes...), or give a new folder for OUT_DIR.",
+        )
+
+
+def _written_by_convert(out: Path, name: str) -> bool:
+    """Whether `name` in OUT_DIR is a file the conversion that wrote it listed in its marker."""
+    try:
+        listed = json.loads((out / MARKER_FILE).read_text("utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    if isinstance(listed, list):
+        return name == MARKER_FILE or name in listed
+    # A marker from before the list was kept: the names save_pretrained and convert use.
+    return (out / name).is_file() and bool(_OUR_NAMES.match(name))
+
+
+_OUR_NAMES = re.compile(
+    r"^(config\.json|generation_config\.json|tokenizer(_config)?\.json|tokenizer\.model|"
+    r"special_tokens_map\.json|chat_template\.jinja|model(-\d{5}-of-\d{5})?\.safetensors|"
+    r"model\.safetensors\.index\.json|" + re.escape(MARKER_FILE) + r")$"
+)
+
+
+@contextlib.contextmanager
+def _writing_beside(out: Path):
+    """Turn an OSError preparing OUT_DIR's parent into advice (a file in the way, no rights)."""
+    try:
+        yield
+    except OSError as err:
+        raise UserFacingError(
+            f"Cannot write beside {out}: {err.strerror or err}.",
+            "Give an OUT_DIR in a folder you can write to (on Colab, under /content).",
+        ) from None
+
+
+def _remove_stale_work(out: Path, log: Callable[[str], None]) -> None:
+    """Delete half-written conversions into OUT_DIR left by runs that were killed (out of RAM).
+
+    Each run names its work folder with its process id; one whose process is gone is garbage
+    that would otherwise hold gigabytes and fail the next disk check.
+    """
+    for work in out.parent.glob(f".{out.name}.converting-*"):
+        pid = work.name.removeprefix(f".{out.name}.converting-").split("-")[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(work, ignore_errors=True)
+        log(f"Removed {work.name}, left by a conversion that was interrupted")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def convert_meta_checkpoint(
@@ -476,9 +565,11 @@ def convert_meta_checkpoint(
     if dtype not in _DTYPES:
         raise UserFacingError(f"Unknown dtype {dtype!r}.", f"Use one of {', '.join(_DTYPES)}.")
     checkpoint = inspect_meta_checkpoint(meta_dir)
-    out = Path(out_dir).expanduser().absolute()
-    _check_out_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir).expanduser().resolve()
+    _check_out_dir(out, checkpoint.folder)
+    with _writing_beside(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_work(out, log)
     if ram_available_bytes is None:
         ram_available_bytes = detect_runtime().ram_available_bytes
     disk_free = shutil.disk_usage(out.parent).free
@@ -489,7 +580,10 @@ def convert_meta_checkpoint(
         f"key/value), feed-forward {checkpoint.intermediate_size}"
     )
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.converting-", dir=out.parent))
+    with _writing_beside(out):
+        tmp = Path(
+            tempfile.mkdtemp(prefix=f".{out.name}.converting-{os.getpid()}-", dir=out.parent)
+        )
     try:
         name = checkpoint.folder.name.lower()
         chat = "chat" in name or "instruct" in name
@@ -505,6 +599,7 @@ def convert_meta_checkpoint(
         try:
             _write_weights(checkpoint, tmp, dtype, vocab, max_file_bytes, log)
             _write_config(checkpoint, tmp, dtype, vocab, chat)
+            _write_marker(checkpoint, tmp, dtype)
         except OSError as err:
             if err.errno == 28:  # ENOSPC
                 raise UserFacingError(
@@ -512,17 +607,22 @@ def convert_meta_checkpoint(
                     "Free disk space or write OUT_DIR to a bigger disk, then run convert again.",
                 ) from None
             raise
-        if out.exists():  # ours (checked above): replace it
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        _put_in_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"Wrote {out}")
     return out
+
+
+def _put_in_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder to OUT_DIR, replacing an earlier conversion (checked ours)."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
 
 
 def _write_config(checkpoint: MetaCheckpoint, out: Path, dtype: str, vocab: int, chat: bool):
@@ -552,9 +652,14 @@ def _write_config(checkpoint: MetaCheckpoint, out: Path, dtype: str, vocab: int,
     if chat:  # the sampling settings of Meta's chat examples, as in Llama-2-7b-chat-hf
         generation.update(do_sample=True, temperature=0.6, top_p=0.9)
     GenerationConfig(**generation).save_pretrained(out)
+
+
+def _write_marker(checkpoint: MetaCheckpoint, out: Path, dtype: str) -> None:
+    """Mark OUT_DIR as this command's, listing every file written (so nothing else is replaced)."""
     marker = {
-        "converted_from": str(checkpoint.folder.absolute()),
+        "converted_from": str(checkpoint.folder),
         "shards": [p.name for p in checkpoint.shards],
         "dtype": dtype,
+        "files": sorted(p.name for p in out.iterdir()),
     }
     (out / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", "utf-8")

@@ -144,21 +144,33 @@ def read_tokenizer_model(path: str | os.PathLike) -> list[tuple[str, float, str]
     Raises UserFacingError for a file that is not a SentencePiece BPE model (Llama's kind).
     """
     pb = _sentencepiece_proto("Reading tokenizer.model")
+    fetch_again = "Use the tokenizer.model that Meta's download.sh fetched with the weights."
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise UserFacingError(
+            f"{path} cannot be read: {err.strerror or err}.",
+            "Check that it is a file you can read (chmod u+r), then run convert again.",
+        ) from None
+    if not data:
+        raise UserFacingError(f"{path} is empty: the download did not finish.", fetch_again)
     model = pb.ModelProto()
     try:
-        model.ParseFromString(Path(path).read_bytes())
+        model.ParseFromString(data)
     except Exception as err:  # protobuf's DecodeError, whose module differs across versions
         raise UserFacingError(
-            f"{path} is not a SentencePiece tokenizer.model ({type(err).__name__}).",
-            "Use the tokenizer.model that Meta's download.sh fetched with the weights.",
+            f"{path} is not a SentencePiece tokenizer.model ({type(err).__name__}).", fetch_again
         ) from None
     if model.trainer_spec.model_type != pb.TrainerSpec.BPE or not model.pieces:
         raise UserFacingError(
             f"{path} is a SentencePiece model but not a BPE one, so it is not Llama's tokenizer.",
-            "Use the tokenizer.model that Meta's download.sh fetched with the weights.",
+            fetch_again,
         )
     kinds = pb.ModelProto.SentencePiece.Type
-    return [(p.piece, p.score, kinds.Name(p.type)) for p in model.pieces]
+    pieces = [(p.piece, p.score, kinds.Name(p.type)) for p in model.pieces]
+    if not all(isinstance(piece, str) for piece, _, _ in pieces):  # bytes: not valid UTF-8
+        raise UserFacingError(f"{path} is damaged: a piece is not valid text.", fetch_again)
+    return pieces
 
 
 def _sentencepiece_proto(doing: str):

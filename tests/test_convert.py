@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -509,3 +510,87 @@ def test_refuses_a_tokenizer_model_that_is_not_sentencepiece(tmp_path):
         write_hf_tokenizer(bad, tmp_path / "hf", chat=False)
     assert "download.sh" in err.value.todo
     assert not (tmp_path / "hf").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Nothing of the user's is lost, whatever OUT_DIR and the folders hold (red-team cases)
+
+
+def test_converting_again_keeps_what_you_added_to_its_folder(meta_2shard_gqa, tmp_path):
+    folder, out = meta_2shard_gqa[0], tmp_path / "hf"
+    convert_meta_checkpoint(folder, out, dtype="float32")
+    (out / "my-lora").mkdir()
+    (out / "my-lora" / "adapter.txt").write_text("a day of training")
+    before = sorted(p.name for p in out.iterdir())
+    err = _error(folder, out)
+    assert "my-lora" in err.what and "Move those out" in err.todo
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert (out / "my-lora" / "adapter.txt").read_text() == "a day of training"
+    shutil.rmtree(out / "my-lora")
+    assert convert_meta_checkpoint(folder, out, dtype="float32") == out.resolve()
+
+
+def test_refuses_an_out_dir_that_holds_the_checkpoint(meta_copy, tmp_path):
+    # meta_copy lives in tmp_path: converting into tmp_path would replace the source.
+    marker = tmp_path / MARKER_FILE
+    marker.write_text("{}")  # even a folder that looks like an earlier conversion
+    err = _error(meta_copy, tmp_path)
+    assert "holds the checkpoint being converted" in err.what
+    assert (meta_copy / "params.json").is_file() and marker.is_file()
+
+
+def test_dot_from_inside_the_model_folder_is_that_folder(tmp_path, monkeypatch):
+    folder, _ = write_meta_folder(tmp_path, make_params(None), 1, name="llama-2-7b-chat")
+    monkeypatch.chdir(folder)  # the tokenizer sits beside it, in ".."
+    out = convert_meta_checkpoint(".", "../hf", dtype="float32")
+    assert out == (tmp_path / "hf").resolve()
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["temperature"] == 0.6  # named a chat model by its real folder name
+
+
+def test_an_out_dir_that_cannot_be_made_is_named(meta_2shard_gqa, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    err = _error(meta_2shard_gqa[0], tmp_path / "a-file" / "hf")
+    assert "Cannot write beside" in err.what and "a folder you can write to" in err.todo
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("n_heads", 0), ("multiple_of", 0), ("n_layers", -1), ("dim", 0)]
+)
+def test_refuses_sizes_that_are_not_positive(meta_copy, tmp_path, key, value):
+    params = json.loads((meta_copy / "params.json").read_text())
+    (meta_copy / "params.json").write_text(json.dumps({**params, key: value}))
+    err = _error(meta_copy, tmp_path / "o")
+    assert "params.json" in err.what and not (tmp_path / "o").exists()
+
+
+def test_a_killed_conversions_leftovers_are_removed(meta_2shard_gqa, tmp_path):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])  # a process id that has ended
+    dead.wait()
+    stale = tmp_path / f".hf.converting-{dead.pid}-abc123"
+    stale.mkdir()
+    (stale / "model-00001-of-00002.safetensors").write_bytes(b"x" * 1000)
+    running = tmp_path / f".hf.converting-{os.getpid()}-def456"  # a live process's: kept
+    running.mkdir()
+    said: list[str] = []
+    convert_meta_checkpoint(meta_2shard_gqa[0], tmp_path / "hf", dtype="float32", log=said.append)
+    assert not stale.exists() and running.is_dir()
+    assert any("interrupted" in line for line in said)
+
+
+@pytest.mark.parametrize("damage", ["empty", "bad utf-8", "not a tokenizer"])
+def test_refuses_a_damaged_tokenizer_model(meta_copy, tmp_path, damage):
+    model = meta_copy.parent / "tokenizer.model"
+    if damage == "empty":
+        model.write_bytes(b"")
+    elif damage == "bad utf-8":
+        data = bytearray(model.read_bytes())
+        i = data.find("▁the".encode())
+        data[i + 3] = 0xFF
+        model.write_bytes(bytes(data))
+    else:
+        model.write_bytes((meta_copy / "params.json").read_bytes())
+    err = _error(meta_copy, tmp_path / "o")
+    assert "tokenizer.model" in err.what and not (tmp_path / "o").exists()

@@ -491,6 +491,7 @@ class ChatSession:
 
         try:
             _check_sampling(self.do_sample, self.temperature, self.top_p)
+            _check_generate_kwargs(self.generate_kwargs)
             fit = self.plan_prompt(text, history)
             extra = dict(self.generate_kwargs)
             criteria = [StopOnEvent(self._stop), *(stopping_criteria or [])]
@@ -647,6 +648,28 @@ def _check_history(messages: list, system: str = "") -> None:
         check_dialog(list(messages) + [{"role": "user", "content": "next"}])
     except ValueError as err:
         raise ValueError(f"This chat history cannot be used: {err}") from None
+
+
+# generate() arguments the session sets itself, each with what to do instead.
+_SESSION_SETS = {
+    "max_new_tokens": "set session.max_new_tokens instead (the context budget caps it)",
+    "max_length": "set session.max_new_tokens instead (the context budget caps it)",
+    "eos_token_id": "the session stops at the tokenizer's end-of-sequence token",
+    "input_ids": "the session builds the prompt from the history",
+    "attention_mask": "the session builds the prompt from the history",
+    "streamer": "pass on_text= to send() to receive the reply as it streams",
+}
+
+
+def _check_generate_kwargs(kwargs: dict) -> None:
+    """Raise ValueError for a generate_kwargs key that the session sets itself."""
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"generate_kwargs must be a dict, not {type(kwargs).__name__}.")
+    for key in kwargs:
+        if key in _SESSION_SETS:
+            raise ValueError(
+                f"generate_kwargs sets {key}, which ChatSession sets itself: {_SESSION_SETS[key]}."
+            )
 
 
 def _check_sampling(do_sample: bool, temperature, top_p) -> None:

@@ -32,7 +32,7 @@ import torch
 from transformers import StaticCache
 
 from .errors import UserFacingError
-from .generation import GenerationStats, ReplyStreamer
+from .generation import GenerationStats, ReplyStreamer, check_prompt_ids
 
 __all__ = [
     "FastDecoder",
@@ -214,10 +214,7 @@ def _syncs_the_host(model) -> bool:
 
 def _check_request(model, input_ids, max_new_tokens, min_new_tokens) -> None:
     """Raise ValueError for a request the fast path cannot make (the default path's rules)."""
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ValueError("input_ids must be one prompt: a 1 x N tensor of token ids.")
-    if input_ids.shape[1] == 0:
-        raise ValueError("input_ids is empty: the prompt needs at least one token (BOS).")
+    check_prompt_ids(model, input_ids)
     for name, value, least in (
         ("max_new_tokens", max_new_tokens, 1),
         ("min_new_tokens", min_new_tokens, 0),

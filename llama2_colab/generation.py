@@ -17,7 +17,13 @@ from transformers import CompileConfig, TextStreamer
 
 from .errors import UserFacingError
 
-__all__ = ["GenerationStats", "ReplyStreamer", "fast_generate_kwargs", "stream_generate"]
+__all__ = [
+    "GenerationStats",
+    "ReplyStreamer",
+    "check_prompt_ids",
+    "fast_generate_kwargs",
+    "stream_generate",
+]
 
 _GENERATE_LOGGER = "transformers.generation.utils"  # where generate() logs its warnings
 
@@ -192,7 +198,7 @@ def stream_generate(
     """Generate from a 1 x N tensor of ids, streaming text; return (text, new ids, stats)."""
     import torch
 
-    _check_input_ids(input_ids, torch)
+    check_prompt_ids(model, input_ids)
     wanted = generate_kwargs.get("max_new_tokens")
     if wanted is not None and (
         isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1
@@ -286,3 +292,24 @@ def _check_input_ids(input_ids, torch) -> None:
         raise ValueError("input_ids is empty: the prompt needs at least one token (BOS).")
     if input_ids.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"input_ids must hold integer token ids, not {input_ids.dtype}.")
+
+
+def check_prompt_ids(model, input_ids) -> None:
+    """Raise TypeError/ValueError unless input_ids is one prompt of ids the model has rows for.
+
+    An id past the embedding (a tokenizer of another model, an id typed by hand) would otherwise
+    end in an IndexError deep inside the model, or in a CUDA assert that kills the session.
+    """
+    import torch
+
+    _check_input_ids(input_ids, torch)
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embedding, "num_embeddings", None)
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or (isinstance(rows, int) and high >= rows):
+        bad = low if low < 0 else high
+        span = f"from 0 to {rows - 1}" if isinstance(rows, int) else "from 0 up"
+        raise ValueError(
+            f"input_ids holds the id {bad}, but this model's ids run {span}: "
+            "encode the prompt with this model's own tokenizer."
+        )

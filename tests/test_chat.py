@@ -373,6 +373,19 @@ def test_a_failing_stream_callback_leaves_history_as_before(session):
     assert session.history == []
 
 
+@pytest.mark.parametrize("key", ["max_new_tokens", "eos_token_id", "streamer"])
+def test_generate_kwargs_the_session_sets_itself_are_refused_with_advice(session, key):
+    session.send("Hello")
+    before = [dict(m) for m in session.history]
+    session.generate_kwargs = {key: 512, "top_k": 20}
+    with pytest.raises(ValueError, match=f"generate_kwargs sets {key}"):
+        session.send("And again?")
+    assert session.history == before
+    session.generate_kwargs = {"top_k": 20}  # what generate_kwargs is for
+    session.send("And again?")
+    assert len(session.history) == 4
+
+
 def test_stop_keeps_the_partial_reply(session):
     assert_stop_keeps_the_partial_reply(session)
 

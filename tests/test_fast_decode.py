@@ -119,6 +119,25 @@ def test_a_request_past_the_models_positions_is_refused(tiny_model_and_tokenizer
         fast_stream_generate(model, tokenizer, ids, max_new_tokens=4096)
 
 
+@pytest.mark.parametrize(
+    ("ids", "error", "message"),
+    [
+        (torch.tensor([[1.0, 15043.0]]), TypeError, "integer token ids"),
+        (torch.tensor([1, 15043]), ValueError, "1 x N"),
+        (torch.tensor([[1, 32000]]), ValueError, "the id 32000.*from 0 to 31999"),
+        (torch.tensor([[1, -5]]), ValueError, "the id -5"),
+    ],
+)
+@pytest.mark.parametrize("path", ["default", "fast"])
+def test_prompt_ids_the_model_cannot_take_are_refused_on_both_paths(
+    tiny_model_and_tokenizer, ids, error, message, path
+):
+    model, tokenizer = tiny_model_and_tokenizer
+    generate = _default if path == "default" else fast_stream_generate
+    with pytest.raises(error, match=message):
+        generate(model, tokenizer, ids, max_new_tokens=4)
+
+
 def test_no_graph_is_recorded_for_a_model_on_the_cpu(tiny_model_and_tokenizer):
     model, _ = tiny_model_and_tokenizer  # on the CPU, whether or not this machine has a GPU
     decoder = FastDecoder(model, max_cache_len=16, use_graph=True)

@@ -28,7 +28,9 @@
 #
 # Needs torch, transformers and accelerate (bitsandbytes optional); no network, no token: random
 # weights are built on the GPU from the architectures in llama2_colab/data/catalog.json.
-# Results go to $OUT if set, else bench-results/: one JSON per step, plus summary.txt.
+# Results go to a folder per check inside $OUT if set, else inside bench-results/ (check/,
+# quant/, smoke/ or suite/, so one check never overwrites another's): one JSON and one log per
+# step, plus summary.txt. The exit status is 1 if any step failed or timed out.
 set -u
 
 MODE="run"
@@ -41,10 +43,15 @@ case "${1:-}" in
   *) echo "usage: $0 [--dry-run|--smoke|--suite|--quant]" >&2; exit 2 ;;
 esac
 
+case "$MODE" in run) NAME=check ;; *) NAME="$MODE" ;; esac
+OUT_DIR="${OUT:-bench-results}/$NAME"
+case "$OUT_DIR" in /*) ;; *) OUT_DIR="$PWD/$OUT_DIR" ;; esac  # as given, before the cd below
 cd "$(dirname "$0")/.." || exit 1
 PY="${PYTHON:-$(command -v python || command -v python3)}"
-OUT_DIR="${OUT:-bench-results}"
-mkdir -p "$OUT_DIR"
+if [ "$MODE" != "dry" ]; then
+  mkdir -p "$OUT_DIR" || { echo "gpu_check.sh: cannot make $OUT_DIR for the results" >&2; exit 1; }
+fi
+FAILED=0
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -79,6 +86,7 @@ run_step() {  # name, limit, command...: run it with a time limit; record a fail
   if [ $rc -ne 0 ]; then
     local why="exit status $rc"
     [ $rc -eq 124 ] || [ $rc -eq 137 ] && why="timed out after ${limit}s"
+    FAILED=1
     tail -n 5 "$OUT_DIR/$name.log" >&2
     "$PY" - "$OUT_DIR/$name.json" "$name" "$why" <<'EOF'
 import json, sys
@@ -218,3 +226,4 @@ for step in sys.argv[2:]:
             f"{fp['same_output_as_default']} ({fp['ratio_to_default']:.2f}x default){graph}")
 print(f"\nJSON results in {out}/")
 EOF
+exit "$FAILED"

@@ -31,11 +31,13 @@ Measured on a 0.77 GiB bf16 checkpoint with 256 MiB files: 0.45 GiB of memory at
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import pickle
 import re
 import shutil
+import socket
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -159,7 +161,9 @@ def _is_hf_folder(folder: Path) -> bool:
 
 def inspect_meta_checkpoint(meta_dir: str | os.PathLike) -> MetaCheckpoint:
     """Return what a Meta-format folder holds; raise UserFacingError if it is not one."""
-    folder = Path(meta_dir).expanduser().resolve()  # "." names its parent and its chat-ness
+    # Absolute but links kept: "." gets its real name (and chat-ness), and a linked folder keeps
+    # the name and the neighbours (tokenizer.model) it has where the user put it.
+    folder = Path(os.path.abspath(Path(meta_dir).expanduser()))
     if not folder.exists():
         raise UserFacingError(f"{folder} does not exist.", "Check the path to the model folder.")
     if not folder.is_dir():
@@ -495,13 +499,17 @@ def _check_out_dir(out: Path, source: Path) -> None:
 
 
 def _written_by_convert(out: Path, name: str) -> bool:
-    """Whether `name` in OUT_DIR is a file the conversion that wrote it listed in its marker."""
+    """Whether `name` in OUT_DIR is, unchanged, a file the conversion that wrote it listed."""
     try:
         listed = json.loads((out / MARKER_FILE).read_text("utf-8")).get("files")
     except (OSError, ValueError, AttributeError):
         listed = None
+    if name == MARKER_FILE:
+        return True
+    if isinstance(listed, dict):  # name -> [size, mtime_ns]: a file saved over ours is yours
+        return name in listed and _stamp(out / name) == listed[name]
     if isinstance(listed, list):
-        return name == MARKER_FILE or name in listed
+        return name in listed
     # A marker from before the list was kept: the names save_pretrained and convert use.
     return (out / name).is_file() and bool(_OUR_NAMES.match(name))
 
@@ -525,18 +533,27 @@ def _writing_beside(out: Path):
         ) from None
 
 
+def _work_prefix(out: Path) -> str:
+    """The name of a run's work folder beside OUT_DIR, up to the random part: host and process."""
+    host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+    return f".{out.name}.converting-{host}-{os.getpid()}-"
+
+
 def _remove_stale_work(out: Path, log: Callable[[str], None]) -> None:
     """Delete half-written conversions into OUT_DIR left by runs that were killed (out of RAM).
 
-    Each run names its work folder with its process id; one whose process is gone is garbage
-    that would otherwise hold gigabytes and fail the next disk check.
+    Each run names its work folder with its host and process id. One from this host whose
+    process is gone is garbage that would otherwise hold gigabytes and fail the next disk check;
+    one from another host (a shared Drive folder, another container) is never touched.
     """
-    for work in out.parent.glob(f".{out.name}.converting-*"):
-        pid = work.name.removeprefix(f".{out.name}.converting-").split("-")[0]
+    mine = _work_prefix(out).rsplit("-", 2)[0] + "-"  # ".<out>.converting-<host>-"
+    for work in out.parent.glob(f"{glob.escape(mine)}*"):
+        pid = work.name.removeprefix(mine).split("-")[0]
         if not pid.isdigit() or _alive(int(pid)):
             continue
         shutil.rmtree(work, ignore_errors=True)
-        log(f"Removed {work.name}, left by a conversion that was interrupted")
+        if not work.exists():
+            log(f"Removed {work.name}, left by a conversion that was interrupted")
 
 
 def _alive(pid: int) -> bool:
@@ -566,7 +583,7 @@ def convert_meta_checkpoint(
         raise UserFacingError(f"Unknown dtype {dtype!r}.", f"Use one of {', '.join(_DTYPES)}.")
     checkpoint = inspect_meta_checkpoint(meta_dir)
     out = Path(out_dir).expanduser().resolve()
-    _check_out_dir(out, checkpoint.folder)
+    _check_out_dir(out, checkpoint.folder.resolve())
     with _writing_beside(out):
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_work(out, log)
@@ -581,9 +598,7 @@ def convert_meta_checkpoint(
     )
 
     with _writing_beside(out):
-        tmp = Path(
-            tempfile.mkdtemp(prefix=f".{out.name}.converting-{os.getpid()}-", dir=out.parent)
-        )
+        tmp = Path(tempfile.mkdtemp(prefix=_work_prefix(out), dir=out.parent))
     try:
         name = checkpoint.folder.name.lower()
         chat = "chat" in name or "instruct" in name
@@ -612,6 +627,15 @@ def convert_meta_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"Wrote {out}")
     return out
+
+
+def _stamp(path: Path) -> list[int] | None:
+    """A file's size and modification time, as the marker records them (None: not a file)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return [info.st_size, info.st_mtime_ns] if path.is_file() else None
 
 
 def _put_in_place(tmp: Path, out: Path) -> None:
@@ -660,6 +684,6 @@ def _write_marker(checkpoint: MetaCheckpoint, out: Path, dtype: str) -> None:
         "converted_from": str(checkpoint.folder),
         "shards": [p.name for p in checkpoint.shards],
         "dtype": dtype,
-        "files": sorted(p.name for p in out.iterdir()),
+        "files": {p.name: _stamp(p) for p in sorted(out.iterdir())},
     }
     (out / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", "utf-8")

@@ -15,7 +15,8 @@ from .auth import mask_token
 __all__ = ["UserFacingError", "redact_secrets"]
 
 # User access tokens: "hf_" and 34 letters and digits today; older ones were a little shorter.
-_HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{20,}")
+# Not inside a longer name: a folder called "llama-2-7b-hf_mergedLoraAdapterEpoch3" stays.
+_HF_TOKEN = re.compile(r"(?<![A-Za-z0-9_-])hf_[A-Za-z0-9]{20,}")
 _TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 

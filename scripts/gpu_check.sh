@@ -44,9 +44,10 @@ case "${1:-}" in
 esac
 
 case "$MODE" in run) NAME=check ;; *) NAME="$MODE" ;; esac
-OUT_DIR="${OUT:-bench-results}/$NAME"
-case "$OUT_DIR" in /*) ;; *) OUT_DIR="$PWD/$OUT_DIR" ;; esac  # as given, before the cd below
-cd "$(dirname "$0")/.." || exit 1
+ROOT="$(cd "$(dirname "$0")/.." && pwd)" || exit 1
+OUT_DIR="${OUT:-$ROOT/bench-results}/$NAME"  # bench-results/ is git-ignored
+case "$OUT_DIR" in /*) ;; *) OUT_DIR="$PWD/$OUT_DIR" ;; esac  # a relative OUT: from here
+cd "$ROOT" || exit 1
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 if [ "$MODE" != "dry" ]; then
   mkdir -p "$OUT_DIR" || { echo "gpu_check.sh: cannot make $OUT_DIR for the results" >&2; exit 1; }

@@ -566,6 +566,14 @@ def test_user_facing_errors_mask_tokens():
     assert "hf_...4567" in err.what and "hf_...4567" in err.todo
 
 
+def test_redaction_leaves_names_that_only_contain_hf_underscore(monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    path = "/content/llama-2-7b-hf_mergedLoraAdapterEpoch3"
+    assert redact_secrets(f'{{"model": "{path}"}}') == f'{{"model": "{path}"}}'
+    assert TOKEN not in redact_secrets(f"/content/{TOKEN}/x and Bearer {TOKEN}")
+
+
 def test_redaction_masks_the_token_in_the_environment_even_in_an_old_format(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "api_oldstyletoken1234")
     assert redact_secrets("url?t=api_oldstyletoken1234&x=1") == "url?t=...1234&x=1"

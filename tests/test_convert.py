@@ -564,20 +564,53 @@ def test_refuses_sizes_that_are_not_positive(meta_copy, tmp_path, key, value):
     assert "params.json" in err.what and not (tmp_path / "o").exists()
 
 
-def test_a_killed_conversions_leftovers_are_removed(meta_2shard_gqa, tmp_path):
+def test_a_killed_conversions_leftovers_are_removed_and_no_one_elses(meta_2shard_gqa, tmp_path):
     import subprocess
+
+    from llama2_colab.convert import _work_prefix
 
     dead = subprocess.Popen(["true"])  # a process id that has ended
     dead.wait()
-    stale = tmp_path / f".hf.converting-{dead.pid}-abc123"
+    here = _work_prefix(tmp_path / "hf").rsplit("-", 2)[0]  # ".hf.converting-<this host>"
+    stale = tmp_path / f"{here}-{dead.pid}-abc123"
     stale.mkdir()
     (stale / "model-00001-of-00002.safetensors").write_bytes(b"x" * 1000)
-    running = tmp_path / f".hf.converting-{os.getpid()}-def456"  # a live process's: kept
+    running = tmp_path / f"{here}-{os.getpid()}-def456"  # a live process's: kept
     running.mkdir()
+    # Another machine's run on a shared disk (a Drive folder): its process ids mean nothing here.
+    elsewhere = tmp_path / f".hf.converting-other_host-{dead.pid}-ghi789"
+    elsewhere.mkdir()
     said: list[str] = []
     convert_meta_checkpoint(meta_2shard_gqa[0], tmp_path / "hf", dtype="float32", log=said.append)
-    assert not stale.exists() and running.is_dir()
-    assert any("interrupted" in line for line in said)
+    assert not stale.exists() and running.is_dir() and elsewhere.is_dir()
+    assert [line for line in said if "interrupted" in line] == [
+        f"Removed {stale.name}, left by a conversion that was interrupted"
+    ]
+
+
+def test_a_file_you_saved_over_its_output_is_kept(meta_2shard_gqa, tmp_path):
+    # e.g. merged.save_pretrained(out) after a LoRA merge: same name, your weights.
+    folder, out = meta_2shard_gqa[0], tmp_path / "hf"
+    convert_meta_checkpoint(folder, out, dtype="float32")
+    weights = next(out.glob("*.safetensors"))
+    weights.write_bytes(b"my merged weights")
+    err = _error(folder, out)
+    assert weights.name in err.what
+    assert weights.read_bytes() == b"my merged weights"
+
+
+def test_a_linked_model_folder_keeps_its_name_and_neighbours(tmp_path):
+    # The download sits in a store; the folder the user names is a link next to tokenizer.model.
+    store = tmp_path / "store"
+    store.mkdir()
+    folder, _ = write_meta_folder(store, make_params(None), 1, name="blob-123")
+    work = tmp_path / "w"
+    work.mkdir()
+    shutil.move(str(store / "tokenizer.model"), work / "tokenizer.model")
+    (work / "llama-2-7b-chat").symlink_to(folder, target_is_directory=True)
+    out = convert_meta_checkpoint(work / "llama-2-7b-chat", tmp_path / "hf", dtype="float32")
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["temperature"] == 0.6  # a chat model, by the name the user gave it
 
 
 @pytest.mark.parametrize("damage", ["empty", "bad utf-8", "not a tokenizer"])

@@ -488,7 +488,8 @@ def _check_out_dir(out: Path, source: Path) -> None:
             f"{out} is not empty and was not written by this command; it is left as it is.",
             "Give a new or empty folder for OUT_DIR.",
         )
-    theirs = sorted(p.name for p in out.iterdir() if not _written_by_convert(out, p.name))
+    ours = _files_written(out)
+    theirs = sorted(p.name for p in out.iterdir() if not ours(p))
     if theirs:
         raise UserFacingError(
             f"{out} was written by convert, but now also holds {', '.join(theirs[:5])}"
@@ -498,20 +499,20 @@ def _check_out_dir(out: Path, source: Path) -> None:
         )
 
 
-def _written_by_convert(out: Path, name: str) -> bool:
-    """Whether `name` in OUT_DIR is, unchanged, a file the conversion that wrote it listed."""
+def _files_written(out: Path) -> Callable[[Path], bool]:
+    """Return a test: is this entry of OUT_DIR, unchanged, a file the last conversion wrote?
+
+    The marker lists each file with its size and modification time, so a file saved over ours
+    under the same name (`merged.save_pretrained(out)`) counts as yours. A marker from before
+    that list: the names save_pretrained and convert use.
+    """
     try:
         listed = json.loads((out / MARKER_FILE).read_text("utf-8")).get("files")
     except (OSError, ValueError, AttributeError):
         listed = None
-    if name == MARKER_FILE:
-        return True
-    if isinstance(listed, dict):  # name -> [size, mtime_ns]: a file saved over ours is yours
-        return name in listed and _stamp(out / name) == listed[name]
-    if isinstance(listed, list):
-        return name in listed
-    # A marker from before the list was kept: the names save_pretrained and convert use.
-    return (out / name).is_file() and bool(_OUR_NAMES.match(name))
+    if isinstance(listed, dict):
+        return lambda p: p.name == MARKER_FILE or (p.name in listed and _stamp(p) == listed[p.name])
+    return lambda p: p.is_file() and bool(_OUR_NAMES.match(p.name))
 
 
 _OUR_NAMES = re.compile(

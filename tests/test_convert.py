@@ -627,3 +627,15 @@ def test_refuses_a_damaged_tokenizer_model(meta_copy, tmp_path, damage):
         model.write_bytes((meta_copy / "params.json").read_bytes())
     err = _error(meta_copy, tmp_path / "o")
     assert "tokenizer.model" in err.what and not (tmp_path / "o").exists()
+
+
+def test_a_folder_converted_by_an_earlier_version_is_recognised(meta_2shard_gqa, tmp_path):
+    # Its marker has no list of files: the names convert writes are taken as its own.
+    folder, out = meta_2shard_gqa[0], tmp_path / "hf"
+    convert_meta_checkpoint(folder, out, dtype="float32")
+    marker = json.loads((out / MARKER_FILE).read_text())
+    (out / MARKER_FILE).write_text(json.dumps({k: v for k, v in marker.items() if k != "files"}))
+    (out / "notes.txt").write_text("mine")
+    assert "notes.txt" in _error(folder, out).what
+    (out / "notes.txt").unlink()
+    assert convert_meta_checkpoint(folder, out, dtype="float32") == out.resolve()

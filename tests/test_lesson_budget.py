@@ -37,8 +37,9 @@ ASSERTS = {
     "05_chat_prompting": 20,
     "06_chat_app": 4,
     "07_bigger_models": 10,
-    "08_fine_tuning": 16,
+    "08_fine_tuning": 13,
     "09_code_llama": 0,
+    "10_rlhf_in_miniature": 3,
 }
 GOING_FURTHER = re.compile(r"^#+\s*going further", re.I | re.M)
 DETAILS = re.compile(r"<details>.*?</details>", re.S)

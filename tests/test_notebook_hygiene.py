@@ -23,6 +23,7 @@ EXPECTED = [
     "07_bigger_models.ipynb",
     "08_fine_tuning.ipynb",
     "09_code_llama.ipynb",
+    "10_rlhf_in_miniature.ipynb",
 ]
 TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{30,}")
 

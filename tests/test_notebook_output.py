@@ -30,10 +30,10 @@ EXPLAINED = {
     ),
     # 03 runs the article's code as written, then changes it to dtype=.
     r"`torch_dtype` is deprecated! Use `dtype` instead!": "`torch_dtype=`",
-    # peft asks transformers 5 under a retiring name (08).
+    # peft asks transformers 5 under a retiring name (08, 10).
     r"FutureWarning: `is_gradient_checkpointing` is deprecated": "is_gradient_checkpointing",
     r"^\s*warnings\.warn\($": "is_gradient_checkpointing",
-    # bitsandbytes 0.46 (the floor, on the Colab stack) on a machine without a GPU (04, 07, 08).
+    # bitsandbytes 0.46 (the floor, on the Colab stack) on a machine without a GPU (04, 07, 08, 10).
     r"bitsandbytes was compiled without GPU support": "compiled without GPU support",
     r"FutureWarning: _check_is_size will be removed": "_check_is_size",
     r"^\s*torch\._check_is_size\(blocksize\)$": "_check_is_size",
@@ -45,9 +45,9 @@ EXPLAINED = {
     r"Ignoring clean_up_tokenization_spaces=True for BPE tokenizer": (
         "clean_up_tokenization_spaces=True for BPE tokenizer"
     ),
-    # transformers 5.15 (Colab's): peft reads config.use_return_dict (08).
+    # transformers 5.15 (Colab's): peft reads config.use_return_dict (10's reward model).
     r"`use_return_dict` is deprecated!": "`use_return_dict` is deprecated",
-    # the reward model's load report (08): its new head is MISSING, the old one UNEXPECTED.
+    # the reward model's load report (10): its new head is MISSING, the old one UNEXPECTED.
     r"LlamaForSequenceClassification LOAD REPORT": _LOAD_REPORT,
     r"^Key\s+\|\s+Status": _LOAD_REPORT,
     r"^-+\+-+": _LOAD_REPORT,

@@ -65,6 +65,14 @@ def test_08_the_adapter_learned_every_answer(executed):
     assert nb.value("all(answers[q] == a for q, a in EXAMPLES)") is True
 
 
+def test_10_the_reward_model_ranks_every_pair_and_keeps_the_best_sample(executed):
+    nb = executed("10_rlhf_in_miniature")
+    assert nb.value("choice.is_tiny") is True
+    # every chosen answer scores above its rejected one by more than the pair's margin
+    assert nb.value("bool(((r_chosen - r_rejected) > margins).all())") is True
+    assert nb.value("len(candidates) == K and int(scores.argmax()) == best") is True
+
+
 def test_01_each_machine_gets_its_dtype_and_sdpa(executed):
     nb = executed("01_setup")
     dtypes = nb.value("{name: decided.dtype for name, decided in decisions.items()}")

@@ -108,6 +108,55 @@ colab_venv_only = pytest.mark.skipif(
 )
 
 
+IN_THE_NEWEST_VENV = Path(sys.prefix).name == ".venv"
+COLAB_OS = ROOT.parent / "shared" / "colab" / "os-info-gpu.txt"
+
+
+def _setup_colab_python() -> tuple[int, int]:
+    """The Python minor version `setup.sh --stack colab` builds .venv-colab with."""
+    text = (ROOT / "scripts" / "setup.sh").read_text(encoding="utf-8")
+    found = re.search(r"^COLAB_PYTHON=(\d+)\.(\d+)\b", text, re.M)
+    assert found, "scripts/setup.sh names Colab's Python as COLAB_PYTHON=3.x"
+    return int(found[1]), int(found[2])
+
+
+@pytest.mark.skipif(not COLAB_OS.is_file(), reason="../shared/colab is not beside this clone")
+def test_the_colab_stack_is_built_on_the_python_colab_runs():
+    published = re.search(r"^Python (\d+)\.(\d+)\.", COLAB_OS.read_text(encoding="utf-8"), re.M)
+    assert published, f"{COLAB_OS} names Colab's Python"
+    assert _setup_colab_python() == (int(published[1]), int(published[2]))
+
+
+@colab_venv_only
+def test_the_colab_venv_runs_colabs_python():
+    # CI runs Colab's packages on Colab's minor version: 3.13 (Colab has 3.13.15).
+    assert sys.version_info[:2] == _setup_colab_python(), (
+        f"{sys.prefix} runs Python {sys.version.split()[0]}: rebuild it with "
+        "`rm -rf .venv-colab && bash scripts/setup.sh --dev --stack colab`"
+    )
+
+
+@colab_venv_only
+def test_the_colab_venv_opens_notebooks_in_colabs_classic_front_end():
+    # ipywidgets 7.7.1 draws in the classic Notebook 6.5; JupyterLab 4 would need ipywidgets 8.
+    assert importlib.metadata.version("notebook").startswith("6.")
+    with pytest.raises(importlib.metadata.PackageNotFoundError):
+        importlib.metadata.version("jupyterlab")
+
+
+@pytest.mark.skipif(not IN_THE_NEWEST_VENV, reason="not .venv (bash scripts/setup.sh --dev)")
+def test_the_newest_venv_opens_notebooks_in_jupyterlab():
+    # The README's `.venv/bin/jupyter lab notebooks` works after `bash scripts/setup.sh --dev`.
+    assert Version(importlib.metadata.version("jupyterlab")) >= Version("4")
+    run = subprocess.run(
+        [str(Path(sys.prefix) / "bin" / "jupyter"), "lab", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0 and Version(run.stdout.strip()) >= Version("4"), run.stderr
+
+
 @colab_venv_only
 def test_the_colab_stack_has_every_pin_at_its_version():
     # Each pin is Colab's version (or, for what Colab lacks, our declared floor): a package

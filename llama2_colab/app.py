@@ -63,7 +63,7 @@ def describe_models(facts: RuntimeFacts) -> dict[str, ModelOption]:
             room = f"{plan.context_window:,} tokens of context"
             label = f"{title}: fits ({plan.format_label}, {room})"
         else:
-            label = f"{title}: does not fit this runtime"
+            label = f"{title}: does not fit"
         out[name] = ModelOption(label, plan)
     return out
 
@@ -442,6 +442,8 @@ class ChatApp:
         s, fit = self.session.last_stats, self.session.last_fit
         if s is None or fit is None:
             return ""
+        if self.session.last_stopped and s.new_tokens == 0:
+            return "Stopped before the first token: the conversation is as it was."
         speed = f" at {s.tokens_per_s:.1f} tokens/s" if s.new_tokens > 1 else ""
         parts = [
             f"{s.new_tokens} token{'s' if s.new_tokens != 1 else ''}{speed}",

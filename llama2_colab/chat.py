@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypedDict
 
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -369,7 +370,7 @@ class ChatSession:
     generation leaves it exactly as before. `stop()` (thread-safe, for a Stop button) ends the
     reply being generated early: the partial reply is kept as the answer and `last_stopped` is
     True, so you can read it and `regenerate()` if you want a whole one. A reply stopped before
-    any text arrived is not recorded at all.
+    its first token is not recorded at all, and `last_stats.new_tokens` is 0.
 
     One turn at a time: while a reply is being generated (say, in the chat app's thread), a
     second `send`, `regenerate`, `undo`, `clear` or `import_json` is refused with a RuntimeError
@@ -394,6 +395,7 @@ class ChatSession:
     fast: bool = False
     _decoder: FastDecoder | None = field(default=None, init=False, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _stop_at: float = field(default=0.0, init=False, repr=False)  # perf_counter() of the Stop
     _guard: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _busy: bool = field(default=False, init=False, repr=False)
 
@@ -464,7 +466,8 @@ class ChatSession:
         nothing: the next reply is not cut short.
         """
         with self._guard:
-            if self._busy:
+            if self._busy and not self._stop.is_set():
+                self._stop_at = time.perf_counter()
                 self._stop.set()
 
     @contextmanager
@@ -496,8 +499,9 @@ class ChatSession:
             extra = dict(self.generate_kwargs)
             criteria = [StopOnEvent(self._stop), *(stopping_criteria or [])]
             criteria += list(extra.pop("stopping_criteria", None) or [])
+            began = time.perf_counter()
             if self.fast and not (self.do_sample or extra or stopping_criteria):
-                return self._generate_fast(fit, on_text)
+                return self._unless_stopped_first(self._generate_fast(fit, on_text), began)
             if self.do_sample:
                 sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
             else:
@@ -512,9 +516,22 @@ class ChatSession:
                 stopping_criteria=StoppingCriteriaList(criteria),
                 **(sampling | extra),
             )
-            return _Turn(reply.strip(), stats, fit, stopped=self._stop.is_set())
+            turn = _Turn(reply.strip(), stats, fit, stopped=self._stop.is_set())
+            return self._unless_stopped_first(turn, began)
         finally:
             self._stop.clear()
+
+    def _unless_stopped_first(self, turn: _Turn, began: float) -> _Turn:
+        """Return the turn, or an empty one if Stop came before its first token did.
+
+        generate() asks its stopping criteria only after each token, so a Stop pressed before
+        generation or while the prompt is read still lets one token through: made after Stop,
+        it is not kept, and nothing is recorded.
+        """
+        if turn.stopped and self._stop_at < began + turn.stats.ttft_s:
+            none = replace(turn.stats, new_tokens=0, ttft_s=0.0, total_s=0.0)
+            return _Turn("", none, turn.fit, stopped=True)
+        return turn
 
     def _generate_fast(self, fit: DialogFit, on_text) -> _Turn:
         """One greedy reply on the fast path, on a decoder kept while the reply fits its cache."""

@@ -416,6 +416,35 @@ def test_a_stop_while_idle_does_not_cut_the_next_reply(session):
     assert not session.last_stopped and session.last_stats.new_tokens >= 5
 
 
+class StopWhileThePromptIsRead(LogitsProcessor):
+    """Presses Stop after the prompt's forward pass, before the first token is chosen."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def __call__(self, input_ids, scores):
+        self.session.stop()
+        return scores
+
+
+@pytest.mark.parametrize("turn", ["send", "regenerate"])
+def test_a_stop_before_the_first_token_keeps_nothing(session, turn):
+    # generate() checks Stop only after a token: the one it makes after a Stop is not kept.
+    session.max_new_tokens = 30
+    session.send("Hello")
+    before = [dict(m) for m in session.history]
+    session.generate_kwargs = {"logits_processor": [StopWhileThePromptIsRead(session)]}
+    if turn == "send":
+        assert session.send("Tell me a long story") == ""
+    else:
+        assert session.regenerate() == ""
+    assert session.last_stopped and session.last_stats.new_tokens == 0
+    assert session.history == before and session.context_used == session.last_stats.prompt_tokens
+    session.generate_kwargs = {}
+    session.send("Go on")  # the next reply is whole again
+    assert not session.last_stopped and session.last_stats.new_tokens > 0
+
+
 def test_regenerate_undo_clear(session):
     session.send("one")
     session.send("two")

@@ -132,15 +132,15 @@ def test_stop_ends_the_reply_early_and_keeps_it(app):
     assert len(app.session.history) == 2 and "stopped early" in app.status_text()
 
 
-def test_stop_right_after_send_is_not_lost(app):
+def test_stop_right_after_send_keeps_nothing_and_gives_the_message_back(app):
     app.max_new_tokens.value = 50
     app.message.value = "Tell me a long story"
     app.send_button.click()
-    app.stop_button.click()  # before the worker thread has even started generating
+    app.stop_button.click()  # before the first token (the worker is still reading the prompt)
     app.wait(30)
-    assert app.session.last_stopped and app.session.last_stats.new_tokens == 1
-    if not app.session.history:  # stopped before any text: nothing recorded, message kept
-        assert app.message.value == "Tell me a long story"
+    assert app.session.last_stopped and app.session.last_stats.new_tokens == 0
+    assert app.session.history == [] and app.message.value == "Tell me a long story"
+    assert app.status_text() == "Stopped before the first token: the conversation is as it was."
 
 
 def test_regenerate_undo_clear_buttons(app):

@@ -3,9 +3,12 @@
 The pieces ship inside the package (`data/llama2_vocab.json`, 340 KB, derived once by
 `scripts/build_llama2_vocab.py` from llama.cpp's copy of Meta's vocabulary, its sha256 recorded).
 `write_llama2_tokenizer_model` turns them back into a SentencePiece model with Meta's settings
-(BPE, byte fallback, a dummy-prefix space, no normalization), so `sentencepiece` and transformers'
-`LlamaTokenizer` split every text into the same ids as meta-llama/Llama-2-7b-hf: `[INST]` is
-518, 25580, 29962. No token and no network are needed.
+(BPE, byte fallback, a dummy-prefix space, no normalization), so `sentencepiece` splits every
+text into the same ids as Meta's own tokenizer: `[INST]` is 518, 25580, 29962. transformers'
+`LlamaTokenizer` gives those ids too, except for a text that starts with a space (or a `▁`):
+there, like meta-llama/Llama-2-7b-hf in transformers, it adds no `▁` in front where SentencePiece
+adds one, so it gives SentencePiece's ids for the text without that first character
+(tests/test_vocab.py). No token and no network are needed.
 
 The vocabulary is Meta's: Llama 2 is licensed under the LLAMA 2 Community License, Copyright (c)
 Meta Platforms, Inc. All Rights Reserved (`data/LLAMA2_NOTICE.txt`).

@@ -10,8 +10,10 @@ github.com/meta-llama/codellama:
   the first two tokens (`▁`, `☺`); the model writes the middle and ends it with `▁<EOT>`.
   In suffix-first order (`suffix_first=True`) the suffix comes before the prefix. The special
   tokens are `▁<PRE>`=32007, `▁<SUF>`=32008, `▁<MID>`=32009, `▁<EOT>`=32010 in Code Llama's
-  32016-token vocabulary. Meta trained infilling into the 7B and 13B models (base and
-  Instruct), not into 34B, 70B or the Python models;
+  32016-token vocabulary, which the 7B and 13B base and Instruct models have. Which models
+  learned infilling, Meta's sources disagree: the Code Llama paper (arXiv:2308.12950, v3) says
+  the 7B, 13B and 70B base and Instruct models, Meta's Code Llama prompt-format page the 7B and
+  13B base models only;
 - text is encoded as SentencePiece encodes it, with one `▁` in front, also when it starts with
   spaces (indented code), where transformers' Llama tokenizer would drop that `▁`;
 - Instruct (`chat_completion`): the Llama 2 chat format, `[INST]`, `<<SYS>>` and all, which

@@ -7,7 +7,9 @@ notebook's namespace instead, so a learner can change any knob and still Run all
     assert nb.value("ids[:4]") == [1, 518, 25580, 29962]
 
 `value` returns any JSON-able expression evaluated in the notebook's kernel. Each cell's stderr
-is kept (`nb.stderr`) for the test that no unexplained warning reaches a learner.
+is kept (`nb.stderr`) for the test that no unexplained warning reaches a learner, and what each
+cell shows a learner (`nb.printed`: its stdout and the text of its displayed values) for the test
+that the figures the markdown quotes are the ones the cells print.
 """
 
 from __future__ import annotations
@@ -33,16 +35,25 @@ class ExecutedNotebook:
     client: object
     # (cell index, stderr text) for every code cell that wrote to stderr
     stderr: list[tuple[int, str]] = field(default_factory=list)
+    # cell index -> what the code cell showed: its stdout, then its displayed values as text
+    printed: dict[int, str] = field(default_factory=dict)
 
     def run(self, code: str) -> tuple[str, str]:
         """Execute code in the notebook's kernel; return (stdout, stderr); raise if it fails."""
-        out: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        out = self._execute(code)
+        return out["stdout"], out["stderr"]
+
+    def _execute(self, code: str) -> dict[str, str]:
+        """Execute code; return its "stdout", "stderr" and "display" text; raise if it fails."""
+        out: dict[str, list[str]] = {"stdout": [], "stderr": [], "display": []}
         error: list[str] = []
 
         def hook(msg: dict) -> None:
             kind, content = msg["msg_type"], msg["content"]
             if kind == "stream":
                 out[content["name"]].append(content["text"])
+            elif kind in ("execute_result", "display_data"):
+                out["display"].append(content["data"].get("text/plain", "") + "\n")
             elif kind == "error":
                 error.append("\n".join(content["traceback"]))
 
@@ -51,7 +62,7 @@ class ExecutedNotebook:
         )
         if reply["content"]["status"] != "ok" or error:
             raise NotebookCellError(f"{self.name}:\n{code}\n\n" + "\n".join(error))
-        return "".join(out["stdout"]), "".join(out["stderr"])
+        return {name: "".join(parts) for name, parts in out.items()}
 
     def value(self, expression: str):
         """Return the JSON-able value of expression, evaluated in the notebook's namespace."""
@@ -76,9 +87,10 @@ def execute_notebook(name: str) -> ExecutedNotebook:
         for index, cell in enumerate(cells):
             if cell["cell_type"] != "code":
                 continue
-            _, err = nb.run("".join(cell["source"]))
-            if err.strip():
-                nb.stderr.append((index, err))
+            out = nb._execute("".join(cell["source"]))
+            nb.printed[index] = out["stdout"] + out["display"]
+            if out["stderr"].strip():
+                nb.stderr.append((index, out["stderr"]))
     except BaseException:
         nb.close()
         raise

@@ -8,9 +8,14 @@ Every test runs on the offline tiny Llama 2 (tests/conftest.py sets LLAMA2_COLAB
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_02_access_check_is_offline_and_never_shows_the_token(executed):
@@ -96,3 +101,34 @@ def test_07_13b_is_nf4_with_float16_compute_and_70b_is_advised_elsewhere(execute
     assert nb.value("type(layer).__name__") == "Linear4bit"
     assert nb.value("'A100-40GB' in p70.advice") is True
     assert nb.value("reloaded") == "Linear4bit"
+
+
+def solution_code(name: str, exercise: int) -> str:
+    """The ```python block in the solution of exercise N of a notebook, as a learner copies it."""
+    path = ROOT / "notebooks" / f"{name}.ipynb"
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    exercises = text.split("## Exercises", 1)[1]
+    item = re.split(r"^\d+\. ", exercises, flags=re.M)[exercise]
+    block = re.search(r"<details>.*?```python\n(.*?)```.*?</details>", item, re.S)
+    assert block, f"{name}: exercise {exercise} has no solution code"
+    return block[1]
+
+
+def test_09_the_shards_solution_converts_two_shards_and_names_the_missing_one(executed):
+    nb = executed("09_code_llama")
+    out, _ = nb.run(solution_code("09_code_llama", 2))
+    assert out.count("2 shard(s)") == 1 and "Wrote " in out  # the two halves joined back
+    assert "This model comes in 2 shards (consolidated.00.pth to consolidated.01.pth)" in out
+    assert "run download.sh again" in out and "Traceback" not in out
+    converted = "[(work / d / 'config.json').is_file() for d in ('two-hf', 'one-hf')]"
+    assert nb.value(converted) == [True, False]  # the refused conversion left nothing behind
+
+
+def test_00_the_notice_it_prints_is_the_licences_own_words(executed):
+    nb = executed("00_meet_llama2")
+    licence = ROOT / "llama2_colab" / "data" / "LLAMA2_LICENSE.txt"
+    words = " ".join(licence.read_text(encoding="utf-8").split())
+    assert nb.value("NOTICE") in words  # "Copyright (c) Meta", as section 1.b.iii writes it
+    # 1.b.v forbids improving other LLMs "(excluding Llama 2 or derivative works thereof)"
+    assert "derivatives excepted" in nb.value("LICENCE[4][1]")

@@ -169,7 +169,7 @@ def agree(said: str, printed: str) -> bool:
     if isinstance(a, tuple) or isinstance(b, tuple):
         return a == b
     slack = Decimal(10) ** a.as_tuple().exponent / 2 + Decimal(10) ** b.as_tuple().exponent / 2
-    return abs(a - b) <= slack
+    return abs(a - b) < slack
 
 
 @pytest.mark.parametrize("name", sorted(QUOTES))

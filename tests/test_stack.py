@@ -146,7 +146,7 @@ def test_the_colab_venv_opens_notebooks_in_colabs_classic_front_end():
 
 @pytest.mark.skipif(not IN_THE_NEWEST_VENV, reason="not .venv (bash scripts/setup.sh --dev)")
 def test_the_newest_venv_opens_notebooks_in_jupyterlab():
-    # The README's `.venv/bin/jupyter lab notebooks` works after `bash scripts/setup.sh --dev`.
+    # The README's `.venv/bin/jupyter lab` works after `bash scripts/setup.sh --dev`.
     assert Version(importlib.metadata.version("jupyterlab")) >= Version("4")
     run = subprocess.run(
         [str(Path(sys.prefix) / "bin" / "jupyter"), "lab", "--version"],

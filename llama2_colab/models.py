@@ -35,6 +35,11 @@ __all__ = [
 DEFAULT_MODEL = "meta-llama/Llama-2-7b-chat-hf"
 MODEL_ENV = "LLAMA2_COLAB_MODEL"
 TINY = "tiny"
+# What a learner is told whenever the tiny model stands in for Llama 2.
+TINY_IS = (
+    "a toy this course trained (Llama 2's architecture, tokenizer and chat format, 9 million "
+    "parameters), not Llama 2; it knows only what the course taught it and makes up the rest"
+)
 
 
 @dataclass(frozen=True)
@@ -72,14 +77,13 @@ def choose_model(
         return ModelChoice(
             TINY,
             "no GPU found, so the offline tiny Llama 2 stands in for "
-            f"{DEFAULT_MODEL} (real architecture and chat format, random weights: expect "
-            f"gibberish). On Colab: {T4_MENU_PATH}.",
+            f"{DEFAULT_MODEL}: {TINY_IS}. On Colab: {T4_MENU_PATH}.",
         )
     if not has_token:
         return ModelChoice(
             TINY,
             f"no Hugging Face token found and {DEFAULT_MODEL} is gated, so the offline tiny "
-            "Llama 2 stands in (random weights: expect gibberish). Add HF_TOKEN to Colab "
+            f"Llama 2 stands in: {TINY_IS}. Add HF_TOKEN to Colab "
             "Secrets or run `hf auth login`, then run again.",
         )
     return ModelChoice(DEFAULT_MODEL, f"the default; {facts.gpu.name} can run it")

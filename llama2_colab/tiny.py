@@ -1,21 +1,28 @@
-"""The offline tiny Llama 2: the real architecture and chat template, random weights, no download.
+"""The offline tiny Llama 2: Llama 2's architecture, tokenizer and chat format, trained to talk.
 
 Real Llama 2 weights are gated and 13 GB; tests and CPU-only runs need something that behaves
-like Llama 2 in every way except the quality of its answers. `build_tiny_llama` writes:
+like Llama 2 in every way a lesson can see. `build_tiny_llama` writes:
 
-- a `LlamaForCausalLM` (2 layers, hidden size 64, 4096 positions like Llama 2, grouped-query
-  attention like the 70B) with weights drawn from a fixed seed, saved as safetensors;
+- a `LlamaForCausalLM` at a toy's size (4 layers, hidden size 128, 4096 positions like Llama 2,
+  grouped-query attention like the 70B), with the weights this package ships
+  (`data/tiny_chat.safetensors`, float16, sha256 checked). `scripts/train_tiny_chat.py` trained
+  them on the CPU from a fixed seed on `data/tiny_chat_corpus.jsonl`: a few thousand short
+  dialogs in Llama 2's chat format about what this course teaches, in English and Japanese,
+  plus a few plain documents;
 - Llama 2's own tokenizer: the real 32,000-piece SentencePiece vocabulary (`llama2_colab.vocab`),
   as `tokenizer.model` and as transformers' files, carrying the real Llama 2 chat template, so
   every text gets the ids the real model sees;
 - the generation config of Llama-2-7b-chat-hf (temperature 0.6, top_p 0.9).
 
-It answers in gibberish, of course: the weights are random. Everything else (token ids, the chat
-format, loading, streaming, memory arithmetic) is exercised for real.
+It answers what it was taught (the T4, Llama 2's sizes and context, fp16 vs bf16...), follows a
+system prompt that asks for Japanese, and continues a raw prompt as a document. Anything else
+gets fluent, made-up text. It is a toy, not Llama 2: about 9 million parameters (Llama 2 7B has
+6.7 billion), and it has seen only the 1,300 or so tokens of its corpus.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -39,6 +46,7 @@ __all__ = [
     "seeded_llama",
     "ensure_tiny_llama",
     "is_tiny_folder",
+    "read_trained_weights",
     "tiny_cache_dir",
 ]
 
@@ -60,31 +68,48 @@ LLAMA2_CHAT_TEMPLATE = (
 )
 
 # Bump when the recipe changes, so a stale cache is never reused.
-TINY_VERSION = "4"
+TINY_VERSION = "5"
 _SEED = 0
 # Written into every folder build_tiny_llama fills, with exactly the text _README: the sign that
 # writing over the folder loses nothing.
 MARKER = "README.md"
 _README = (
+    "Offline tiny Llama 2 built by llama2_colab: Llama 2's LlamaForCausalLM architecture, "
+    "tokenizer and chat template at a toy's size, trained by the llama2-colab course on a few "
+    "thousand short dialogs (scripts/train_tiny_chat.py). It is not Llama 2: it knows only what "
+    "it was taught and makes up the rest.\n"
+)
+# What earlier versions wrote: a folder holding one of these is ours too, so writing over it
+# loses nothing.
+_OLD_READMES = (
     "Offline tiny Llama 2 built by llama2_colab: real LlamaForCausalLM architecture and "
     "Llama 2 chat template, random weights (seed 0). Not a language model: it answers "
-    "in gibberish.\n"
+    "in gibberish.\n",
 )
+_WEIGHTS = "data/tiny_chat.safetensors"
+_WEIGHTS_INFO = "data/tiny_chat.json"
+_REINSTALL = "Reinstall the helper: pip install --force-reinstall llama2-colab (or its git URL)."
 
 
 def tiny_cache_dir() -> Path:
     """Return where the tiny model is cached: $LLAMA2_COLAB_CACHE or ~/.cache/llama2_colab.
 
-    One folder per recipe and transformers version: the files a build writes depend on the
-    transformers that wrote them, and two stacks on one machine (Colab's and the newest) must
-    never read each other's build.
+    One folder per recipe, shipped weights and transformers version: the files a build writes
+    depend on the transformers that wrote them, and two stacks on one machine (Colab's and the
+    newest) must never read each other's build.
     """
     import transformers
 
     root = os.environ.get("LLAMA2_COLAB_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "llama2_colab"
     )
-    return Path(root) / f"tiny-llama-2-v{TINY_VERSION}-transformers-{transformers.__version__}"
+    try:  # new weights (a retrained model) get a new folder
+        info = resources.files("llama2_colab").joinpath(_WEIGHTS_INFO).read_text(encoding="utf-8")
+        weights = json.loads(info)["sha256"][:8]
+    except (OSError, ValueError, KeyError, TypeError):
+        weights = "missing"  # building there says what is wrong
+    name = f"tiny-llama-2-v{TINY_VERSION}-{weights}-transformers-{transformers.__version__}"
+    return Path(root) / name
 
 
 def _build_tokenizer(out: Path):
@@ -107,31 +132,44 @@ def seeded_llama(config):
         torch.random.set_rng_state(state)
 
 
+def read_trained_weights() -> tuple[dict, dict]:
+    """Return (the config, the state dict) of the trained tiny model the package ships.
+
+    The weights' sha256 is checked against the one `scripts/train_tiny_chat.py` recorded; a
+    missing or damaged file is a `UserFacingError` that says to reinstall.
+    """
+    from safetensors.torch import load
+
+    data = resources.files("llama2_colab")
+    try:
+        info = json.loads(data.joinpath(_WEIGHTS_INFO).read_text(encoding="utf-8"))
+        raw = data.joinpath(_WEIGHTS).read_bytes()
+    except (OSError, ValueError):
+        raise UserFacingError(
+            f"The tiny model's weights ({_WEIGHTS}) are missing from the llama2_colab package.",
+            _REINSTALL,
+        ) from None
+    if hashlib.sha256(raw).hexdigest() != info.get("sha256"):
+        raise UserFacingError(
+            f"The tiny model's weights ({_WEIGHTS}) are damaged: their sha256 is not the one "
+            "recorded.",
+            _REINSTALL,
+        )
+    return info["config"], load(raw)
+
+
 def _write_tiny_files(out: Path) -> None:
     """Build the tiny Llama 2 and save every file of it into the existing folder out."""
-    from transformers import GenerationConfig, LlamaConfig
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     tokenizer = _build_tokenizer(out)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        # Every quantized layer's output size is a multiple of 32 and its input size a multiple
-        # of 64 (the NF4 block): bitsandbytes repacks 4-bit weights that way on CPUs with
-        # AVX512-BF16 and refuses other shapes (172, Llama 2's 11008/4096 scaled down, failed).
-        intermediate_size=192,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=None,
-        tie_word_embeddings=False,
-        initializer_range=0.02,
-    )
-    model = seeded_llama(config)
+    fields, state = read_trained_weights()
+    # Saved in float32, as transformers' default "auto" dtype then loads it on a CPU.
+    config = LlamaConfig(**fields, pad_token_id=None, dtype="float32")
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
     model.generation_config = GenerationConfig(
         bos_token_id=1,
         eos_token_id=2,
@@ -198,7 +236,7 @@ def _refuse_target(out_dir: str | os.PathLike) -> Path:
 def is_tiny_folder(folder: str | os.PathLike) -> bool:
     """Return True if folder was written by build_tiny_llama (so writing over it loses nothing)."""
     try:
-        return (Path(folder) / MARKER).read_text(encoding="utf-8") == _README
+        return (Path(folder) / MARKER).read_text(encoding="utf-8") in (_README, *_OLD_READMES)
     except (OSError, UnicodeDecodeError):
         return False
 

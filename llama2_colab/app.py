@@ -2,9 +2,15 @@
 
 Three parts: `ChatLayout` holds the widgets and how they are arranged; `ChatApp` is the
 controller that wires them to the `ChatSession` it drives, the third part, which keeps the
-conversation. Every button calls a handler method you can also call yourself, generation runs on
-a background thread (so Stop works while the notebook is idle), and an error never touches the
-history: it is shown in the app and your message goes back in the box.
+conversation (on a local model or an OpenAI-compatible endpoint). Every button calls a handler
+method you can also call yourself, generation runs on a background thread (so Stop works while
+the notebook is idle), and an error never touches the history: it is shown in the app and your
+message goes back in the box.
+
+The app is a small state machine behind one lock (`AppState`: idle, replying, stopping,
+loading): one operation at a time, every refused action says why on the status line, and the
+buttons and the model list always show what is really going on and what is really loaded (a
+refused or failed model switch puts the list back).
 
     app = ChatApp(session, facts, model_name="meta-llama/Llama-2-7b-chat-hf")
     app            # shows the app in a notebook cell
@@ -20,16 +26,20 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from enum import StrEnum
 from typing import NamedTuple
 
-from .chat import ChatSession, Message, encode_dialog, read_context_window
+from .chat import Message, encode_dialog
+from .endpoint import Endpoint
 from .errors import redact_secrets
 from .models import load_with_plan, oom_as_advice
 from .plan import LoadPlan, make_plan
 from .runtime import RuntimeFacts
+from .session import ChatSession
 
 __all__ = [
     "CHAT_MODELS",
+    "AppState",
     "ChatApp",
     "ChatLayout",
     "ModelOption",
@@ -45,6 +55,15 @@ CHAT_MODELS = {
     "tiny": "tiny Llama 2 (offline, random weights)",
 }
 DEFAULT_SYSTEM_PROMPT = "You are a helpful, respectful and honest assistant. Answer concisely."
+
+
+class AppState(StrEnum):
+    """What the app is doing: only `idle` starts a new operation."""
+
+    IDLE = "idle"
+    REPLYING = "replying"  # a reply is streaming in
+    STOPPING = "stopping"  # Stop was pressed; the reply is ending
+    LOADING = "loading"  # a model is loading
 
 
 class ModelOption(NamedTuple):
@@ -184,16 +203,20 @@ class ChatLayout:
 
     def set_busy(self, busy: bool) -> None:
         """While busy only Stop works; otherwise everything but Stop."""
-        for button in (
+        self.show_state(AppState.REPLYING if busy else AppState.IDLE)
+
+    def show_state(self, state: AppState) -> None:
+        """Idle: everything but Stop works; replying: only Stop; stopping or loading: nothing."""
+        for widget in (
             self.send_button,
             self.regenerate_button,
             self.undo_button,
             self.clear_button,
             self.load_button,
+            self.model,
         ):
-            button.disabled = busy
-        self.stop_button.disabled = not busy
-        self.model.disabled = busy
+            widget.disabled = state is not AppState.IDLE
+        self.stop_button.disabled = state is not AppState.REPLYING
 
 
 class ChatApp:
@@ -201,25 +224,30 @@ class ChatApp:
 
     Every button calls a handler method you can also call yourself (`on_send`, `on_stop`, ...);
     the widgets are the layout's, reachable from the app too (`app.message` is
-    `app.layout.message`).
+    `app.layout.message`). `state` says what the app is doing (an `AppState`).
     """
 
     def __init__(
         self,
         session: ChatSession,
         facts: RuntimeFacts,
-        model_name: str,
+        model_name: str | None = None,
         loader: Callable[[object], tuple] | None = None,
         models: dict[str, tuple[str, object]] | None = None,
     ):
         self.session = session
         self.facts = facts
-        self.model_name = model_name
         self.loader = loader or load_with_plan
         given = models if models is not None else describe_models(facts)
         self.models = {name: ModelOption(*option) for name, option in given.items()}
-        if model_name not in self.models:  # e.g. Code Llama, or a local directory
-            self.models[model_name] = ModelOption(f"{model_name} (loaded)", None)
+        self._endpoints: dict[str, Endpoint] = {}  # dropdown entries that are endpoints
+        self.model_name = self._add_current(model_name)
+        # One lock for the state, the widgets and the pending exchange; re-entrant because
+        # changing a widget can run an observer that takes it again.
+        self._lock = threading.RLock()
+        self._state = AppState.IDLE
+        self._stop_event: threading.Event | None = None
+        self._loading: str | None = None  # the model being loaded
         self._worker: threading.Thread | None = None
         # While streaming: the exchange being written (see _Pending).
         self._pending: _Pending | None = None
@@ -229,11 +257,27 @@ class ChatApp:
         self._wanted_max_new_tokens = int(session.max_new_tokens)
         self._capping = False
         options = [(option.label, name) for name, option in self.models.items()]
-        self.layout = ChatLayout(session, options, model_name)
+        self.layout = ChatLayout(session, options, self.model_name)
         self._connect()
         self._apply_context_window()
-        self.layout.set_busy(False)
+        self.layout.show_state(AppState.IDLE)
         self._render(force=True)
+
+    def _add_current(self, model_name: str | None) -> str:
+        """The dropdown entry of what the session runs now, added if the list lacks it."""
+        endpoint = self.session.endpoint
+        if endpoint is not None:
+            name = model_name or endpoint.describe()
+            self._endpoints[name] = endpoint
+            self.models.setdefault(name, ModelOption(endpoint.describe(), None))
+            return name
+        if not model_name:
+            raise TypeError(
+                "Name the model the session holds: ChatApp(session, facts, model_name=...)."
+            )
+        if model_name not in self.models:  # e.g. Code Llama, or a local directory
+            self.models[model_name] = ModelOption(f"{model_name} (loaded)", None)
+        return model_name
 
     def __getattr__(self, name: str):
         """The layout's widgets, as attributes of the app (`app.send_button`, `app.message`)."""
@@ -249,6 +293,7 @@ class ChatApp:
         ui.undo_button.on_click(lambda _: self.on_undo())
         ui.clear_button.on_click(lambda _: self.on_clear())
         ui.load_button.on_click(lambda _: self.on_load())
+        ui.model.observe(self._on_pick, names="value")
         ui.system.observe(lambda _: self._bound_max_new_tokens(), names="value")
         ui.max_new_tokens.observe(self._on_max_new_tokens, names="value")
 
@@ -259,9 +304,14 @@ class ChatApp:
         display(self.layout.widget)
 
     @property
+    def state(self) -> AppState:
+        """What the app is doing now: idle, replying, stopping or loading."""
+        return self._state
+
+    @property
     def busy(self) -> bool:
-        """True while a reply is being generated or a model is loading."""
-        return self._worker is not None and self._worker.is_alive()
+        """True while a reply is being generated or stopped, or a model is loading."""
+        return self._state is not AppState.IDLE
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the running reply or load finishes (for scripts and tests)."""
@@ -278,17 +328,20 @@ class ChatApp:
 
     def refresh(self) -> None:
         """Show the session as it is now (after you changed its history or prompt in code)."""
-        self.layout.system.value = self.session.system_prompt
-        self._render(force=True)
+        with self._lock:
+            self.layout.system.value = self.session.system_prompt
+            self._render(force=True)
 
     def import_json(self, text: str) -> None:
         """Load a conversation saved with `session.export_json()` and show it at once."""
-        if self.busy:
-            raise RuntimeError("Still answering; press Stop first, then load the conversation.")
-        self.session.import_json(text)  # ValueError, with nothing changed, if it is not one
-        self.refresh()
-        n = len(self.session.history) // 2
-        self._show(f"Loaded a conversation of {n} exchange{'s' if n != 1 else ''}.")
+        with self._lock:
+            refusal = self._refusal("load the conversation")
+            if refusal:
+                raise RuntimeError(refusal)
+            self.session.import_json(text)  # ValueError, with nothing changed, if it is not one
+            self.refresh()
+            n = len(self.session.history) // 2
+            self._show(f"Loaded a conversation of {n} exchange{'s' if n != 1 else ''}.")
 
     def status_text(self) -> str:
         """Return the status line under the app (speed, context used, or an error) as text."""
@@ -323,9 +376,10 @@ class ChatApp:
 
     def _apply_context_window(self) -> None:
         """Use the smaller of the model's context and what the plan leaves room for."""
-        if self.session.model is None:
+        engine = self.session.engine
+        if engine is None:
             return
-        window = read_context_window(self.session.model)
+        window = engine.context_window()
         plan = self._plan()
         room = plan.context_window if plan is not None else 0
         self.session.context_window = min(window, room) if room else window
@@ -333,7 +387,7 @@ class ChatApp:
 
     def _bound_max_new_tokens(self) -> None:
         """Let max new tokens go as far as the context leaves after the system prompt."""
-        if self.session.model is None:
+        if self.session.engine is None:
             return
         system = self.layout.system.value
         messages = [Message(role="user", content="?")]
@@ -358,6 +412,46 @@ class ChatApp:
         if not self._capping:
             self._wanted_max_new_tokens = int(change["new"])
 
+    # -- the state machine ----------------------------------------------------------------------
+    def _refusal(self, doing: str) -> str | None:
+        """Why nothing new can start now, in the user's words (None: it can). Hold the lock."""
+        if self._state is AppState.REPLYING:
+            return f"Still answering; press Stop first, then {doing}."
+        if self._state is AppState.STOPPING:
+            return f"Stopping the reply; {doing} in a moment."
+        if self._state is AppState.LOADING:
+            return f"Loading {self._loading}; {doing} once it has loaded."
+        if self.session.busy:
+            return f"The session is answering a call from your code; {doing} once it ends."
+        return None
+
+    def _enter(self, state: AppState) -> None:
+        """Move to state (with the lock held) and show it on the buttons."""
+        self._state = state
+        self.layout.show_state(state)
+
+    def _start(self, state: AppState, target: Callable[[], None]) -> None:
+        """Enter state and run target on a background thread (with the lock held)."""
+        self._enter(state)
+        self._worker = threading.Thread(target=target, daemon=True)
+        self._worker.start()
+
+    def _shown_model(self) -> str | None:
+        return self._loading if self._state is AppState.LOADING else self.model_name
+
+    def _put_back_model(self) -> None:
+        """Show the model that is really loaded (or being loaded) in the dropdown."""
+        if self.layout.model.value != self._shown_model():
+            self.layout.model.value = self._shown_model()
+
+    def _on_pick(self, change) -> None:
+        """A model picked while the app is busy goes back at once, and the app says why."""
+        with self._lock:
+            refusal = self._refusal("pick another model")
+            if refusal and change["new"] != self._shown_model():
+                self._put_back_model()
+                self._show(refusal, error=True)
+
     # -- handlers -------------------------------------------------------------------------------
     def _sync_settings(self) -> None:
         ui = self.layout
@@ -366,52 +460,61 @@ class ChatApp:
         self.session.top_p = float(ui.top_p.value)
         self.session.max_new_tokens = int(ui.max_new_tokens.value)
 
-    def _start(self, target: Callable[[], None]) -> None:
-        self.layout.set_busy(True)
-        self._worker = threading.Thread(target=target, daemon=True)
-        self._worker.start()
-
-    def _refusal(self, regenerating: bool = False) -> str | None:
+    def _reply_refusal(self, doing: str, regenerating: bool = False) -> str | None:
         """Why a reply cannot start now (None: it can); the same checks for Send and Regenerate."""
-        if self.busy:
-            return "Still answering; press Stop first."
+        refusal = self._refusal(doing)
+        if refusal:
+            return refusal
         if regenerating and not self.session.history:
             return "Nothing to regenerate yet: send a message first."
-        if self.session.model is None:
+        if self.session.engine is None:
             return "No model is loaded: pick one and press Load model."
         return None
 
     def on_send(self) -> None:
         """Send the message box's text; the reply streams into the conversation."""
-        refusal = self._refusal()
-        if refusal:
-            return self._show(refusal, error=True)
-        text = self.layout.message.value
-        self._sync_settings()
-        try:
-            fit = self.session.plan_prompt(text)  # bad input is refused before any work
-        except Exception as err:  # noqa: BLE001 - every refusal is shown, never raised
-            return self._show(_message_of(err), error=True)
-        self.layout.message.value = ""
-        self._pending = _Pending(text, "", replaces=False)
-        self._render(force=True)
-        self._show("Generating..." + (f" ({fit.describe()})" if fit.dropped else ""))
-        self._start(lambda: self._run(lambda cb: self.session.send(text, on_text=cb), text))
+        with self._lock:
+            refusal = self._reply_refusal("send")
+            if refusal:
+                return self._show(refusal, error=True)
+            text = self.layout.message.value
+            self._sync_settings()
+            try:
+                fit = self.session.plan_prompt(text)  # bad input is refused before any work
+            except Exception as err:  # noqa: BLE001 - every refusal is shown, never raised
+                return self._show(_message_of(err), error=True)
+            self.layout.message.value = ""
+            self._pending = _Pending(text, "", replaces=False)
+            self._render(force=True)
+            self._show("Generating..." + (f" ({fit.describe()})" if fit.dropped else ""))
+            stop = self._stop_event = threading.Event()
+            send = self.session.send
+            self._start(
+                AppState.REPLYING,
+                lambda: self._run(lambda cb: send(text, on_text=cb, stop_event=stop), text),
+            )
 
     def on_regenerate(self) -> None:
         """Replace the last reply with a new one (new settings apply)."""
-        refusal = self._refusal(regenerating=True)
-        if refusal:
-            return self._show(refusal, error=True)
-        self._sync_settings()
-        self._pending = _Pending(self.session.history[-2]["content"], "", replaces=True)
-        self._render(force=True)
-        self._show("Generating a new reply...")
-        self._start(lambda: self._run(lambda cb: self.session.regenerate(on_text=cb), None))
+        with self._lock:
+            refusal = self._reply_refusal("regenerate", regenerating=True)
+            if refusal:
+                return self._show(refusal, error=True)
+            self._sync_settings()
+            self._pending = _Pending(self.session.history[-2]["content"], "", replaces=True)
+            self._render(force=True)
+            self._show("Generating a new reply...")
+            stop = self._stop_event = threading.Event()
+            again = self.session.regenerate
+            self._start(
+                AppState.REPLYING,
+                lambda: self._run(lambda cb: again(on_text=cb, stop_event=stop), None),
+            )
 
     def _on_text(self, piece: str) -> None:
-        self._pending = self._pending._replace(reply=self._pending.reply + piece)
-        self._render()
+        with self._lock:
+            self._pending = self._pending._replace(reply=self._pending.reply + piece)
+            self._render()
 
     def _give_back(self, text: str | None) -> None:
         """Put the user's message back in the box (unless they already typed a new one)."""
@@ -420,23 +523,25 @@ class ChatApp:
 
     def _run(self, call: Callable[[Callable[[str], None]], str], text: str | None) -> None:
         plan = self._plan()
+        reply, note, error = None, "", False
         try:
             # A CUDA out-of-memory error becomes the plan's advice (shorter chat, restart...).
             with oom_as_advice(plan, "generating") if plan is not None else nullcontext():
                 reply = call(self._on_text)
         except BaseException as err:  # noqa: BLE001 - shown in the app; history is untouched
-            self._pending = None
-            self._give_back(text)
-            self._show(f"Error, nothing was lost: {_message_of(err)}", error=True)
+            note, error = f"Error, nothing was lost: {_message_of(err)}", True
         else:
-            self._pending = None
-            if not reply:
-                self._give_back(text)  # stopped before any text: nothing was recorded
-            self._show(self._summary())
+            if not reply:  # stopped before any text arrived: nothing was recorded
+                note = "Stopped before any text arrived; nothing was changed."
         finally:
-            self._pending = None
-            self._render(force=True)
-            self.layout.set_busy(False)
+            with self._lock:
+                self._pending = None
+                if not reply:
+                    self._give_back(text)  # an error, or stopped before any text: not recorded
+                self._render(force=True)
+                self._show(note or self._summary(), error=error)
+                self._stop_event = None
+                self._enter(AppState.IDLE)
 
     def _summary(self) -> str:
         s, fit = self.session.last_stats, self.session.last_fit
@@ -456,63 +561,113 @@ class ChatApp:
 
     def on_stop(self) -> None:
         """End the reply being generated; what has arrived so far is kept."""
-        self.session.stop()
+        with self._lock:
+            if self._state is AppState.REPLYING:
+                self._stop_event.set()  # even if the reply has not begun yet
+                self.session.stop()
+                self._enter(AppState.STOPPING)
+                return self._show("Stopping...")
+            if self._state is AppState.LOADING:
+                why = f"Loading {self._loading} cannot be stopped halfway; wait for it to finish."
+            elif self._state is AppState.STOPPING:
+                why = "Already stopping; the reply ends in a moment."
+            else:
+                why = "Nothing to stop: no reply is being written."
+            self._show(why, error=True)
 
     def on_undo(self) -> None:
         """Remove the last exchange and put its message back in the box to edit."""
-        if self.busy:
-            return
-        text = self.session.undo()
-        self._give_back(text)
-        self._render(force=True)
-        self._show("Removed the last exchange." if text is not None else "Nothing to undo.")
+        with self._lock:
+            refusal = self._refusal("undo")
+            if refusal:
+                return self._show(refusal, error=True)
+            text = self.session.undo()
+            self._give_back(text)
+            self._render(force=True)
+            self._show("Removed the last exchange." if text is not None else "Nothing to undo.")
 
     def on_clear(self) -> None:
         """Start a new conversation (the system prompt and settings stay)."""
-        if self.busy:
-            return
-        self.session.clear()
-        self._render(force=True)
-        self._show("Cleared.")
+        with self._lock:
+            refusal = self._refusal("clear")
+            if refusal:
+                return self._show(refusal, error=True)
+            self.session.clear()
+            self._render(force=True)
+            self._show("Cleared.")
 
     def on_load(self) -> None:
         """Load the model picked in the dropdown (in the background); the history stays."""
-        if self.busy:
-            return
-        name = self.layout.model.value
-        title = CHAT_MODELS.get(name, name)
-        if name == self.model_name and self.session.model is not None:
-            return self._show(f"{title} is already loaded.")
+        with self._lock:
+            name = self.layout.model.value
+            refusal = self._refusal("load another model")
+            if refusal:
+                self._put_back_model()
+                return self._show(refusal, error=True)
+            if name is None:
+                return self._show("Pick a model first, then press Load model.", error=True)
+            title = CHAT_MODELS.get(name, name)
+            if name == self.model_name and self.session.engine is not None:
+                return self._show(f"{title} is already loaded.")
+            if name in self._endpoints:
+                return self._switch_to_endpoint(name)
+            plan, why = self._plan_for(name, title)
+            if why:
+                self._put_back_model()
+                return self._show(why, error=True)
+            self._loading = name
+            self._show(f"Loading {name}... (a real model downloads once, then loads in minutes)")
+            self._start(AppState.LOADING, lambda: self._load(name, plan))
+
+    def _plan_for(self, name: str, title: str) -> tuple[LoadPlan | None, str]:
+        """(the plan for name, "") or (None, why it cannot be loaded here)."""
         plan = self.models[name].plan
         if plan is None:
             try:
                 plan = make_plan(name, self.facts)
             except Exception as err:  # noqa: BLE001 - shown in the app
-                return self._show(f"Cannot plan {name}: {_message_of(err)}", error=True)
+                return None, f"Cannot plan {name}: {_message_of(err)}"
         if not plan.fits:
-            return self._show(f"{title} does not fit: {plan.advice}", error=True)
-        self._show(f"Loading {name}... (a real model downloads once, then loads in minutes)")
-        self._start(lambda: self._load(name, plan))
+            return None, f"{title} does not fit: {plan.advice}"
+        return plan, ""
+
+    def _switch_to_endpoint(self, name: str) -> None:
+        """Reply through the endpoint picked (with the lock held); nothing loads."""
+        self.session.use_endpoint(self._endpoints[name])
+        self.model_name = name
+        self._apply_context_window()
+        self._show(f"Switched to {name}; the conversation continues with it.")
 
     def _load(self, name: str, plan) -> None:
         try:
             # Free the old model first: a T4 cannot hold two Llama 2 models at once.
-            self.session.model = None
+            self.session.unload()
             _free_memory()
             model, tokenizer = self.loader(plan)
+            self.session.use_model(model, tokenizer)
         except BaseException as err:  # noqa: BLE001 - shown in the app; history is untouched
-            self._show(
-                f"Could not load {name}: {_message_of(err)} Pick a model and press Load model.",
-                error=True,
-            )
+            with self._lock:
+                if self.session.engine is None:
+                    self.model_name = None  # nothing is loaded now, and the list says so
+                now = "No model is loaded now" if self.model_name is None else "The model stays"
+                self._show(
+                    f"Could not load {name}: {_message_of(err)} {now}: pick a model and press "
+                    "Load model.",
+                    error=True,
+                )
+                self._finish_loading()
         else:
-            self.session.model, self.session.tokenizer = model, tokenizer
-            self.model_name = name
-            self.models[name] = self.models[name]._replace(plan=plan)
-            self._apply_context_window()
-            self._show(f"Loaded {name}; the conversation continues with it.")
-        finally:
-            self.layout.set_busy(False)
+            with self._lock:
+                self.model_name = name
+                self.models[name] = self.models[name]._replace(plan=plan)
+                self._apply_context_window()
+                self._show(f"Loaded {name}; the conversation continues with it.")
+                self._finish_loading()
+
+    def _finish_loading(self) -> None:
+        self._loading = None
+        self._enter(AppState.IDLE)
+        self._put_back_model()
 
 
 class _Pending(NamedTuple):

@@ -90,13 +90,22 @@ def run_server(model_dir: Path) -> RunningServer:
     raise RuntimeError(f"The server did not answer within {READY_TIMEOUT_S} s:\n{server.log()}")
 
 
+@dataclass
+class SilentServer:
+    """A server that reads requests and never answers: its URL, and whether a request came."""
+
+    url: str
+    requested: threading.Event  # set once a request has arrived
+
+
 @contextlib.contextmanager
-def silent_server() -> Iterator[str]:
-    """Yield the base URL of a TCP server that accepts every connection and never answers."""
+def silent_server() -> Iterator[SilentServer]:
+    """A TCP server that accepts every connection, reads the request, and never answers."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     listener.settimeout(0.1)  # so the accepting thread sees `done` soon
+    server = SilentServer(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", threading.Event())
     held: list[socket.socket] = []
     done = threading.Event()
 
@@ -108,15 +117,19 @@ def silent_server() -> Iterator[str]:
                 continue
             except OSError:  # the listener was closed
                 return
-            held.append(connection)  # kept open, never read from or written to
+            held.append(connection)  # kept open, and never written to
+            connection.settimeout(10)
+            with contextlib.suppress(OSError):
+                if connection.recv(65536):
+                    server.requested.set()
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+        yield server
     finally:
         done.set()
-        thread.join(5)
+        thread.join(15)
         listener.close()
         for connection in held:
             connection.close()

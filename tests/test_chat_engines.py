@@ -563,17 +563,17 @@ def test_an_unknown_model_name_is_a_clear_4xx_error(server):
 
 
 def test_a_server_that_never_answers_times_out(tiny_dir):
-    with silent_server() as url:
-        session = endpoint_session(url, timeout_s=1)
+    with silent_server() as silent:
+        session = endpoint_session(silent.url, timeout_s=1)
         error = assert_refused_and_kept(session, "did not answer within 1 s")
         assert "timeout_s" in error.todo
 
 
 def test_stop_ends_a_reply_while_the_server_is_silent(tiny_dir):
-    with silent_server() as url:
-        session = endpoint_session(url, timeout_s=600)
+    with silent_server() as silent:
+        session = endpoint_session(silent.url, timeout_s=600)
         thread, result = in_thread(lambda: session.send("hello"))
-        wait_until(lambda: session.busy, "the request to be sent")
+        assert silent.requested.wait(60)  # the request is out, and no answer will come
         assert session.stop() is True and session.state is SessionState.STOPPING
         thread.join(60)  # Stop does not wait for the server: it closes the request
         assert result == [""] and session.last_stopped

@@ -74,6 +74,8 @@ def _make_engine(model, tokenizer, fast: bool, endpoint) -> ReplyEngine:
                 f"endpoint must be an Endpoint, not {type(endpoint).__name__}: e.g. "
                 "endpoint=Endpoint('http://127.0.0.1:8000/v1', 'tiny')."
             )
+        if fast:
+            raise TypeError("fast=True is a local model's decode path; an endpoint has its own.")
         return endpoint
     return LocalModel(model, tokenizer, fast)
 
@@ -188,6 +190,8 @@ class ChatSession:
     def fast(self, value: bool) -> None:
         if isinstance(self._engine, LocalModel):
             self._engine.fast = bool(value)
+        elif value:
+            raise TypeError("fast=True is a local model's decode path; an endpoint has its own.")
 
     @property
     def _decoder(self):

@@ -457,6 +457,10 @@ def test_a_session_without_a_model_or_tokenizer_is_refused_at_once(tiny_model_an
             lambda: ChatSession(model, tok, endpoint=Endpoint("http://127.0.0.1:9/v1", "x")),
             "not both",
         ),
+        (
+            lambda: ChatSession(endpoint=Endpoint("http://127.0.0.1:9/v1", "x"), fast=True),
+            "local model's decode path",
+        ),
     ]
     for make, message in cases:
         with pytest.raises(TypeError, match=message):

@@ -27,8 +27,7 @@ from llama2_colab.app import AppState, ChatApp, describe_models
 from llama2_colab.local_model import LocalModel
 from llama2_colab.session import SessionBusyError, SessionState
 
-pytest.importorskip("openai", reason="the endpoint engine needs the openai package")
-pytest.importorskip("fastapi", reason="transformers serve needs fastapi and uvicorn")
+pytest.importorskip("openai", reason="the endpoint engine needs the openai package (serve extra)")
 
 SYSTEM = {"role": "system", "content": "You are terse."}
 KEY = "sk-test-" + "Zq9" * 10 + "wxyz"  # an API key that must never be shown whole
@@ -81,6 +80,8 @@ def server(tiny_dir):
     """A real OpenAI-compatible server on the tiny model, for this module's endpoint tests."""
     if sys.platform == "win32":  # pragma: no cover - SIGSTOP holds replies; CI runs Linux
         pytest.skip("the endpoint tests pause the server with SIGSTOP")
+    for package in ("fastapi", "uvicorn"):  # what transformers serve runs on (serve extra)
+        pytest.importorskip(package, reason="the test server needs fastapi and uvicorn")
     running = run_server(tiny_dir)
     yield running
     running.stop()
@@ -584,8 +585,8 @@ def test_stop_ends_a_reply_while_the_server_is_silent(tiny_dir):
         assert session.history == turn("earlier", "kept") and session.state is SessionState.IDLE
 
 
-def test_a_server_killed_mid_stream_is_a_clear_error_and_the_history_stays(tiny_dir):
-    doomed = run_server(tiny_dir)
+def test_a_server_killed_mid_stream_is_a_clear_error_and_the_history_stays(server, tiny_dir):
+    doomed = run_server(tiny_dir)  # its own server (the fixture's checks what it needs)
     try:
         session = endpoint_session(doomed.url, model=doomed.model)
         session.max_new_tokens = 1000

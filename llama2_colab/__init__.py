@@ -2,7 +2,7 @@
 
 Data flows one way: facts about the machine (`detect_runtime`) -> decisions
 (`recommend_settings`, `choose_model`, `make_plan`) -> loading (`load_with_plan`) -> generation
-(`stream_generate`, `ChatSession`) -> display (`ChatApp`).
+(`stream_generate`, `ChatSession` on a `LocalModel` or an `Endpoint`) -> display (`ChatApp`).
 
 Importing the package has no side effects and is cheap: each name below is imported from its
 module on first use, so `python -m llama2_colab access` answers without loading torch.
@@ -44,7 +44,6 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "generation": ("GenerationStats", "fast_generate_kwargs", "stream_generate"),
     "fast_decode": ("FastDecoder", "fast_stream_generate"),
     "chat": (
-        "ChatSession",
         "DialogFit",
         "Message",
         "check_dialog",
@@ -54,6 +53,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "read_context_window",
         "render_dialog",
     ),
+    "session": ("ChatSession", "SessionBusyError", "SessionState"),
+    "local_model": ("LocalModel",),
+    "endpoint": ("Endpoint", "EndpointError"),
     "app": ("ChatApp", "describe_models"),
     "auth": (
         "AccessResult",

@@ -1,10 +1,16 @@
 """A chat app inside the notebook (ipywidgets): what the a16z Llama 2 chatbot offers, run locally.
 
-Three parts: `ChatLayout` holds the widgets and how they are arranged; `ChatApp` is the
-controller that wires them to the `ChatSession` it drives, the third part, which keeps the
-conversation. Every button calls a handler method you can also call yourself, generation runs on
-a background thread (so Stop works while the notebook is idle), and an error never touches the
-history: it is shown in the app and your message goes back in the box.
+Three parts: `ChatLayout` (in `chat_layout`) holds the widgets and how they are arranged;
+`ChatApp`, here, is the controller that wires them to the `ChatSession` it drives, the third
+part, which keeps the conversation (on a local model or an OpenAI-compatible endpoint). Every
+button calls a handler method you can also call yourself, generation runs on a background
+thread (so Stop works while the notebook is idle), and an error never touches the history: it
+is shown in the app and your message goes back in the box.
+
+The app is a small state machine behind one lock (`AppState`: idle, replying, stopping,
+loading): one operation at a time, every refused action says why on the status line, and the
+buttons and the model list always show what is really going on and what is really loaded (a
+refused or failed model switch puts the list back).
 
     app = ChatApp(session, facts, model_name="meta-llama/Llama-2-7b-chat-hf")
     app            # shows the app in a notebook cell
@@ -22,14 +28,18 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import NamedTuple
 
-from .chat import ChatSession, Message, encode_dialog, read_context_window
+from .chat import Message, encode_dialog
+from .chat_layout import AppState, ChatLayout, conversation_html
+from .endpoint import Endpoint
 from .errors import redact_secrets
 from .models import load_with_plan, oom_as_advice
 from .plan import LoadPlan, make_plan
 from .runtime import RuntimeFacts
+from .session import ChatSession
 
 __all__ = [
     "CHAT_MODELS",
+    "AppState",
     "ChatApp",
     "ChatLayout",
     "ModelOption",
@@ -42,7 +52,7 @@ CHAT_MODELS = {
     "meta-llama/Llama-2-7b-chat-hf": "Llama 2 7B chat",
     "meta-llama/Llama-2-13b-chat-hf": "Llama 2 13B chat",
     "meta-llama/Llama-2-70b-chat-hf": "Llama 2 70B chat",
-    "tiny": "tiny Llama 2 (offline, random weights)",
+    "tiny": "tiny Llama 2 (offline toy, not Llama 2)",
 }
 DEFAULT_SYSTEM_PROMPT = "You are a helpful, respectful and honest assistant. Answer concisely."
 
@@ -79,147 +89,35 @@ def _free_memory() -> None:
         pass
 
 
-_CSS = (
-    "<style>.l2c-chat{font-family:sans-serif;max-height:420px;overflow-y:auto;padding:4px}"
-    ".l2c-msg{white-space:pre-wrap;margin:4px 0;padding:6px 10px;border-radius:8px}"
-    ".l2c-user{background:#e8f0fe}.l2c-bot{background:#f1f3f4}"
-    ".l2c-note{color:#666;font-size:90%}.l2c-err{color:#b00020}</style>"
-)
-
-
-def conversation_html(messages: list[Message]) -> str:
-    """Return the conversation as the app shows it: one styled block per message."""
-    parts = []
-    for msg in messages:
-        cls, who = ("l2c-user", "You") if msg["role"] == "user" else ("l2c-bot", "Llama 2")
-        text = html.escape(msg["content"]) or "&hellip;"
-        parts.append(f'<div class="l2c-msg {cls}"><b>{who}:</b> {text}</div>')
-    if not parts:
-        parts.append('<div class="l2c-note">No messages yet.</div>')
-    return _CSS + '<div class="l2c-chat">' + "".join(parts) + "</div>"
-
-
-class ChatLayout:
-    """The app's widgets and how they are arranged; it holds no conversation and decides nothing."""
-
-    def __init__(self, session: ChatSession, options: list[tuple[str, str]], model_name: str):
-        import ipywidgets as w
-
-        self.model = w.Dropdown(
-            options=options,
-            value=model_name,
-            description="Model",
-            layout=w.Layout(width="auto", flex="1 1 auto"),  # what the button leaves
-        )
-        self.load_button = w.Button(
-            description="Load model", icon="download", layout=w.Layout(flex="0 0 auto")
-        )
-        self.system = w.Textarea(
-            value=session.system_prompt,
-            description="System",
-            placeholder="A system prompt, re-sent with every turn (empty: none)",
-            layout=w.Layout(width="100%", height="70px"),
-        )
-        self._add_sliders(w, session)
-        self.conversation = w.HTML(layout=w.Layout(width="100%"))
-        self.message = w.Textarea(
-            placeholder="Type a message, then Send", layout=w.Layout(width="100%", height="60px")
-        )
-        self.send_button = w.Button(description="Send", button_style="primary", icon="paper-plane")
-        self.stop_button = w.Button(description="Stop", button_style="warning", icon="stop")
-        self.regenerate_button = w.Button(description="Regenerate", icon="refresh")
-        self.undo_button = w.Button(description="Undo", icon="undo")
-        self.clear_button = w.Button(description="Clear", button_style="danger", icon="trash")
-        self.status = w.HTML()
-        self.widget = self._arrange(w)
-
-    def _add_sliders(self, w, session: ChatSession) -> None:
-        # Labels get the room they need (the default cuts "Max new tokens" to "Max new ..."),
-        # and each slider fits a third of Colab's ~850 px output; the row wraps when narrower.
-        look = {
-            "style": {"description_width": "initial"},
-            "layout": w.Layout(width="270px", margin="2px 12px 2px 0"),
-        }
-        self.temperature = w.FloatSlider(
-            value=session.temperature,
-            min=0.01,
-            max=5.0,
-            step=0.01,
-            description="Temperature",
-            **look,
-        )
-        self.top_p = w.FloatSlider(
-            value=session.top_p, min=0.01, max=1.0, step=0.01, description="Top p", **look
-        )
-        self.max_new_tokens = w.IntSlider(
-            value=session.max_new_tokens,
-            min=1,
-            max=max(4096, session.max_new_tokens),
-            step=1,
-            description="Max new tokens",
-            **look,
-        )
-
-    def _arrange(self, w):
-        sliders = w.HBox(
-            [self.temperature, self.top_p, self.max_new_tokens],
-            layout=w.Layout(flex_flow="row wrap"),
-        )
-        settings = w.VBox([w.HBox([self.model, self.load_button]), self.system, sliders])
-        buttons = w.HBox(
-            [
-                self.send_button,
-                self.stop_button,
-                self.regenerate_button,
-                self.undo_button,
-                self.clear_button,
-            ]
-        )
-        return w.VBox([settings, self.conversation, self.message, buttons, self.status])
-
-    def show(self, text: str, error: bool = False) -> None:
-        """Put a note (or an error, in red) on the status line."""
-        cls = "l2c-err" if error else "l2c-note"
-        self.status.value = f'<div class="{cls}">{html.escape(text)}</div>'
-
-    def set_busy(self, busy: bool) -> None:
-        """While busy only Stop works; otherwise everything but Stop."""
-        for button in (
-            self.send_button,
-            self.regenerate_button,
-            self.undo_button,
-            self.clear_button,
-            self.load_button,
-        ):
-            button.disabled = busy
-        self.stop_button.disabled = not busy
-        self.model.disabled = busy
-
-
 class ChatApp:
     """The chat app's controller: it wires a `ChatLayout` to the `ChatSession` it drives.
 
     Every button calls a handler method you can also call yourself (`on_send`, `on_stop`, ...);
     the widgets are the layout's, reachable from the app too (`app.message` is
-    `app.layout.message`).
+    `app.layout.message`). `state` says what the app is doing (an `AppState`).
     """
 
     def __init__(
         self,
         session: ChatSession,
         facts: RuntimeFacts,
-        model_name: str,
+        model_name: str | None = None,
         loader: Callable[[object], tuple] | None = None,
         models: dict[str, tuple[str, object]] | None = None,
     ):
         self.session = session
         self.facts = facts
-        self.model_name = model_name
         self.loader = loader or load_with_plan
         given = models if models is not None else describe_models(facts)
         self.models = {name: ModelOption(*option) for name, option in given.items()}
-        if model_name not in self.models:  # e.g. Code Llama, or a local directory
-            self.models[model_name] = ModelOption(f"{model_name} (loaded)", None)
+        self._endpoints: dict[str, Endpoint] = {}  # dropdown entries that are endpoints
+        self.model_name = self._add_current(model_name)
+        # One lock for the state, the widgets and the pending exchange; re-entrant because
+        # changing a widget can run an observer that takes it again.
+        self._lock = threading.RLock()
+        self._state = AppState.IDLE
+        self._stop_event: threading.Event | None = None
+        self._loading: str | None = None  # the model being loaded
         self._worker: threading.Thread | None = None
         # While streaming: the exchange being written (see _Pending).
         self._pending: _Pending | None = None
@@ -229,11 +127,27 @@ class ChatApp:
         self._wanted_max_new_tokens = int(session.max_new_tokens)
         self._capping = False
         options = [(option.label, name) for name, option in self.models.items()]
-        self.layout = ChatLayout(session, options, model_name)
+        self.layout = ChatLayout(session, options, self.model_name)
         self._connect()
         self._apply_context_window()
-        self.layout.set_busy(False)
+        self.layout.show_state(AppState.IDLE)
         self._render(force=True)
+
+    def _add_current(self, model_name: str | None) -> str:
+        """The dropdown entry of what the session runs now, added if the list lacks it."""
+        endpoint = self.session.endpoint
+        if endpoint is not None:
+            name = model_name or endpoint.describe()
+            self._endpoints[name] = endpoint
+            self.models.setdefault(name, ModelOption(endpoint.describe(), None))
+            return name
+        if not model_name:
+            raise TypeError(
+                "Name the model the session holds: ChatApp(session, facts, model_name=...)."
+            )
+        if model_name not in self.models:  # e.g. Code Llama, or a local directory
+            self.models[model_name] = ModelOption(f"{model_name} (loaded)", None)
+        return model_name
 
     def __getattr__(self, name: str):
         """The layout's widgets, as attributes of the app (`app.send_button`, `app.message`)."""
@@ -249,6 +163,7 @@ class ChatApp:
         ui.undo_button.on_click(lambda _: self.on_undo())
         ui.clear_button.on_click(lambda _: self.on_clear())
         ui.load_button.on_click(lambda _: self.on_load())
+        ui.model.observe(self._on_pick, names="value")
         ui.system.observe(lambda _: self._bound_max_new_tokens(), names="value")
         ui.max_new_tokens.observe(self._on_max_new_tokens, names="value")
 
@@ -259,9 +174,14 @@ class ChatApp:
         display(self.layout.widget)
 
     @property
+    def state(self) -> AppState:
+        """What the app is doing now: idle, replying, stopping or loading."""
+        return self._state
+
+    @property
     def busy(self) -> bool:
-        """True while a reply is being generated or a model is loading."""
-        return self._worker is not None and self._worker.is_alive()
+        """True while a reply is being generated or stopped, or a model is loading."""
+        return self._state is not AppState.IDLE
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the running reply or load finishes (for scripts and tests)."""
@@ -278,17 +198,20 @@ class ChatApp:
 
     def refresh(self) -> None:
         """Show the session as it is now (after you changed its history or prompt in code)."""
-        self.layout.system.value = self.session.system_prompt
-        self._render(force=True)
+        with self._lock:
+            self.layout.system.value = self.session.system_prompt
+            self._render(force=True)
 
     def import_json(self, text: str) -> None:
         """Load a conversation saved with `session.export_json()` and show it at once."""
-        if self.busy:
-            raise RuntimeError("Still answering; press Stop first, then load the conversation.")
-        self.session.import_json(text)  # ValueError, with nothing changed, if it is not one
-        self.refresh()
-        n = len(self.session.history) // 2
-        self._show(f"Loaded a conversation of {n} exchange{'s' if n != 1 else ''}.")
+        with self._lock:
+            refusal = self._refusal("load the conversation")
+            if refusal:
+                raise RuntimeError(refusal)
+            self.session.import_json(text)  # ValueError, with nothing changed, if it is not one
+            self.refresh()
+            n = len(self.session.history) // 2
+            self._show(f"Loaded a conversation of {n} exchange{'s' if n != 1 else ''}.")
 
     def status_text(self) -> str:
         """Return the status line under the app (speed, context used, or an error) as text."""
@@ -323,9 +246,10 @@ class ChatApp:
 
     def _apply_context_window(self) -> None:
         """Use the smaller of the model's context and what the plan leaves room for."""
-        if self.session.model is None:
+        engine = self.session.engine
+        if engine is None:
             return
-        window = read_context_window(self.session.model)
+        window = engine.context_window()
         plan = self._plan()
         room = plan.context_window if plan is not None else 0
         self.session.context_window = min(window, room) if room else window
@@ -333,7 +257,7 @@ class ChatApp:
 
     def _bound_max_new_tokens(self) -> None:
         """Let max new tokens go as far as the context leaves after the system prompt."""
-        if self.session.model is None:
+        if self.session.engine is None:
             return
         system = self.layout.system.value
         messages = [Message(role="user", content="?")]
@@ -358,6 +282,46 @@ class ChatApp:
         if not self._capping:
             self._wanted_max_new_tokens = int(change["new"])
 
+    # -- the state machine ----------------------------------------------------------------------
+    def _refusal(self, doing: str) -> str | None:
+        """Why nothing new can start now, in the user's words (None: it can). Hold the lock."""
+        if self._state is AppState.REPLYING:
+            return f"Still answering; press Stop first, then {doing}."
+        if self._state is AppState.STOPPING:
+            return f"Stopping the reply; {doing} in a moment."
+        if self._state is AppState.LOADING:
+            return f"Loading {self._loading}; {doing} once it has loaded."
+        if self.session.busy:
+            return f"The session is answering a call from your code; {doing} once it ends."
+        return None
+
+    def _enter(self, state: AppState) -> None:
+        """Move to state (with the lock held) and show it on the buttons."""
+        self._state = state
+        self.layout.show_state(state)
+
+    def _start(self, state: AppState, target: Callable[[], None]) -> None:
+        """Enter state and run target on a background thread (with the lock held)."""
+        self._enter(state)
+        self._worker = threading.Thread(target=target, daemon=True)
+        self._worker.start()
+
+    def _shown_model(self) -> str | None:
+        return self._loading if self._state is AppState.LOADING else self.model_name
+
+    def _put_back_model(self) -> None:
+        """Show the model that is really loaded (or being loaded) in the dropdown."""
+        if self.layout.model.value != self._shown_model():
+            self.layout.model.value = self._shown_model()
+
+    def _on_pick(self, change) -> None:
+        """A model picked while the app is busy goes back at once, and the app says why."""
+        with self._lock:
+            refusal = self._refusal("pick another model")
+            if refusal and change["new"] != self._shown_model():
+                self._put_back_model()
+                self._show(refusal, error=True)
+
     # -- handlers -------------------------------------------------------------------------------
     def _sync_settings(self) -> None:
         ui = self.layout
@@ -366,52 +330,61 @@ class ChatApp:
         self.session.top_p = float(ui.top_p.value)
         self.session.max_new_tokens = int(ui.max_new_tokens.value)
 
-    def _start(self, target: Callable[[], None]) -> None:
-        self.layout.set_busy(True)
-        self._worker = threading.Thread(target=target, daemon=True)
-        self._worker.start()
-
-    def _refusal(self, regenerating: bool = False) -> str | None:
+    def _reply_refusal(self, doing: str, regenerating: bool = False) -> str | None:
         """Why a reply cannot start now (None: it can); the same checks for Send and Regenerate."""
-        if self.busy:
-            return "Still answering; press Stop first."
+        refusal = self._refusal(doing)
+        if refusal:
+            return refusal
         if regenerating and not self.session.history:
             return "Nothing to regenerate yet: send a message first."
-        if self.session.model is None:
+        if self.session.engine is None:
             return "No model is loaded: pick one and press Load model."
         return None
 
     def on_send(self) -> None:
         """Send the message box's text; the reply streams into the conversation."""
-        refusal = self._refusal()
-        if refusal:
-            return self._show(refusal, error=True)
-        text = self.layout.message.value
-        self._sync_settings()
-        try:
-            fit = self.session.plan_prompt(text)  # bad input is refused before any work
-        except Exception as err:  # noqa: BLE001 - every refusal is shown, never raised
-            return self._show(_message_of(err), error=True)
-        self.layout.message.value = ""
-        self._pending = _Pending(text, "", replaces=False)
-        self._render(force=True)
-        self._show("Generating..." + (f" ({fit.describe()})" if fit.dropped else ""))
-        self._start(lambda: self._run(lambda cb: self.session.send(text, on_text=cb), text))
+        with self._lock:
+            refusal = self._reply_refusal("send")
+            if refusal:
+                return self._show(refusal, error=True)
+            text = self.layout.message.value
+            self._sync_settings()
+            try:
+                fit = self.session.plan_prompt(text)  # bad input is refused before any work
+            except Exception as err:  # noqa: BLE001 - every refusal is shown, never raised
+                return self._show(_message_of(err), error=True)
+            self.layout.message.value = ""
+            self._pending = _Pending(text, "", replaces=False)
+            self._render(force=True)
+            self._show("Generating..." + (f" ({fit.describe()})" if fit.dropped else ""))
+            stop = self._stop_event = threading.Event()
+            send = self.session.send
+            self._start(
+                AppState.REPLYING,
+                lambda: self._run(lambda cb: send(text, on_text=cb, stop_event=stop), text),
+            )
 
     def on_regenerate(self) -> None:
         """Replace the last reply with a new one (new settings apply)."""
-        refusal = self._refusal(regenerating=True)
-        if refusal:
-            return self._show(refusal, error=True)
-        self._sync_settings()
-        self._pending = _Pending(self.session.history[-2]["content"], "", replaces=True)
-        self._render(force=True)
-        self._show("Generating a new reply...")
-        self._start(lambda: self._run(lambda cb: self.session.regenerate(on_text=cb), None))
+        with self._lock:
+            refusal = self._reply_refusal("regenerate", regenerating=True)
+            if refusal:
+                return self._show(refusal, error=True)
+            self._sync_settings()
+            self._pending = _Pending(self.session.history[-2]["content"], "", replaces=True)
+            self._render(force=True)
+            self._show("Generating a new reply...")
+            stop = self._stop_event = threading.Event()
+            again = self.session.regenerate
+            self._start(
+                AppState.REPLYING,
+                lambda: self._run(lambda cb: again(on_text=cb, stop_event=stop), None),
+            )
 
     def _on_text(self, piece: str) -> None:
-        self._pending = self._pending._replace(reply=self._pending.reply + piece)
-        self._render()
+        with self._lock:
+            self._pending = self._pending._replace(reply=self._pending.reply + piece)
+            self._render()
 
     def _give_back(self, text: str | None) -> None:
         """Put the user's message back in the box (unless they already typed a new one)."""
@@ -420,30 +393,30 @@ class ChatApp:
 
     def _run(self, call: Callable[[Callable[[str], None]], str], text: str | None) -> None:
         plan = self._plan()
+        reply, note, error = None, "", False
         try:
             # A CUDA out-of-memory error becomes the plan's advice (shorter chat, restart...).
             with oom_as_advice(plan, "generating") if plan is not None else nullcontext():
                 reply = call(self._on_text)
         except BaseException as err:  # noqa: BLE001 - shown in the app; history is untouched
-            self._pending = None
-            self._give_back(text)
-            self._show(f"Error, nothing was lost: {_message_of(err)}", error=True)
+            note, error = f"Error, nothing was lost: {_message_of(err)}", True
         else:
-            self._pending = None
-            if not reply:
-                self._give_back(text)  # stopped before any text: nothing was recorded
-            self._show(self._summary())
+            if not reply:  # stopped before any text arrived: nothing was recorded
+                note = "Stopped before the first token: the conversation is as it was."
         finally:
-            self._pending = None
-            self._render(force=True)
-            self.layout.set_busy(False)
+            with self._lock:
+                self._pending = None
+                if not reply:
+                    self._give_back(text)  # an error, or stopped before any text: not recorded
+                self._render(force=True)
+                self._show(note or self._summary(), error=error)
+                self._stop_event = None
+                self._enter(AppState.IDLE)
 
     def _summary(self) -> str:
         s, fit = self.session.last_stats, self.session.last_fit
         if s is None or fit is None:
             return ""
-        if self.session.last_stopped and s.new_tokens == 0:
-            return "Stopped before the first token: the conversation is as it was."
         speed = f" at {s.tokens_per_s:.1f} tokens/s" if s.new_tokens > 1 else ""
         parts = [
             f"{s.new_tokens} token{'s' if s.new_tokens != 1 else ''}{speed}",
@@ -458,63 +431,113 @@ class ChatApp:
 
     def on_stop(self) -> None:
         """End the reply being generated; what has arrived so far is kept."""
-        self.session.stop()
+        with self._lock:
+            if self._state is AppState.REPLYING:
+                self._stop_event.set()  # even if the reply has not begun yet
+                self.session.stop()
+                self._enter(AppState.STOPPING)
+                return self._show("Stopping...")
+            if self._state is AppState.LOADING:
+                why = f"Loading {self._loading} cannot be stopped halfway; wait for it to finish."
+            elif self._state is AppState.STOPPING:
+                why = "Already stopping; the reply ends in a moment."
+            else:
+                why = "Nothing to stop: no reply is being written."
+            self._show(why, error=True)
 
     def on_undo(self) -> None:
         """Remove the last exchange and put its message back in the box to edit."""
-        if self.busy:
-            return
-        text = self.session.undo()
-        self._give_back(text)
-        self._render(force=True)
-        self._show("Removed the last exchange." if text is not None else "Nothing to undo.")
+        with self._lock:
+            refusal = self._refusal("undo")
+            if refusal:
+                return self._show(refusal, error=True)
+            text = self.session.undo()
+            self._give_back(text)
+            self._render(force=True)
+            self._show("Removed the last exchange." if text is not None else "Nothing to undo.")
 
     def on_clear(self) -> None:
         """Start a new conversation (the system prompt and settings stay)."""
-        if self.busy:
-            return
-        self.session.clear()
-        self._render(force=True)
-        self._show("Cleared.")
+        with self._lock:
+            refusal = self._refusal("clear")
+            if refusal:
+                return self._show(refusal, error=True)
+            self.session.clear()
+            self._render(force=True)
+            self._show("Cleared.")
 
     def on_load(self) -> None:
         """Load the model picked in the dropdown (in the background); the history stays."""
-        if self.busy:
-            return
-        name = self.layout.model.value
-        title = CHAT_MODELS.get(name, name)
-        if name == self.model_name and self.session.model is not None:
-            return self._show(f"{title} is already loaded.")
+        with self._lock:
+            name = self.layout.model.value
+            refusal = self._refusal("load another model")
+            if refusal:
+                self._put_back_model()
+                return self._show(refusal, error=True)
+            if name is None:
+                return self._show("Pick a model first, then press Load model.", error=True)
+            title = CHAT_MODELS.get(name, name)
+            if name == self.model_name and self.session.engine is not None:
+                return self._show(f"{title} is already loaded.")
+            if name in self._endpoints:
+                return self._switch_to_endpoint(name)
+            plan, why = self._plan_for(name, title)
+            if why:
+                self._put_back_model()
+                return self._show(why, error=True)
+            self._loading = name
+            self._show(f"Loading {name}... (a real model downloads once, then loads in minutes)")
+            self._start(AppState.LOADING, lambda: self._load(name, plan))
+
+    def _plan_for(self, name: str, title: str) -> tuple[LoadPlan | None, str]:
+        """(the plan for name, "") or (None, why it cannot be loaded here)."""
         plan = self.models[name].plan
         if plan is None:
             try:
                 plan = make_plan(name, self.facts)
             except Exception as err:  # noqa: BLE001 - shown in the app
-                return self._show(f"Cannot plan {name}: {_message_of(err)}", error=True)
+                return None, f"Cannot plan {name}: {_message_of(err)}"
         if not plan.fits:
-            return self._show(f"{title} does not fit: {plan.advice}", error=True)
-        self._show(f"Loading {name}... (a real model downloads once, then loads in minutes)")
-        self._start(lambda: self._load(name, plan))
+            return None, f"{title} does not fit: {plan.advice}"
+        return plan, ""
+
+    def _switch_to_endpoint(self, name: str) -> None:
+        """Reply through the endpoint picked (with the lock held); nothing loads."""
+        self.session.use_endpoint(self._endpoints[name])
+        self.model_name = name
+        self._apply_context_window()
+        self._show(f"Switched to {name}; the conversation continues with it.")
 
     def _load(self, name: str, plan) -> None:
         try:
             # Free the old model first: a T4 cannot hold two Llama 2 models at once.
-            self.session.model = None
+            self.session.unload()
             _free_memory()
             model, tokenizer = self.loader(plan)
+            self.session.use_model(model, tokenizer)
         except BaseException as err:  # noqa: BLE001 - shown in the app; history is untouched
-            self._show(
-                f"Could not load {name}: {_message_of(err)} Pick a model and press Load model.",
-                error=True,
-            )
+            with self._lock:
+                if self.session.engine is None:
+                    self.model_name = None  # nothing is loaded now, and the list says so
+                now = "No model is loaded now" if self.model_name is None else "The model stays"
+                self._show(
+                    f"Could not load {name}: {_message_of(err)} {now}: pick a model and press "
+                    "Load model.",
+                    error=True,
+                )
+                self._finish_loading()
         else:
-            self.session.model, self.session.tokenizer = model, tokenizer
-            self.model_name = name
-            self.models[name] = self.models[name]._replace(plan=plan)
-            self._apply_context_window()
-            self._show(f"Loaded {name}; the conversation continues with it.")
-        finally:
-            self.layout.set_busy(False)
+            with self._lock:
+                self.model_name = name
+                self.models[name] = self.models[name]._replace(plan=plan)
+                self._apply_context_window()
+                self._show(f"Loaded {name}; the conversation continues with it.")
+                self._finish_loading()
+
+    def _finish_loading(self) -> None:
+        self._loading = None
+        self._enter(AppState.IDLE)
+        self._put_back_model()
 
 
 class _Pending(NamedTuple):

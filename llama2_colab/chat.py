@@ -1,6 +1,6 @@
-"""Chatting with Llama 2 correctly: reference-exact dialog tokens, a context budget, a session.
+"""Chatting with Llama 2 correctly: reference-exact dialog tokens, and a context budget.
 
-Three layers, each usable on its own:
+Two layers, each usable on its own:
 
 - `encode_dialog(tokenizer, messages)` turns a list of `{"role", "content"}` messages into the
   token ids Meta's reference `chat_completion` (github.com/meta-llama/llama,
@@ -11,27 +11,21 @@ Three layers, each usable on its own:
 - `fit_dialog(...)` makes the prompt plus `max_new_tokens` fit the model's context window by
   leaving out the oldest whole user/assistant pairs; the system prompt and the newest message
   always stay, and the result says what was left out.
-- `ChatSession` keeps the history and the system prompt, streams each reply through
-  `generation.stream_generate`, and changes its history only when a turn completes.
+
+`ChatSession`, which keeps a conversation and has each reply written by a local model or an
+endpoint, lives in `session` (built on these layers); `from llama2_colab.chat import
+ChatSession` still works.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, TypedDict
 
-from transformers import StoppingCriteria, StoppingCriteriaList
-
 from .errors import UserFacingError
-from .fast_decode import FastDecoder, fast_stream_generate
-from .generation import GenerationStats, stream_generate
-from .renames import renamed_attribute, renamed_function, renamed_keywords, warn_renamed
+from .renames import renamed_attribute, renamed_function, renamed_keywords
 
 __all__ = [
     "B_INST",
@@ -39,10 +33,8 @@ __all__ = [
     "B_SYS",
     "E_SYS",
     "SPECIAL_TAGS",
-    "ChatSession",
     "DialogFit",
     "Message",
-    "StopOnEvent",
     "check_dialog",
     "check_message",
     "encode_dialog",
@@ -332,375 +324,12 @@ def _check_count(value, name: str, least: int, hint: str) -> None:
         raise ValueError(f"{name}={value} is too small: it must be at least {least}; {hint}.")
 
 
-class StopOnEvent(StoppingCriteria):
-    """A StoppingCriteria that ends generation once a threading.Event is set (the Stop button)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        """Return True for every sequence once the event is set."""
-        import torch
-
-        return torch.full(
-            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
-        )
+# Moved to their own modules; `from llama2_colab.chat import ChatSession` still works.
+_MOVED = {"ChatSession": "session", "StopOnEvent": "local_model"}
 
 
-def _as_tensor(ids: list[int]):
-    """The prompt ids as the 1 x N tensor generation takes."""
-    import torch
-
-    return torch.tensor([ids])
-
-
-@dataclass(frozen=True)
-class _Turn:
-    reply: str
-    stats: GenerationStats
-    fit: DialogFit
-    stopped: bool
-
-
-@dataclass(eq=False)
-class ChatSession:
-    """A conversation with Llama 2: history, a system prompt re-sent every turn, streamed replies.
-
-    History changes only when a turn completes: an exception or a KeyboardInterrupt during
-    generation leaves it exactly as before. `stop()` (thread-safe, for a Stop button) ends the
-    reply being generated early: the partial reply is kept as the answer and `last_stopped` is
-    True, so you can read it and `regenerate()` if you want a whole one. A reply stopped before
-    its first token is not recorded at all, and `last_stats.new_tokens` is 0.
-
-    One turn at a time: while a reply is being generated (say, in the chat app's thread), a
-    second `send`, `regenerate`, `undo`, `clear` or `import_json` is refused with a RuntimeError
-    that says so, rather than racing the first and losing one of the two turns.
-    """
-
-    model: object = field(repr=False)
-    tokenizer: object = field(repr=False)
-    system_prompt: str = ""
-    max_new_tokens: int = 256
-    temperature: float = 0.6  # Meta's reference defaults
-    top_p: float = 0.9
-    do_sample: bool = True
-    context_window: int | None = None  # None: the model's own (read_context_window)
-    generate_kwargs: dict = field(default_factory=dict)  # more for generate(), e.g. top_k
-    history: list[Message] = field(default_factory=list)
-    last_stats: GenerationStats | None = None
-    last_fit: DialogFit | None = None
-    last_stopped: bool = False
-    # Opt-in, not measured on a GPU yet: greedy replies (do_sample=False, no extra generate
-    # kwargs or stopping criteria) through fast_decode's static cache and CUDA graph.
-    fast: bool = False
-    _decoder: FastDecoder | None = field(default=None, init=False, repr=False)
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
-    _stop_at: float = field(default=0.0, init=False, repr=False)  # perf_counter() of the Stop
-    _guard: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    _busy: bool = field(default=False, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.system_prompt is None:  # "no system prompt", as a caller would mean it
-            self.system_prompt = ""
-        _check_history(self.history, self.system_prompt)
-        self.history = [dict(m) for m in self.history]
-
-    # -- what the model sees -------------------------------------------------------------------
-    context_limit = renamed_attribute("context_limit", "context_window")
-
-    @property
-    def limit(self) -> int:
-        """Deprecated: the window the budget uses (`context_window`, else the model's own)."""
-        warn_renamed("limit", "context_window")
-        return self.window_in_use()
-
-    def window_in_use(self) -> int:
-        """Return the context window the budget uses: `context_window`, else the model's own."""
-        return self.context_window or read_context_window(self.model)
-
-    def build_messages(self, text: str, history: Sequence[Message] | None = None) -> list[Message]:
-        """Return system prompt + history + text: the messages of the next prompt."""
-        history = self.history if history is None else history
-        system = self._system_text()
-        # A blank system prompt is left out: an empty <<SYS>> block makes Llama 2 act oddly.
-        head = [{"role": "system", "content": system}] if system.strip() else []
-        return head + [dict(m) for m in history] + [{"role": "user", "content": text}]
-
-    def plan_prompt(self, text: str, history: Sequence[Message] | None = None) -> DialogFit:
-        """Return the prompt that send(text) would use, fitted to the context window."""
-        check_message(text)
-        _check_text(self._system_text(), "The system prompt")
-        if self.context_window is not None:
-            _check_count(self.context_window, "context_window", 2, "None uses the model's own")
-        messages = self.build_messages(text, history)
-        return fit_dialog(self.tokenizer, messages, self.window_in_use(), self.max_new_tokens)
-
-    def _system_text(self) -> str:
-        """The system prompt as text ("" for None); TypeError for anything else."""
-        if self.system_prompt is None:
-            return ""
-        if not isinstance(self.system_prompt, str):
-            raise TypeError(
-                f"The system prompt must be a string (or None for none), not "
-                f"{type(self.system_prompt).__name__}."
-            )
-        return self.system_prompt
-
-    @property
-    def context_used(self) -> int:
-        """Tokens the last turn occupied: its prompt plus its reply (0 before any turn)."""
-        if self.last_stats is None:
-            return 0
-        return self.last_stats.prompt_tokens + self.last_stats.new_tokens
-
-    # -- turns ---------------------------------------------------------------------------------
-    @property
-    def busy(self) -> bool:
-        """True while a reply is being generated."""
-        return self._busy
-
-    def stop(self) -> None:
-        """End the reply being generated early (safe from any thread; for a Stop button).
-
-        The request is consumed by the reply it ends. With no reply being generated it does
-        nothing: the next reply is not cut short.
-        """
-        with self._guard:
-            if self._busy and not self._stop.is_set():
-                self._stop_at = time.perf_counter()
-                self._stop.set()
-
-    @contextmanager
-    def _one_turn(self, doing: str) -> Iterator[None]:
-        """Hold the session for one change of its history; refuse if a reply is in progress."""
-        with self._guard:
-            if self._busy:
-                raise RuntimeError(
-                    f"Cannot {doing} now: this chat session is still generating a reply (in "
-                    "another thread or the chat app). Wait for it to finish, or call stop(), "
-                    "then try again. Nothing was changed."
-                )
-            self._busy = True
-            self._stop.clear()
-        try:
-            yield
-        finally:
-            with self._guard:
-                self._busy = False
-                self._stop.clear()
-
-    def _generate(self, history, text, on_text, stopping_criteria) -> _Turn:
-        import torch
-
-        try:
-            _check_sampling(self.do_sample, self.temperature, self.top_p)
-            _check_generate_kwargs(self.generate_kwargs)
-            fit = self.plan_prompt(text, history)
-            extra = dict(self.generate_kwargs)
-            criteria = [StopOnEvent(self._stop), *(stopping_criteria or [])]
-            criteria += list(extra.pop("stopping_criteria", None) or [])
-            began = time.perf_counter()
-            if self.fast and not (self.do_sample or extra or stopping_criteria):
-                return self._unless_stopped_first(self._generate_fast(fit, on_text), began)
-            if self.do_sample:
-                sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
-            else:
-                sampling = {"do_sample": False, "temperature": None, "top_p": None}
-            reply, _, stats = stream_generate(
-                self.model,
-                self.tokenizer,
-                torch.tensor([fit.input_ids]),
-                on_text=on_text,
-                max_new_tokens=fit.max_new_tokens,
-                eos_token_id=self.tokenizer.eos_token_id,
-                stopping_criteria=StoppingCriteriaList(criteria),
-                **(sampling | extra),
-            )
-            turn = _Turn(reply.strip(), stats, fit, stopped=self._stop.is_set())
-            return self._unless_stopped_first(turn, began)
-        finally:
-            self._stop.clear()
-
-    def _unless_stopped_first(self, turn: _Turn, began: float) -> _Turn:
-        """Return the turn, or an empty one if Stop came before its first token did.
-
-        generate() asks its stopping criteria only after each token, so a Stop pressed before
-        generation or while the prompt is read still lets one token through: made after Stop,
-        it is not kept, and nothing is recorded.
-        """
-        if turn.stopped and self._stop_at < began + turn.stats.ttft_s:
-            none = replace(turn.stats, new_tokens=0, ttft_s=0.0, total_s=0.0)
-            return _Turn("", none, turn.fit, stopped=True)
-        return turn
-
-    def _generate_fast(self, fit: DialogFit, on_text) -> _Turn:
-        """One greedy reply on the fast path, on a decoder kept while the reply fits its cache."""
-        needed = len(fit.input_ids) + fit.max_new_tokens
-        if self._decoder is None or self._decoder.max_cache_len < needed:
-            # Round up, so that a growing dialog re-records its CUDA graph only now and then.
-            size = min(-(-needed // 256) * 256, max(needed, self.window_in_use()))
-            self._decoder = FastDecoder(self.model, size)
-        reply, _, stats = fast_stream_generate(
-            self.model,
-            self.tokenizer,
-            _as_tensor(fit.input_ids),
-            on_text=on_text,
-            max_new_tokens=fit.max_new_tokens,
-            decoder=self._decoder,
-            should_stop=self._stop.is_set,
-        )
-        return _Turn(reply.strip(), stats, fit, stopped=self._stop.is_set())
-
-    def _record(self, turn: _Turn, history: list[Message], text: str) -> str:
-        self.last_stats, self.last_fit, self.last_stopped = turn.stats, turn.fit, turn.stopped
-        if turn.stopped and not turn.reply:
-            return ""
-        self.history = history + [
-            {"role": "user", "content": text},
-            {"role": "assistant", "content": turn.reply},
-        ]
-        return turn.reply
-
-    def send(
-        self,
-        text: str,
-        on_text: Callable[[str], None] | None = None,
-        stopping_criteria: Sequence[StoppingCriteria] | None = None,
-    ) -> str:
-        """Stream Llama 2's reply to text (pieces go to on_text); return it and record the turn."""
-        with self._one_turn("send a message"):
-            history = list(self.history)
-            turn = self._generate(history, text, on_text, stopping_criteria)
-            return self._record(turn, history, text)
-
-    def regenerate(
-        self,
-        on_text: Callable[[str], None] | None = None,
-        stopping_criteria: Sequence[StoppingCriteria] | None = None,
-    ) -> str:
-        """Replace the last reply with a fresh one and return it (a failure keeps the old one)."""
-        with self._one_turn("regenerate"):
-            if not self.history:
-                raise ValueError("There is no reply to regenerate yet; send a message first.")
-            history, text = list(self.history[:-2]), self.history[-2]["content"]
-            turn = self._generate(history, text, on_text, stopping_criteria)
-            return self._record(turn, history, text)
-
-    def undo(self) -> str | None:
-        """Remove the last user/assistant exchange; return that user message (None if none)."""
-        with self._one_turn("undo"):
-            if not self.history:
-                return None
-            text = self.history[-2]["content"]
-            self.history = self.history[:-2]
-            return text
-
-    def clear(self) -> None:
-        """Forget the conversation (the system prompt and the settings stay)."""
-        with self._one_turn("clear the conversation"):
-            self.history = []
-            self.last_stats, self.last_fit, self.last_stopped = None, None, False
-
-    # -- saving --------------------------------------------------------------------------------
-    def export_json(self) -> str:
-        """Return the system prompt and the history as a JSON string."""
-        data = {"system_prompt": self._system_text(), "messages": self.history}
-        return json.dumps(data, ensure_ascii=False, indent=1)
-
-    def import_json(self, text: str) -> None:
-        """Replace system prompt and history with an export; ValueError (nothing changed) if bad."""
-        if not isinstance(text, (str, bytes, bytearray)):
-            raise TypeError(
-                f"import_json takes the JSON text export_json() produced, not "
-                f"{type(text).__name__}."
-            )
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(
-                f"That is not a chat export (not valid JSON: {err}). Paste the text that "
-                "export_json() produced."
-            ) from None
-        except RecursionError:
-            raise ValueError(
-                "That is not a chat export: its JSON is nested thousands of levels deep. Paste "
-                "the text that export_json() produced."
-            ) from None
-        if isinstance(data, list):  # a bare message list, optionally with a system message
-            data = {"messages": data}
-        if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
-            raise ValueError(
-                'A chat export is an object {"system_prompt": "...", "messages": [...]}; '
-                "this JSON has no 'messages' list."
-            )
-        messages = list(data["messages"])
-        system = data.get("system_prompt", self.system_prompt)
-        if messages and isinstance(messages[0], dict) and messages[0].get("role") == "system":
-            system = messages.pop(0).get("content")
-        if not isinstance(system, str):
-            raise ValueError("The export's system prompt must be a string.")
-        _check_history(messages, system)
-        with self._one_turn("import a chat"):
-            self.system_prompt = system
-            self.history = [{"role": m["role"], "content": m["content"]} for m in messages]
-            self.last_stats, self.last_fit, self.last_stopped = None, None, False
-
-
-# `ChatSession(..., context_limit=N)` (the old name) still works, with a DeprecationWarning.
-ChatSession.__init__ = renamed_keywords(context_limit="context_window")(ChatSession.__init__)
-
-
-def _check_history(messages: list, system: str = "") -> None:
-    """Raise ValueError unless messages are finished user/assistant pairs (plus system text)."""
-    if not isinstance(messages, (list, tuple)):
-        raise ValueError(
-            f"This chat history cannot be used: it must be a list of messages, not "
-            f"{type(messages).__name__}."
-        )
-    try:
-        if not isinstance(system, str):
-            raise ValueError(f"the system prompt must be a string, not {type(system).__name__}")
-        _check_text(system, "The system prompt")
-        # A history is a dialog that is still waiting for its next user message.
-        check_dialog(list(messages) + [{"role": "user", "content": "next"}])
-    except ValueError as err:
-        raise ValueError(f"This chat history cannot be used: {err}") from None
-
-
-# generate() arguments the session sets itself, each with what to do instead.
-_SESSION_SETS = {
-    "max_new_tokens": "set session.max_new_tokens instead (the context budget caps it)",
-    "max_length": "set session.max_new_tokens instead (the context budget caps it)",
-    "eos_token_id": "the session stops at the tokenizer's end-of-sequence token",
-    "input_ids": "the session builds the prompt from the history",
-    "attention_mask": "the session builds the prompt from the history",
-    "streamer": "pass on_text= to send() to receive the reply as it streams",
-}
-
-
-def _check_generate_kwargs(kwargs: dict) -> None:
-    """Raise ValueError for a generate_kwargs key that the session sets itself."""
-    if not isinstance(kwargs, dict):
-        raise TypeError(f"generate_kwargs must be a dict, not {type(kwargs).__name__}.")
-    for key in kwargs:
-        if key in _SESSION_SETS:
-            raise ValueError(
-                f"generate_kwargs sets {key}, which ChatSession sets itself: {_SESSION_SETS[key]}."
-            )
-
-
-def _check_sampling(do_sample: bool, temperature, top_p) -> None:
-    """Raise ValueError, saying the usual values, if sampling settings cannot work."""
-    if not do_sample:
-        return
-    for name, value, ok, usual in (
-        ("temperature", temperature, lambda v: v > 0, "above 0; 0.6 is Meta's default"),
-        ("top_p", top_p, lambda v: 0 < v <= 1, "above 0 and at most 1; 0.9 is Meta's default"),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a number, not {type(value).__name__}.")
-        if not math.isfinite(value) or not ok(value):
-            raise ValueError(
-                f"{name}={value} cannot be used for sampling: it must be {usual}. For the same "
-                "reply every time, set do_sample=False instead."
-            )
+def __getattr__(name: str):
+    """The session and the Stop criterion, from the modules they moved to (on first use)."""
+    if name in _MOVED:
+        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

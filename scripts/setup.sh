@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Create a virtualenv and install llama2-colab into it.
 #   bash scripts/setup.sh                  .venv: the newest releases, and the demo's needs
-#   bash scripts/setup.sh --dev            .venv: also the test tools, bitsandbytes and
-#                                          JupyterLab (`.venv/bin/jupyter lab`, then open
-#                                          notebooks/)
+#   bash scripts/setup.sh --dev            .venv: also the test tools, bitsandbytes, the
+#                                          endpoint extra (`serve`) and JupyterLab
+#                                          (`.venv/bin/jupyter lab`, then open notebooks/)
 #   bash scripts/setup.sh --dev --stack colab
 #                                          .venv-colab: Colab's Python (3.13) and every package
 #                                          at the version a Colab GPU runtime ships
@@ -47,7 +47,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 extras="notebooks"
-[ "$dev" = 1 ] && extras="notebooks,dev,quant"
+[ "$dev" = 1 ] && extras="notebooks,dev,quant,serve"
 case "$stack" in
   latest) venv=.venv; pins=(); torch_spec=${TORCH_SPEC:-torch==2.13.0}; want_minor=""
           PY=${PYTHON:-python3}

@@ -106,7 +106,9 @@ def test_a_prompt_that_fills_the_cache_is_refused_with_the_sizes(tiny_model_and_
     ids = torch.tensor([tokenizer("What should I cook tonight?").input_ids])
     n = ids.shape[1]
     decoder = FastDecoder(model, max_cache_len=n + 4)
-    _, got, _ = fast_stream_generate(model, tokenizer, ids, max_new_tokens=4, decoder=decoder)
+    _, got, _ = fast_stream_generate(
+        model, tokenizer, ids, max_new_tokens=4, min_new_tokens=4, decoder=decoder
+    )
     assert len(got) == 4  # exactly full is fine
     with pytest.raises(UserFacingError, match=rf"\({n} tokens\).*\(5\).*{n + 4} tokens"):
         fast_stream_generate(model, tokenizer, ids, max_new_tokens=5, decoder=decoder)

@@ -30,6 +30,8 @@ LAZY_MODULES = {
     "google.colab": "exists only on Colab",
     "resource": "Unix-only standard module (no Windows); the RSS fallback needs it",
     "psutil": "optional on a bare GPU box (scripts/gpu_check.sh); RAM falls back to /proc",
+    "openai": "an optional extra (`serve`; Colab ships it), 0.9 s to import; only an endpoint "
+    "needs it, and a missing one gets a pip command",
     "google.protobuf": "imported to check it is installed: a missing one gets a pip command",
     "sentencepiece": "optional: only reading or writing a tokenizer.model needs its protobuf "
     "module, and a missing one gets a pip command",

@@ -1,0 +1,135 @@
+"""Real servers on 127.0.0.1 for the endpoint tests: no mock of the server anywhere.
+
+- `start_server(model_dir, port, log)` is the one step that says which OpenAI-compatible server
+  runs: today `transformers serve` on the tiny model's folder (it needs fastapi, uvicorn, openai
+  and pydantic). Swap this one function to run `python -m llama2_colab serve` instead.
+- `run_server(model_dir)` starts it on a free port, waits until `/v1/models` answers, and gives
+  a `RunningServer` (its URL, the model name to ask for, `stop()`, `kill()`).
+- `silent_server()` is a TCP server that accepts connections and never answers: a hung server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+READY_TIMEOUT_S = 180  # a cold start on a busy 2-core machine; it is usually 5-10 s
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(model_dir: Path, port: int, log) -> tuple[subprocess.Popen, str]:
+    """Start the OpenAI-compatible server on model_dir; return (process, model name to ask for)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_UPDATE_CHECK="1")
+    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir)]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return process, str(model_dir)  # transformers serve answers to the folder's path
+
+
+@dataclass
+class RunningServer:
+    """A server process started by `run_server`, and how to reach it."""
+
+    process: subprocess.Popen
+    url: str  # the OpenAI base URL, ending in /v1
+    model: str  # the model name the server answers to
+    log_path: Path
+
+    def log(self) -> str:
+        """What the server printed so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL): its open streams break off mid-reply."""
+        self.process.kill()
+        self.process.wait(30)
+
+    def stop(self) -> None:
+        """Stop the server and wait for it to exit."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def run_server(model_dir: Path) -> RunningServer:
+    """Start the server on a free port and return it once /v1/models answers."""
+    port = free_port()
+    log_path = Path(tempfile.mkdtemp(prefix="endpoint-server-")) / "server.log"
+    with open(log_path, "w", encoding="utf-8") as log:
+        process, model = start_server(model_dir, port, log)
+    server = RunningServer(process, f"http://127.0.0.1:{port}/v1", model, log_path)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"The server exited with {process.returncode}:\n{server.log()}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/models", timeout=2):
+                return server
+        except OSError:
+            time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"The server did not answer within {READY_TIMEOUT_S} s:\n{server.log()}")
+
+
+@dataclass
+class SilentServer:
+    """A server that reads requests and never answers: its URL, and whether a request came."""
+
+    url: str
+    requested: threading.Event  # set once a request has arrived
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[SilentServer]:
+    """A TCP server that accepts every connection, reads the request, and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.1)  # so the accepting thread sees `done` soon
+    server = SilentServer(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", threading.Event())
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # the listener was closed
+                return
+            held.append(connection)  # kept open, and never written to
+            connection.settimeout(10)
+            with contextlib.suppress(OSError):
+                if connection.recv(65536):
+                    server.requested.set()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        done.set()
+        thread.join(15)
+        listener.close()
+        for connection in held:
+            connection.close()

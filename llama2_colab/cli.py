@@ -19,6 +19,7 @@ DEMO_PROMPT = "I have tomatoes, basil and cheese at home. What can I cook for di
 DEMO_SYSTEM = "You are a helpful, concise cooking assistant."
 LLAMA2_CONTEXT = 4096  # positions of every Llama 2 model, and of the tiny one
 MAX_SEED = 2**32 - 1  # numpy's limit; transformers.set_seed seeds numpy too
+MAX_GPUS = 1024  # a tensor-parallel plan's N: far past any machine, a typo's guard
 # Exit status of a command whose output pipe was closed before it finished (128 + SIGPIPE).
 EXIT_PIPE_CLOSED = 141
 
@@ -136,6 +137,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    return serve(
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        engine=args.engine,
+        gpus=args.gpus,
+        continuous_batching=args.continuous_batching,
+    )
+
+
 def _check_local_model(name: str, whole: bool = True) -> None:
     """Check a local model folder (config, tokenizer, weights) before anything is loaded."""
     from .checks import check_config, check_model_dir, looks_like_local_path
@@ -187,6 +201,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             str(err), "Pass --gpu with one of those names, or leave it out."
         ) from None
     _check_local_model(args.model, whole=False)  # planning needs the config alone
+    if args.gpus is not None:
+        from .plan import format_tp_plan, make_tp_plan
+
+        tp = make_tp_plan(args.model, facts, args.gpus, args.quantization, args.dtype)
+        _emit(json.dumps(tp.to_dict(), indent=2) if args.json else format_tp_plan(tp))
+        return 0 if tp.fits else 2
     plan = make_plan(args.model, facts, quantization=args.quantization, dtype=args.dtype)
     _emit(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
     return 0 if plan.fits else 2
@@ -258,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     _add_bench(sub)
+    _add_serve(sub)
 
     p = sub.add_parser("tiny", help="write the offline tiny Llama 2 (model + tokenizer) to DIR")
     p.add_argument("dir")
@@ -330,6 +351,34 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
+def _add_serve(sub) -> None:
+    """The `serve` command: an OpenAI-compatible server on transformers serve or vLLM."""
+    p = sub.add_parser(
+        "serve", help="serve the chat model over an OpenAI-compatible API until Ctrl-C"
+    )
+    p.add_argument("--model", default=None, help="'tiny', a Hub id or a local directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_bounded_int(1, 65535), default=8000, help="default 8000")
+    p.add_argument(
+        "--engine",
+        choices=["auto", "transformers", "vllm"],
+        default="auto",
+        help="auto (default): vLLM if installed and a GPU supports it, else transformers serve",
+    )
+    p.add_argument(
+        "--gpus",
+        type=_bounded_int(1, MAX_GPUS),
+        default=1,
+        help="split the model over N GPUs (vLLM's tensor parallelism)",
+    )
+    p.add_argument(
+        "--continuous-batching",
+        action="store_true",
+        help="transformers serve: batch concurrent requests (paged attention)",
+    )
+    p.set_defaults(func=_cmd_serve)
+
+
 def _add_plan_and_access(sub) -> None:
     """The `plan` and `access` commands: will a model fit, and may your token download it."""
     p = sub.add_parser("plan", help="will MODEL fit this GPU: format, memory, context (exit 2: no)")
@@ -347,6 +396,12 @@ def _add_plan_and_access(sub) -> None:
         choices=["float16", "bfloat16", "float32"],
         default=None,
         help="plan for this dtype (default: the runtime's, float16 on a T4)",
+    )
+    p.add_argument(
+        "--gpus",
+        type=_bounded_int(1, MAX_GPUS),
+        default=None,
+        help="plan a split over N such GPUs with tensor parallelism (per-GPU figures)",
     )
     p.add_argument("--list", action="store_true", help="list the catalog's models")
     p.set_defaults(func=_cmd_plan)

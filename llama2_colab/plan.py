@@ -511,6 +511,7 @@ class TensorParallelPlan:
     device: str = "cuda"
     weights_bytes: int = 0  # the whole model in the chosen format, for comparison
     ram_needed_bytes: int = 0  # host RAM for N processes while loading
+    params: int = 0  # of the whole model
 
     @property
     def format_label(self) -> str:
@@ -702,6 +703,7 @@ def make_tp_plan(
         device="cuda" if facts.gpu is not None else "cpu",
         weights_bytes=weight_bytes(counts, c.dtype, c.quantization),
         ram_needed_bytes=gpus * (HOST_OVERHEAD_BYTES + 4 * counts.largest_tensor),
+        params=counts.total,
     )
 
 

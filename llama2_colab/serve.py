@@ -495,19 +495,20 @@ class EngineProcess:
             time.sleep(0.25)
 
     def stop(self, already_signalled: bool = False, grace: float = 10.0) -> int | None:
-        """Stop the engine: SIGINT (a graceful shutdown), again, then SIGKILL; return its status.
+        """Stop the engine: SIGINT (a graceful shutdown), SIGTERM, then SIGKILL; return its status.
 
         `already_signalled`: the engine got the same Ctrl-C (its process group did), so it is
         given a few seconds to stop on its own first.
         """
-        steps = ([None] if already_signalled else []) + [signal.SIGINT, signal.SIGINT]
-        for sig in [*steps, signal.SIGKILL]:
+        steps = [(None, grace / 2)] if already_signalled else []
+        steps += [(signal.SIGINT, grace), (signal.SIGTERM, grace / 2), (signal.SIGKILL, grace)]
+        for sig, wait_s in steps:
             if self.process.poll() is not None:
                 break
             if sig is not None:
                 self.process.send_signal(sig)
             try:
-                self.process.wait(timeout=grace / 2 if sig is None else grace)
+                self.process.wait(timeout=wait_s)
             except subprocess.TimeoutExpired:
                 continue
         self._reader.join(timeout=5)
@@ -659,8 +660,8 @@ class BackgroundServer:
         raise UserFacingError(f"The server was not ready within {timeout:.0f} s.", self.log())
 
     def stop(self, timeout: float = 20.0) -> int | None:
-        """Send SIGINT to the server's process group, then SIGKILL if needed; return its status."""
-        for sig in (signal.SIGINT, signal.SIGKILL):
+        """Send SIGINT to the server's process group (then SIGTERM, SIGKILL); return its status."""
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
             if self.process.poll() is not None:
                 break
             try:

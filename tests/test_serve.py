@@ -262,3 +262,38 @@ def test_a_model_that_does_not_fit_gets_the_plans_reason_and_advice():
     assert run.returncode == 1
     assert "does not fit" in run.stderr and "What to do:" in run.stderr
     assert "GPU runtime" in run.stderr
+
+
+def test_a_hub_model_is_served_from_its_snapshot_which_stays_untouched(
+    tiny_dir, tiny_model_and_tokenizer, tmp_path
+):
+    # The real huggingface_hub client downloads it from the stand-in Hub (tests/hub_server.py).
+    from hub_server import FakeRepo, start_hub
+
+    token = "hf_" + "a1" * 16
+    hub, http, thread = start_hub({token})
+    hub.repos["test-org/tiny-llama-chat"] = FakeRepo.from_dir(tiny_dir)
+    env = {
+        "HF_ENDPOINT": hub.url,
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_OFFLINE": "0",
+        "HF_TOKEN": token,
+        "NO_PROXY": "127.0.0.1",
+    }
+    try:
+        with running_server("test-org/tiny-llama-chat", env=env) as server:
+            assert server.model == "test-org/tiny-llama-chat"
+            model, tokenizer = tiny_model_and_tokenizer
+            messages = DIALOGS["system prompt"]
+            reply = _ask(_client(server), server.model, messages)
+            local, _ = _local_greedy(model, tokenizer, messages, MAX_TOKENS)
+            assert reply.choices[0].message.content == local
+            assert token not in server.log()
+    finally:
+        http.shutdown()
+        http.server_close()
+        thread.join(timeout=10)
+    snapshots = list((tmp_path / "hf_home" / "hub").glob("models--test-org--*/snapshots/*"))
+    assert len(snapshots) == 1  # downloaded once, into the user's cache, and left as it was
+    for name in ("chat_template.jinja", "tokenizer_config.json", "config.json"):
+        assert (snapshots[0] / name).read_bytes() == (tiny_dir / name).read_bytes()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create a virtualenv and install llama2-colab into it.
 #   bash scripts/setup.sh                  .venv: the newest releases, and the demo's needs
-#   bash scripts/setup.sh --dev            .venv: also the test tools and bitsandbytes
+#   bash scripts/setup.sh --dev            .venv: also the test tools, bitsandbytes and the
+#                                          serving packages (fastapi, uvicorn, openai, ...)
 #   bash scripts/setup.sh --dev --stack colab
 #                                          .venv-colab: every package at the version a Colab GPU
 #                                          runtime ships (constraints/colab.txt), torch 2.11.0
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 extras="notebooks"
-[ "$dev" = 1 ] && extras="notebooks,dev,quant"
+[ "$dev" = 1 ] && extras="notebooks,dev,quant,serve"
 case "$stack" in
   latest) venv=.venv; pins=(); torch_spec=${TORCH_SPEC:-torch==2.13.0} ;;
   # Colab's torch is the CUDA build; PyPI's 2.11.0 is that build (about 5 GB with its CUDA

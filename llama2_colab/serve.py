@@ -57,6 +57,7 @@ __all__ = [
     "BackgroundServer",
     "EngineLaunch",
     "EngineProcess",
+    "cb_num_blocks",
     "check_port_free",
     "choose_engine",
     "client_snippet",
@@ -81,6 +82,14 @@ VLLM_MIN_CAPABILITY = (7, 0)
 # vLLM may not take more of a GPU than this, whatever the plan leaves.
 MAX_GPU_MEMORY_UTILIZATION = 0.95
 READY_TIMEOUT_S = 900.0  # a 13B load from a slow disk takes minutes
+# Continuous batching: transformers sizes its paged KV cache from free memory when not told (on
+# a CPU that took 14 GiB of RAM for the tiny model, measured), so serve sizes it from the plan:
+# the room the plan leaves for KV cache, at most CB_MAX_SEQUENCES full contexts, in blocks of
+# CB_BLOCK_TOKENS (transformers' default). A forward pass takes at most CB_MAX_BATCH_TOKENS
+# tokens: their activations fit the plan's reserve, as a 2k-token prompt's do.
+CB_BLOCK_TOKENS = 256
+CB_MAX_SEQUENCES = 16
+CB_MAX_BATCH_TOKENS = 2048
 # Files of a model folder the serving folder does not link: its own template replaces them.
 _TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
@@ -137,8 +146,9 @@ def transformers_serve_command(
     """Return the `transformers serve` command for a plan, serving `model` (a folder's name).
 
     The plan's dtype (float16 on a T4, never bfloat16), 4-bit NF4 when the plan chose it, SDPA
-    attention, the GPU (device_map "auto", as `load_with_plan` does) or the CPU. transformers
-    serve has no context-window flag: the plan's context is printed for the user to keep to.
+    attention, the GPU (device_map "auto", as `load_with_plan` does) or the CPU, and with
+    continuous batching a KV cache of the size the plan leaves room for. transformers serve has
+    no context-window flag: the plan's context is printed for the user to keep to.
     """
     command = [sys.executable, "-P", "-m", "transformers.cli.transformers", "serve", model]
     command += ["--host", host, "--port", str(port), "--dtype", plan.dtype]
@@ -149,8 +159,17 @@ def transformers_serve_command(
     elif plan.quantization == "int8":
         command += ["--quantization", "bnb-8bit"]
     if continuous_batching:
-        command.append("--continuous-batching")
+        command += ["--continuous-batching", "--cb-block-size", str(CB_BLOCK_TOKENS)]
+        command += ["--cb-num-blocks", str(cb_num_blocks(plan))]
+        command += ["--cb-max-batch-tokens", str(min(CB_MAX_BATCH_TOKENS, plan.context_window))]
     return command
+
+
+def cb_num_blocks(plan: LoadPlan) -> int:
+    """Return the KV-cache blocks for continuous batching: what the plan leaves room for."""
+    room = max(0, plan.usable_memory_bytes - plan.weights_bytes) // plan.kv_bytes_per_token
+    tokens = min(room, CB_MAX_SEQUENCES * plan.context_window)
+    return max(1, tokens // CB_BLOCK_TOKENS)
 
 
 def vllm_command(

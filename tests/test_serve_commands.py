@@ -54,6 +54,13 @@ def test_transformers_serve_gets_the_plans_dtype_device_and_4bit():
     assert _flag(cpu, "--dtype") == "float32" and _flag(cpu, "--device") == "cpu"
     assert _flag(cpu, "--host") == "0.0.0.0" and _flag(cpu, "--port") == "9000"
     assert "--continuous-batching" in cpu
+    # The paged KV cache: the plan's room (never all free memory), in 256-token blocks.
+    assert _flag(cpu, "--cb-block-size") == "256" and _flag(cpu, "--cb-max-batch-tokens") == "2048"
+    assert int(_flag(cpu, "--cb-num-blocks")) == 16 * 4096 // 256
+    t4 = make_plan(CHAT_7B, T4)
+    on_t4 = transformers_serve_command(t4, CHAT_7B, "127.0.0.1", 8000, continuous_batching=True)
+    room = (t4.usable_memory_bytes - t4.weights_bytes) // t4.kv_bytes_per_token
+    assert int(_flag(on_t4, "--cb-num-blocks")) == room // 256  # 7B on a T4: ~2,451 tokens
 
 
 def test_vllm_flags_come_from_the_plan_on_a_t4():

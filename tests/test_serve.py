@@ -297,3 +297,17 @@ def test_a_hub_model_is_served_from_its_snapshot_which_stays_untouched(
     assert len(snapshots) == 1  # downloaded once, into the user's cache, and left as it was
     for name in ("chat_template.jinja", "tokenizer_config.json", "config.json"):
         assert (snapshots[0] / name).read_bytes() == (tiny_dir / name).read_bytes()
+
+
+def test_continuous_batching_answers_several_requests_at_once(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    questions = [[{"role": "user", "content": f"Question number {i}: why?"}] for i in range(6)]
+    with running_server("tiny", args=["--continuous-batching"]) as server:
+        client = _client(server)
+        with concurrent.futures.ThreadPoolExecutor(len(questions)) as pool:
+            replies = list(pool.map(lambda m: _ask(client, server.model, m), questions))
+        assert "--cb-num-blocks" in server.log()  # the paged KV cache sized from the plan
+    for messages, reply in zip(questions, replies, strict=True):
+        assert reply.usage.prompt_tokens == len(encode_dialog(tokenizer, messages))
+        local, _ = _local_greedy(model, tokenizer, messages, MAX_TOKENS)
+        assert reply.choices[0].message.content == local

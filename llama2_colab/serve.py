@@ -32,6 +32,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -597,6 +598,18 @@ def _serving_root() -> Path:
     return root
 
 
+def _sweep_stale(root: Path) -> None:
+    """Remove the serving folders of servers that were killed before they could (links only)."""
+    for folder in root.glob("serve-*"):
+        try:
+            pid = int((folder / "pid").read_text(encoding="ascii"))
+            os.kill(pid, 0)  # still running: leave it
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (OSError, ValueError):  # no pid file yet, or not ours to judge
+            continue
+
+
 def serve(
     model: str | None = None,
     host: str = DEFAULT_HOST,
@@ -612,7 +625,9 @@ def serve(
     folder with the reference chat template, starts the engine and says when it answers.
     """
     check_port_free(host, port)
+    _sweep_stale(_serving_root())
     root = Path(tempfile.mkdtemp(prefix="serve-", dir=_serving_root()))
+    (root / "pid").write_text(str(os.getpid()), encoding="ascii")
     try:
         launch = build_launch(model, host, port, root, engine, gpus, continuous_batching)
         # transformers 5.15 lists the Hub cache in /v1/models and answers 500 when it is missing.
@@ -632,7 +647,7 @@ class BackgroundServer:
 
     It runs in a process group of its own, and `stop()` sends SIGINT to that group: the serve
     command and its engine stop together, so no server is left running. Everything it prints
-    goes to a log file (`log()`).
+    goes to a log file (`log()`), removed with this object unless you name it (`log_path`).
     """
 
     def __init__(
@@ -646,8 +661,10 @@ class BackgroundServer:
         self.port = port or free_port(host)
         self.base_url = f"http://{_client_host(host)}:{self.port}/v1"
         self.model = served_name(model) if model else ""
-        handle, path = tempfile.mkstemp(prefix="llama2-serve-", suffix=".log")
-        os.close(handle)
+        if log_path is None:
+            handle, path = tempfile.mkstemp(prefix="llama2-serve-", suffix=".log")
+            os.close(handle)
+            weakref.finalize(self, os.remove, path)  # gone with this object
         self.log_path = Path(log_path or path)
         command = [sys.executable, "-m", "llama2_colab", "serve", "--host", host]
         command += ["--port", str(self.port), *(["--model", model] if model else []), *args]

@@ -7,7 +7,10 @@ here; its command is what these tests check (scripts/gpu_check.sh --serve runs i
 from __future__ import annotations
 
 import ast
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -117,3 +120,21 @@ def test_a_port_in_use_and_an_unknown_host_are_messages():
             check_port_free("127.0.0.1", port)
     with pytest.raises(UserFacingError, match="not an address of this machine"):
         check_port_free("no-such-host.invalid", 8000)
+
+
+def test_a_killed_servers_folder_is_swept_by_the_next_one(tmp_path):
+    from llama2_colab.serve import _sweep_stale
+
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead, alive = tmp_path / "serve-dead", tmp_path / "serve-alive"
+    for folder, pid in ((dead, finished.stdout.strip()), (alive, str(os.getpid()))):
+        folder.mkdir()
+        (folder / "pid").write_text(pid)
+        (folder / "tiny").mkdir()
+    _sweep_stale(tmp_path)
+    assert not dead.exists() and alive.exists()

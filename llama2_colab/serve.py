@@ -45,7 +45,7 @@ from transformers import AutoTokenizer
 from .auth import explain_hub_error, find_hub_error, find_token, hub_endpoint
 from .chat_template import reference_chat_template, template_matches
 from .checks import check_model_dir, looks_like_local_path
-from .errors import UserFacingError
+from .errors import UserFacingError, redact_secrets
 from .models import ModelChoice, choose_model, cpu_threads_for
 from .plan import GPU_RESERVE_BYTES, LoadPlan, TensorParallelPlan, make_plan, make_tp_plan
 from .runtime import ATTENTION, RuntimeFacts, detect_runtime
@@ -397,7 +397,7 @@ def build_launch(
     facts = detect_runtime()
     token = find_token()
     choice = choose_model(facts, requested=model, has_token=bool(token))
-    say(f"Model   : {choice.name} ({choice.reason})")
+    say(redact_secrets(f"Model   : {choice.name} ({choice.reason})"))
     engine = choose_engine(facts, not _missing(["vllm"]), engine)
     if gpus > 1 and engine != "vllm":
         raise UserFacingError(

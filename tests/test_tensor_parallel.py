@@ -134,9 +134,7 @@ def test_two_processes_give_the_single_process_reply_token_for_token():
     reply = re.compile(r"^Llama 2: (.*)$", re.MULTILINE)
     assert len(reply.findall(split)) == 1  # rank 0 alone prints
     assert reply.findall(split) == reply.findall(single) and reply.findall(single)[0].strip()
-    held, total = map(
-        lambda n: int(n.replace(",", "")),
-        re.search(r"each process holds ([\d,]+) of the ([\d,]+) parameters", split).groups(),
-    )
+    found = re.search(r"each process holds ([\d,]+) of the ([\d,]+) parameters", split)
+    held, total = (int(n.replace(",", "")) for n in found.groups())
     assert held < total  # each process holds a slice, not the whole model
     assert "split over 2 processes (tensor parallelism)" in split

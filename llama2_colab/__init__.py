@@ -2,7 +2,8 @@
 
 Data flows one way: facts about the machine (`detect_runtime`) -> decisions
 (`recommend_settings`, `choose_model`, `make_plan`) -> loading (`load_with_plan`) -> generation
-(`stream_generate`, `ChatSession` on a `LocalModel` or an `Endpoint`) -> display (`ChatApp`).
+(`stream_generate`, `ChatSession` on a `LocalModel` or an `Endpoint`) -> display (`ChatApp`);
+or serving (`BackgroundServer`).
 
 Importing the package has no side effects and is cheap: each name below is imported from its
 module on first use, so `python -m llama2_colab access` answers without loading torch.
@@ -65,7 +66,17 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "format_access",
         "mask_token",
     ),
-    "plan": ("LoadPlan", "format_plan", "make_plan"),
+    "plan": (
+        "LoadPlan",
+        "TensorParallelPlan",
+        "format_plan",
+        "format_tp_plan",
+        "make_plan",
+        "make_tp_plan",
+    ),
+    "chat_template": ("reference_chat_template",),
+    "serve": ("BackgroundServer", "client_snippet", "vllm_command"),
+    "tensor_parallel": ("load_tensor_parallel",),
     "bench": ("BenchWork", "PathTiming", "bandwidth_limit_tokens_per_s", "run_bench"),
     "bench_harness": ("bench_loaded_model", "bench_model", "format_bench"),
     "convert": ("convert_meta_checkpoint", "inspect_meta_checkpoint"),

@@ -19,6 +19,7 @@ DEMO_PROMPT = "I have tomatoes, basil and cheese at home. What can I cook for di
 DEMO_SYSTEM = "You are a helpful, concise cooking assistant."
 LLAMA2_CONTEXT = 4096  # positions of every Llama 2 model, and of the tiny one
 MAX_SEED = 2**32 - 1  # numpy's limit; transformers.set_seed seeds numpy too
+MAX_GPUS = 1024  # a tensor-parallel plan's N: far past any machine, a typo's guard
 # Exit status of a command whose output pipe was closed before it finished (128 + SIGPIPE).
 EXIT_PIPE_CLOSED = 141
 
@@ -78,35 +79,33 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .auth import find_token
     from .chat import ChatSession, check_message, read_context_window
-    from .models import choose_model, cpu_threads_for, load_with_plan, oom_as_advice
-    from .plan import make_plan
+    from .models import choose_model, oom_as_advice
     from .runtime import detect_runtime, format_report, recommend_settings
+    from .tensor_parallel import distributed_env, finish_tensor_parallel
 
     try:
         check_message(args.prompt)  # before anything loads
     except ValueError as err:
         raise UserFacingError(str(err), "Reword the prompt and run the demo again.") from None
+    world = distributed_env()
+    if not world.is_main:  # under torchrun, rank 0 alone prints
+        _quiet_this_rank()
     facts = detect_runtime()
     print(format_report(facts, recommend_settings(facts)))
     token = find_token()
     choice = choose_model(facts, requested=args.model, has_token=bool(token))
     print(redact_secrets(f"Model   : {choice.name} ({choice.reason})"))
     _check_local_model(choice.name)
-    # Decide, then act: the plan picks fp16/bf16 or 4-bit and refuses what cannot fit.
-    plan = make_plan(choice.name, facts)
-    print(f"Plan    : {plan.format_label}, room for {plan.context_window:,} tokens")
-    threads = cpu_threads_for(choice, plan.device)
-    if threads is not None:  # this process is ours: no need to restore the setting
-        import torch
+    plan, model, tokenizer = _demo_load(choice, facts, token, world.world_size)
+    seed = args.seed
+    if world.world_size > 1 and not args.greedy:
+        from .tensor_parallel import shared_seed
 
-        torch.set_num_threads(threads)
-    start = time.perf_counter()
-    model, tokenizer = load_with_plan(plan, token=token)
-    print(f"Loaded in {time.perf_counter() - start:.1f} s\n")
-    if args.seed is not None:
+        seed = shared_seed(seed)  # every rank must sample the same token
+    if seed is not None:
         from transformers import set_seed
 
-        set_seed(args.seed)
+        set_seed(seed)
     # The one chat path: Meta's reference format, token for token (see llama2_colab.chat),
     # within the context the model has and the GPU memory leaves.
     session = ChatSession(
@@ -115,6 +114,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         system_prompt=DEMO_SYSTEM,
         max_new_tokens=args.max_new_tokens,
         context_window=min(read_context_window(model), plan.context_window),
+        do_sample=not args.greedy,
     )
     try:
         session.plan_prompt(args.prompt)  # refuses forged turns, checks the budget
@@ -123,7 +123,50 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"You: {args.prompt}\nLlama 2: ", end="", flush=True)
     with oom_as_advice(plan):
         session.send(args.prompt, on_text=lambda text: print(text, end="", flush=True))
-    stats = session.last_stats
+    finish_tensor_parallel()
+    _print_demo_stats(session.last_stats)
+    return 0
+
+
+def _quiet_this_rank() -> None:
+    """Send a non-zero rank's output nowhere (its errors still reach stderr)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    _silence_stdout()
+
+
+def _demo_load(choice, facts, token, world_size: int):
+    """Plan and load the demo's model: whole (one process) or split (torchrun); return both."""
+    from .models import cpu_threads_for, load_with_plan
+    from .plan import make_plan, make_tp_plan
+    from .tensor_parallel import load_tensor_parallel, local_parameter_count
+
+    if world_size > 1:
+        plan = make_tp_plan(choice.name, facts, world_size)
+        where = f"split over {world_size} processes (tensor parallelism)"
+    else:
+        plan = make_plan(choice.name, facts)  # decide, then act: fp16/bf16 or 4-bit, or refuse
+        where = "one process"
+    print(f"Plan    : {plan.format_label}, {where}, room for {plan.context_window:,} tokens")
+    threads = cpu_threads_for(choice, plan.device)
+    if threads is not None:  # this process is ours: no need to restore the setting
+        import torch
+
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    if world_size > 1:
+        model, tokenizer = load_tensor_parallel(plan, token=token)
+        held = local_parameter_count(model)
+        print(f"Split   : each process holds {held:,} of the {plan.params:,} parameters")
+    else:
+        model, tokenizer = load_with_plan(plan, token=token)
+    print(f"Loaded in {time.perf_counter() - start:.1f} s\n")
+    return plan, model, tokenizer
+
+
+def _print_demo_stats(stats) -> None:
+    """The demo's last line: new tokens, time to first token, decode speed."""
     speed = (
         f"{stats.tokens_per_s:.1f} tokens/s"
         if stats.new_tokens > 1
@@ -133,7 +176,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"\n\n-- {stats.new_tokens} new token{'s' if stats.new_tokens != 1 else ''}; "
         f"first token after {stats.ttft_s:.2f} s; {speed}"
     )
-    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    return serve(
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        engine=args.engine,
+        gpus=args.gpus,
+        continuous_batching=args.continuous_batching,
+    )
 
 
 def _check_local_model(name: str, whole: bool = True) -> None:
@@ -187,6 +242,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             str(err), "Pass --gpu with one of those names, or leave it out."
         ) from None
     _check_local_model(args.model, whole=False)  # planning needs the config alone
+    if args.gpus is not None:
+        from .plan import format_tp_plan, make_tp_plan
+
+        tp = make_tp_plan(args.model, facts, args.gpus, args.quantization, args.dtype)
+        _emit(json.dumps(tp.to_dict(), indent=2) if args.json else format_tp_plan(tp))
+        return 0 if tp.fits else 2
     plan = make_plan(args.model, facts, quantization=args.quantization, dtype=args.dtype)
     _emit(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
     return 0 if plan.fits else 2
@@ -255,9 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="make the sampled reply reproducible",
     )
+    p.add_argument(
+        "--greedy",
+        action="store_true",
+        help="always pick the most likely token (no sampling): the same reply every run",
+    )
     p.set_defaults(func=_cmd_demo)
 
     _add_bench(sub)
+    _add_serve(sub)
 
     p = sub.add_parser("tiny", help="write the offline tiny Llama 2 (model + tokenizer) to DIR")
     p.add_argument("dir")
@@ -330,6 +397,34 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
+def _add_serve(sub) -> None:
+    """The `serve` command: an OpenAI-compatible server on transformers serve or vLLM."""
+    p = sub.add_parser(
+        "serve", help="serve the chat model over an OpenAI-compatible API until Ctrl-C"
+    )
+    p.add_argument("--model", default=None, help="'tiny', a Hub id or a local directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_bounded_int(1, 65535), default=8000, help="default 8000")
+    p.add_argument(
+        "--engine",
+        choices=["auto", "transformers", "vllm"],
+        default="auto",
+        help="auto (default): vLLM if installed and a GPU supports it, else transformers serve",
+    )
+    p.add_argument(
+        "--gpus",
+        type=_bounded_int(1, MAX_GPUS),
+        default=1,
+        help="split the model over N GPUs (vLLM's tensor parallelism)",
+    )
+    p.add_argument(
+        "--continuous-batching",
+        action="store_true",
+        help="transformers serve: batch concurrent requests (paged attention)",
+    )
+    p.set_defaults(func=_cmd_serve)
+
+
 def _add_plan_and_access(sub) -> None:
     """The `plan` and `access` commands: will a model fit, and may your token download it."""
     p = sub.add_parser("plan", help="will MODEL fit this GPU: format, memory, context (exit 2: no)")
@@ -347,6 +442,12 @@ def _add_plan_and_access(sub) -> None:
         choices=["float16", "bfloat16", "float32"],
         default=None,
         help="plan for this dtype (default: the runtime's, float16 on a T4)",
+    )
+    p.add_argument(
+        "--gpus",
+        type=_bounded_int(1, MAX_GPUS),
+        default=None,
+        help="plan a split over N such GPUs with tensor parallelism (per-GPU figures)",
     )
     p.add_argument("--list", action="store_true", help="list the catalog's models")
     p.set_defaults(func=_cmd_plan)

@@ -131,11 +131,13 @@ def load_model_and_tokenizer(
     token: str | None = None,
     quantization_config=None,
     cache_dir: str | None = None,
+    model_kwargs: dict | None = None,
 ):
     """Load (model, tokenizer) for the choice with the settings' dtype, attention and placement.
 
     A Hub refusal (not logged in, access not granted, offline) becomes a `UserFacingError`
     saying what to do; files already downloaded stay in the cache, so the next try resumes.
+    `model_kwargs` go to `from_pretrained` as well (e.g. `distributed_config`).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -145,8 +147,9 @@ def load_model_and_tokenizer(
             config = AutoConfig.from_pretrained(path, token=token, cache_dir=cache_dir)
             check_family(config.model_type, getattr(config, "architectures", None), path)
         tokenizer = AutoTokenizer.from_pretrained(path, token=token, cache_dir=cache_dir)
+        kwargs = _model_kwargs(settings, quantization_config) | (model_kwargs or {})
         model = AutoModelForCausalLM.from_pretrained(
-            path, token=token, cache_dir=cache_dir, **_model_kwargs(settings, quantization_config)
+            path, token=token, cache_dir=cache_dir, **kwargs
         )
         return model, tokenizer
 

@@ -11,6 +11,11 @@ Pure arithmetic on facts, so a T4 can be planned for on any machine:
   activations of a forward pass and allocator slack.
 
 `make_plan` decides; `models.load_with_plan` acts on the decision.
+
+A second layer plans one model split over N GPUs with tensor parallelism (`make_tp_plan`): each
+attention and MLP layer and the output head are cut N ways, so each GPU holds about 1/N of the
+weights and of the KV cache, and N must divide the attention and KV head counts. It has the same
+three parts: arithmetic (`valid_tp_sizes`, `shard_weight_bytes`), the choice, the wording.
 """
 
 from __future__ import annotations
@@ -44,6 +49,11 @@ __all__ = [
     "kv_bytes_per_token",
     "make_plan",
     "format_plan",
+    "TensorParallelPlan",
+    "valid_tp_sizes",
+    "shard_weight_bytes",
+    "make_tp_plan",
+    "format_tp_plan",
 ]
 
 MiB = 1024**2
@@ -314,7 +324,10 @@ def _what_would_fit(counts: ParamCounts, config, facts: RuntimeFacts) -> str:
                     " (device_map='auto' splits the layers)"
                 )
     if not parts:
-        return "No single GPU in the presets holds it: split it across several GPUs."
+        return (
+            "No single GPU in the presets holds it: split it across several GPUs with tensor "
+            "parallelism (`plan MODEL --gpu A100-80GB --gpus 2` plans it)."
+        )
     return "What would fit: " + "; or ".join(parts) + "."
 
 
@@ -465,4 +478,253 @@ def format_plan(plan: LoadPlan) -> str:
     ]
     if plan.advice:
         rows.append(f"Advice     : {plan.advice}")
+    return "\n".join(rows)
+
+
+# -- Tensor parallelism: one model split over N GPUs ------------------------------------------
+# Arithmetic. transformers' Llama tp_plan cuts q/k/v/gate/up column-wise, o/down row-wise and
+# lm_head column-wise; the embeddings and the norms stay whole on every GPU (vLLM also cuts the
+# embeddings, so it needs a little less than this plan counts).
+
+
+@dataclass(frozen=True)
+class TensorParallelPlan:
+    """How one model splits over N GPUs with tensor parallelism: the per-GPU figures, and why."""
+
+    model: str
+    gpus: int  # N: the tensor-parallel size, one process per GPU
+    valid: bool  # N divides the attention heads and the KV heads
+    valid_sizes: tuple[int, ...]  # every N that does
+    attention_heads: int
+    kv_heads: int
+    dtype: str
+    quantization: str | None
+    weights_bytes_per_gpu: int
+    kv_bytes_per_token_per_gpu: int
+    usable_memory_bytes_per_gpu: int
+    context_window: int  # tokens of context that fit next to each GPU's share of the weights
+    model_context_window: int
+    fits: bool
+    reason: str
+    advice: str
+    gpu: str | None = None  # the GPU's name; None: N processes on the CPU
+    device: str = "cuda"
+    weights_bytes: int = 0  # the whole model in the chosen format, for comparison
+    ram_needed_bytes: int = 0  # host RAM for N processes while loading
+    params: int = 0  # of the whole model
+
+    @property
+    def format_label(self) -> str:
+        """The chosen format in words, e.g. "bfloat16" or "4-bit NF4, float16 compute"."""
+        return format_label(self.dtype, self.quantization)
+
+    def to_dict(self) -> dict:
+        """Return the plan as a JSON-ready dict: `gpus`, `tensor_parallel`, per-GPU figures."""
+        data = asdict(self)
+        data["tensor_parallel"] = {
+            "size": self.gpus,
+            "valid": self.valid,
+            "valid_sizes": list(self.valid_sizes),
+            "attention_heads": self.attention_heads,
+            "kv_heads": self.kv_heads,
+        }
+        for key in ("valid", "valid_sizes", "attention_heads", "kv_heads"):
+            del data[key]
+        return data
+
+
+def _heads(config) -> tuple[int, int]:
+    """(attention heads, KV heads) of a config."""
+    heads = config.num_attention_heads
+    return heads, getattr(config, "num_key_value_heads", None) or heads
+
+
+def valid_tp_sizes(config) -> tuple[int, ...]:
+    """Return every N that tensor parallelism can split the model into: N divides both head counts.
+
+    Each GPU computes whole attention heads and holds whole KV heads, so N must divide the
+    attention heads (64 for 70B) and the KV heads (8 for 70B, which has grouped-query attention).
+    """
+    common = math.gcd(*_heads(config))
+    return tuple(n for n in range(1, common + 1) if common % n == 0)
+
+
+def shard_weight_bytes(
+    counts: ParamCounts, config, dtype: str, quantization: str | None, n: int
+) -> int:
+    """Return the weight bytes one GPU holds when tensor parallelism splits the model n ways.
+
+    The decoder's Linear layers (in the format, quantized or not) and lm_head are split n ways;
+    the embeddings and the norms are whole on every GPU.
+    """
+    size = _DTYPE_BYTES[dtype]
+    head = 0 if getattr(config, "tie_word_embeddings", False) else config.vocab_size
+    head *= config.hidden_size
+    layers = weight_bytes(counts, dtype, quantization) - counts.kept * size
+    return math.ceil(layers / n) + math.ceil(head * size / n) + (counts.kept - head) * size
+
+
+# The choice.
+
+
+def _usable_per_process(facts: RuntimeFacts, n: int) -> tuple[int, int]:
+    """(usable bytes, reserve) of each of n devices: n GPUs, or n processes sharing the RAM."""
+    if facts.gpu is not None:
+        return _usable(facts)
+    usable = max(0, facts.ram_available_bytes - n * HOST_OVERHEAD_BYTES) // n
+    return usable, HOST_OVERHEAD_BYTES
+
+
+def _choose_tp(
+    counts: ParamCounts, config, facts: RuntimeFacts, n: int, quantization: str, dtype: str | None
+) -> PlanChoice:
+    """Pick a format for n GPUs: the first candidate whose share fits each GPU."""
+    dtype = dtype or recommend_settings(facts).dtype
+    usable, reserve = _usable_per_process(facts, n)
+    kv = math.ceil(kv_bytes_per_token(config, dtype) / n)
+    window = int(getattr(config, "max_position_embeddings", 4096))
+    needed = min(MIN_CONTEXT_TOKENS, window)
+    for quant in _candidates(quantization, facts):
+        weights = shard_weight_bytes(counts, config, dtype, quant, n)
+        fits = weights + needed * kv <= usable
+        if fits:
+            break
+    context = _context(usable, weights, kv, window)
+    return PlanChoice(dtype, quant, weights, kv, context, usable, reserve, fits)
+
+
+# The wording.
+
+
+def _describe_tp_split(name: str, config, n: int, facts: RuntimeFacts, valid: tuple) -> str:
+    """Wording: what is split, and whether n is a valid split of this model."""
+    heads, kv_heads = _heads(config)
+    where = f"{n} x {facts.gpu.name}" if facts.gpu is not None else f"{n} CPU process(es)"
+    sizes = ", ".join(str(v) for v in valid)
+    if n not in valid:
+        check = (
+            f"{n} is NOT a valid split: N must divide both its {heads} attention heads and its "
+            f"{kv_heads} KV heads"
+        )
+    else:
+        check = f"{n} divides its {heads} attention heads and {kv_heads} KV heads"
+    return (
+        f"{name} over {where} with tensor parallelism: every attention and MLP layer and the "
+        f"output head are cut into {n} slice(s), one per device; the embeddings and norms stay "
+        f"whole on each. {check} (valid: {sizes})."
+    )
+
+
+def _describe_tp_share(c: PlanChoice, n: int, window: int, valid: bool, device: str) -> str:
+    """Wording: each device's share, and the context it leaves or why it does not fit."""
+    fmt = format_label(c.dtype, c.quantization)
+    share = (
+        f"Each {device} holds {_gib(c.weights_bytes)} of weights in {fmt} and "
+        f"{_gib(c.kv_bytes_per_token)} of KV cache per token (1/{n} of the KV heads), "
+        f"{_gib(c.usable_bytes)} usable."
+    )
+    if not valid:
+        return share
+    if not c.fits:
+        return share + (
+            f" Does not fit: that share plus {MIN_CONTEXT_TOKENS:,} tokens of context needs "
+            f"{_gib(c.weights_bytes + MIN_CONTEXT_TOKENS * c.kv_bytes_per_token)}."
+        )
+    return share + (
+        f" Plan: room for {c.context_window:,} tokens of context (the model allows {window:,})."
+    )
+
+
+def _advise_tp(name, counts, config, facts, n: int, c: PlanChoice, valid: tuple) -> str:
+    """Decision's advice: a valid N, more GPUs, or the commands that run the plan."""
+    if n not in valid:
+        choices = [str(v) for v in valid if v > 1] or ["1"]
+        listed = ", ".join(choices[:-1]) + " or " if len(choices) > 1 else ""
+        return f"Use --gpus {listed}{choices[-1]}."
+    if not c.fits:
+        for more in (v for v in valid if v > n):
+            if _choose_tp(counts, config, facts, more, "auto", c.dtype).fits:
+                return f"{more} of these GPUs would hold it: --gpus {more}."
+        return "No valid split over this GPU holds it: plan for a bigger GPU (--gpu H100)."
+    nf4 = ""
+    if c.quantization == "nf4":
+        nf4 = (
+            " 4-bit NF4 across GPUs: vLLM quantizes while loading (--quantization bitsandbytes);"
+            " transformers' tensor parallelism loads 16-bit weights only."
+        )
+    return (
+        f"Run it: `torchrun --nproc-per-node {n} -m llama2_colab demo PROMPT --model {name}` "
+        f"(transformers' tensor parallelism), or serve it with vLLM's --tensor-parallel-size {n}"
+        f" (docs/serving.md).{nf4}"
+    )
+
+
+def make_tp_plan(
+    model_name: str,
+    facts: RuntimeFacts,
+    gpus: int,
+    quantization: str = "auto",
+    dtype: str | None = None,
+) -> TensorParallelPlan:
+    """Decide how a model splits over `gpus` GPUs like facts' GPU (or CPU processes), and why."""
+    _check_plan_args(quantization, dtype)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise ValueError(f"gpus must be a whole number of at least 1, not {gpus!r}")
+    config, name = load_config(model_name)
+    counts = count_parameters(config)
+    valid = valid_tp_sizes(config)
+    c = _choose_tp(counts, config, facts, gpus, quantization, dtype)
+    window = int(getattr(config, "max_position_embeddings", 4096))
+    heads, kv_heads = _heads(config)
+    fits = c.fits and gpus in valid
+    device = "GPU" if facts.gpu is not None else "process"
+    lines = [
+        _describe_tp_split(name, config, gpus, facts, valid),
+        _describe_tp_share(c, gpus, window, gpus in valid, device),
+    ]
+    return TensorParallelPlan(
+        model=name,
+        gpus=gpus,
+        valid=gpus in valid,
+        valid_sizes=valid,
+        attention_heads=heads,
+        kv_heads=kv_heads,
+        dtype=c.dtype,
+        quantization=c.quantization,
+        weights_bytes_per_gpu=c.weights_bytes,
+        kv_bytes_per_token_per_gpu=c.kv_bytes_per_token,
+        usable_memory_bytes_per_gpu=c.usable_bytes,
+        context_window=c.context_window if fits else 0,
+        model_context_window=window,
+        fits=fits,
+        reason=" ".join(lines),
+        advice=_advise_tp(name, counts, config, facts, gpus, c, valid),
+        gpu=facts.gpu.name if facts.gpu is not None else None,
+        device="cuda" if facts.gpu is not None else "cpu",
+        weights_bytes=weight_bytes(counts, c.dtype, c.quantization),
+        ram_needed_bytes=gpus * (HOST_OVERHEAD_BYTES + 4 * counts.largest_tensor),
+        params=counts.total,
+    )
+
+
+def format_tp_plan(plan: TensorParallelPlan) -> str:
+    """Return a tensor-parallel plan as a short text report (`plan MODEL --gpus N`)."""
+    where = f"{plan.gpus} x {plan.gpu}" if plan.gpu else f"{plan.gpus} CPU process(es)"
+    valid = ", ".join(str(v) for v in plan.valid_sizes)
+    rows = [
+        f"Model      : {plan.model}",
+        f"GPUs       : {where}, tensor parallel size {plan.gpus}",
+        f"Valid N    : {valid} ({plan.attention_heads} attention heads, {plan.kv_heads} KV heads)"
+        + ("" if plan.valid else f"; {plan.gpus} is not one of them"),
+        f"Format     : {plan.format_label} ({_gib(plan.weights_bytes)} for the whole model)",
+        f"Per GPU    : {_gib(plan.weights_bytes_per_gpu)} of weights, "
+        f"{_gib(plan.kv_bytes_per_token_per_gpu)} of KV cache per token, "
+        f"{_gib(plan.usable_memory_bytes_per_gpu)} usable",
+        f"Context    : {plan.context_window:,} tokens fit "
+        f"(model limit {plan.model_context_window:,})",
+        f"Host RAM   : ~{_gib(plan.ram_needed_bytes)} for {plan.gpus} process(es) while loading",
+        f"Fits       : {'yes' if plan.fits else 'NO'}",
+        f"Why        : {plan.reason}",
+        f"Advice     : {plan.advice}",
+    ]
     return "\n".join(rows)

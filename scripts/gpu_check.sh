@@ -9,6 +9,12 @@
 #                                   figures the plan's choice of format waits for
 #   scripts/gpu_check.sh --smoke    run every step of both checks on the tiny model with few
 #                                   tokens: checks the script itself on any machine, CPU included
+#   scripts/gpu_check.sh --serve    instead, serving (under 10 minutes): the tiny model on
+#                                   `transformers serve` on the GPU, with and without continuous
+#                                   batching, and, if vLLM imports, Llama-2-7b-chat's architecture
+#                                   with random weights on vLLM with the flags the plan derives
+#                                   (scripts/serve_bench.py: cold start, prompt ids equal to
+#                                   encode_dialog's, tok/s at 1/4/8 requests at once)
 #   scripts/gpu_check.sh --suite    run the whole test suite (every notebook included) on this
 #                                   machine's GPU instead, in under 5 minutes: the GPU branch of
 #                                   each notebook executes. Needs pytest, nbval, ipykernel and
@@ -39,8 +45,9 @@ case "${1:-}" in
   --smoke) MODE="smoke" ;;
   --suite) MODE="suite" ;;
   --quant) MODE="quant" ;;
+  --serve) MODE="serve" ;;
   "") ;;
-  *) echo "usage: $0 [--dry-run|--smoke|--suite|--quant]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--dry-run|--smoke|--suite|--quant|--serve]" >&2; exit 2 ;;
 esac
 
 case "$MODE" in run) NAME=check ;; *) NAME="$MODE" ;; esac
@@ -59,7 +66,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH
 if [ "$MODE" = "smoke" ]; then
   M7="tiny"; M13="tiny"; DT=(); Q=(--quantization nf4)
   WORK=(--prompt-tokens 64 --new-tokens 8 --warmup 0); MANY=(--repeats 2); FEW=(--repeats 2)
-  LIMITS=(60 120 240 120); QLIMITS=(120 120 120)
+  LIMITS=(60 120 240 120); QLIMITS=(120 120 120); SLIMITS=(240 300 300)
 else
   M7="meta-llama/Llama-2-7b-chat-hf"; M13="meta-llama/Llama-2-13b-chat-hf"
   DT=(--dtype float16); Q=(--quantization nf4)
@@ -72,7 +79,11 @@ else
   # --quant: 7B NF4 and int8 build in ~15 s each and decode at roughly 13B NF4's speed or
   # slower (LLM.int8 splits out outliers on every call); 13B int8 is the slowest. 5 repetitions.
   QLIMITS=(140 150 170)
+  # --serve: the tiny model starts in ~10 s and answers 1+4+8 short requests in seconds; vLLM
+  # builds 7B's dummy weights, profiles memory and captures CUDA graphs first (1-3 minutes).
+  SLIMITS=(100 120 270)
 fi
+MT="tiny"; M7V="meta-llama/Llama-2-7b-chat-hf"  # served: the tiny model; vLLM: 7B's shapes
 
 run_step() {  # name, limit, command...: run it with a time limit; record a failure as JSON
   local name="$1" limit="$2"; shift 2
@@ -147,6 +158,45 @@ bnb_step() {  # name, limit, bench args...: a bitsandbytes step, or a record of 
       >"$OUT_DIR/$name.json"
   fi
 }
+
+serve_step() {  # name, limit, serve_bench args...: the vLLM step only where vLLM imports
+  local name="$1" limit="$2"; shift 2
+  if [ "$MODE" = "dry" ] || [ "$name" != "serve-vllm" ] || "$PY" -c "import vllm" >/dev/null 2>&1
+  then
+    run_step "$name" "$limit" "$PY" scripts/serve_bench.py "$@"
+  else
+    echo "== $name: skipped, vllm does not import (pip install vllm on a GPU machine)"
+    echo "{\"step\": \"$name\", \"error\": \"skipped: vllm does not import\"}" \
+      >"$OUT_DIR/$name.json"
+  fi
+}
+
+if [ "$MODE" = "serve" ] || [ "$MODE" = "smoke" ] || [ "$MODE" = "dry" ]; then
+  serve_step serve-tf "${SLIMITS[0]}" --model "$MT"
+  serve_step serve-tf-cb "${SLIMITS[1]}" --model "$MT" --continuous-batching
+  serve_step serve-vllm "${SLIMITS[2]}" --engine vllm --random-weights --model "$M7V"
+  if [ "$MODE" = "serve" ]; then
+    "$PY" - "$OUT_DIR" <<'EOF' | tee "$OUT_DIR/summary.txt"
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+env = json.loads((out / "env.json").read_text() or "{}") if (out / "env.json").exists() else {}
+print(f"\nMachine: {(env.get('gpu') or {}).get('name', 'no GPU')}; torch {env.get('torch')}, "
+      f"transformers {env.get('transformers')}")
+for step in ("serve-tf", "serve-tf-cb", "serve-vllm"):
+    r = json.loads((out / f"{step}.json").read_text() or "{}")
+    if "error" in r:
+        print(f"{step:<12} {r['error']}")
+        continue
+    single = r["single"]
+    at_once = ", ".join(f"{c['requests']}: {c['tokens_per_s']}" for c in r["concurrent"])
+    print(f"{step:<12} {r['model']} ready in {r['cold_start_s']} s; prompt ids match: "
+          f"{r['prompt_ids_match']}; one request {single['http_tokens_per_s']} tok/s over HTTP"
+          + (f" vs {single['local_tokens_per_s']} local" if "local_tokens_per_s" in single else "")
+          + f"; at once (requests: tok/s) {at_once}")
+EOF
+    exit "$FAILED"
+  fi
+fi
 
 STEPS=()
 if [ "$MODE" != "quant" ]; then

@@ -2,8 +2,9 @@
 # Create a virtualenv and install llama2-colab into it.
 #   bash scripts/setup.sh                  .venv: the newest releases, and the demo's needs
 #   bash scripts/setup.sh --dev            .venv: also the test tools, bitsandbytes, the
-#                                          endpoint extra (`serve`) and JupyterLab
-#                                          (`.venv/bin/jupyter lab`, then open notebooks/)
+#                                          serving packages (fastapi, uvicorn, openai, ...)
+#                                          and JupyterLab (`.venv/bin/jupyter lab`, then
+#                                          open notebooks/)
 #   bash scripts/setup.sh --dev --stack colab
 #                                          .venv-colab: Colab's Python (3.13) and every package
 #                                          at the version a Colab GPU runtime ships

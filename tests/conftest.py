@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from serve_process import tiny_server  # noqa: F401 - a served tiny model, for any test module
 
 
 def pytest_configure(config):

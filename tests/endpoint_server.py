@@ -1,10 +1,12 @@
 """Real servers on 127.0.0.1 for the endpoint tests: no mock of the server anywhere.
 
 - `start_server(model_dir, port, log)` is the one step that says which OpenAI-compatible server
-  runs: today `transformers serve` on the tiny model's folder (it needs fastapi, uvicorn, openai
-  and pydantic). Swap this one function to run `python -m llama2_colab serve` instead.
+  runs: `python -m llama2_colab serve` on the tiny model's folder (the project's own command, on
+  `transformers serve`, with the chat template that gives Meta's reference ids). It runs in its
+  own process group, since the command starts the engine as a child process.
 - `run_server(model_dir)` starts it on a free port, waits until `/v1/models` answers, and gives
-  a `RunningServer` (its URL, the model name to ask for, `stop()`, `kill()`).
+  a `RunningServer` (its URL, the model name to ask for, `stop()`, `kill()`, `pause()`,
+  `resume()`, each for the whole group).
 - `silent_server()` is a TCP server that accepts connections and never answers: a hung server.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -35,11 +38,15 @@ def free_port() -> int:
 
 def start_server(model_dir: Path, port: int, log) -> tuple[subprocess.Popen, str]:
     """Start the OpenAI-compatible server on model_dir; return (process, model name to ask for)."""
+    from llama2_colab.serve import served_name
+
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_UPDATE_CHECK="1")
-    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir)]
+    command = [sys.executable, "-m", "llama2_colab", "serve", "--model", str(model_dir)]
     command += ["--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return process, str(model_dir)  # transformers serve answers to the folder's path
+    process = subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    return process, served_name(str(model_dir))
 
 
 @dataclass
@@ -55,15 +62,29 @@ class RunningServer:
         """What the server printed so far."""
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
+    def _signal(self, signum: int) -> None:
+        """Send signum to the server's whole process group (the command and its engine)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signum)
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): a request waits for its reply until resume()."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server go on (SIGCONT)."""
+        self._signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """Kill the server at once (SIGKILL): its open streams break off mid-reply."""
-        self.process.kill()
+        self._signal(signal.SIGKILL)
         self.process.wait(30)
 
     def stop(self) -> None:
-        """Stop the server and wait for it to exit."""
+        """Stop the server as Ctrl-C does (SIGINT to the group) and wait for it to exit."""
         if self.process.poll() is None:
-            self.process.terminate()
+            self.resume()
+            self._signal(signal.SIGINT)
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import sys
 import threading
 import time
@@ -59,11 +57,11 @@ def hold_local(session: ChatSession):
 @contextlib.contextmanager
 def hold_server(server, session: ChatSession):
     """While inside, the server process is frozen (SIGSTOP): a request waits for its reply."""
-    os.kill(server.process.pid, signal.SIGSTOP)
+    server.pause()
     try:
         yield
     finally:
-        os.kill(server.process.pid, signal.SIGCONT)
+        server.resume()
 
 
 @dataclass
@@ -590,12 +588,14 @@ def test_a_server_killed_mid_stream_is_a_clear_error_and_the_history_stays(serve
     try:
         session = endpoint_session(doomed.url, model=doomed.model)
         session.max_new_tokens = 1000
+        # A negative penalty rewards repeating, so the reply runs on to its 1000 tokens.
+        session.generate_kwargs = {"frequency_penalty": -0.5}
         pieces: list[str] = []
 
         def kill_at_first_piece(piece: str) -> None:
             pieces.append(piece)
             if len(pieces) == 1:
-                os.kill(doomed.process.pid, signal.SIGSTOP)  # nothing more is written...
+                doomed.pause()  # nothing more is written...
                 doomed.kill()  # ...and the connection breaks off mid-reply
 
         with pytest.raises(EndpointError, match="broke off in the middle of the reply"):

@@ -41,6 +41,7 @@ ASSERTS = {
     "08_fine_tuning": 13,
     "09_code_llama": 0,
     "10_rlhf_in_miniature": 3,
+    "11_serve_and_scale_out": 2,
 }
 GOING_FURTHER = re.compile(r"^#+\s*going further", re.I | re.M)
 DETAILS = re.compile(r"<details>.*?</details>", re.S)

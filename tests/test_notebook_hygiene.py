@@ -24,6 +24,7 @@ EXPECTED = [
     "08_fine_tuning.ipynb",
     "09_code_llama.ipynb",
     "10_rlhf_in_miniature.ipynb",
+    "11_serve_and_scale_out.ipynb",
 ]
 TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{30,}")
 

@@ -132,3 +132,25 @@ def test_00_the_notice_it_prints_is_the_licences_own_words(executed):
     assert nb.value("NOTICE") in words  # "Copyright (c) Meta", as section 1.b.iii writes it
     # 1.b.v forbids improving other LLMs "(excluding Llama 2 or derivative works thereof)"
     assert "derivatives excepted" in nb.value("LICENCE[4][1]")
+
+
+def test_11_the_server_sends_metas_prompt_streams_batches_and_stops(executed):
+    nb = executed("11_serve_and_scale_out")
+    assert nb.value("server.model") == "tiny"
+    # the Hub template differs from Meta's reference ids, serve's is the same
+    assert nb.value(
+        "[template_ids(tokenizer, messages, t) == reference for t in templates.values()]"
+    ) == [False, True]
+    assert nb.value("reply.usage.prompt_tokens == len(reference)") is True
+    assert nb.value("''.join(pieces) == reply.choices[0].message.content") is True
+    assert nb.value("sorted(one_at_a_time) == sorted(batched) == [1, 4, 8]") is True
+    assert nb.value("min(list(one_at_a_time.values()) + list(batched.values())) > 0") is True
+    fits = nb.value(
+        "[make_tp_plan(CHAT_70B, preset_runtime(g), n).fits for g, n in "
+        "[('A100-80GB', 2), ('H100', 4), ('T4', 2), ('T4', 4), ('A100-80GB', 3)]]"
+    )
+    assert fits == [True, True, False, True, False]
+    # stopped at the end: the serve command is gone, and nothing holds its port any more
+    assert nb.value("server.process.poll() is not None") is True
+    free = "__import__('llama2_colab.serve', fromlist=['x']).check_port_free"
+    assert nb.value(f"{free}('127.0.0.1', server.port) is None") is True

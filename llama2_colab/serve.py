@@ -1,0 +1,718 @@
+"""Serving Llama 2 over an OpenAI-compatible API, on an existing engine.
+
+Decide, then act, as everywhere in this package:
+
+- `choose_engine(facts, vllm_installed)`: vLLM when it is installed and the GPU is one it
+  supports, else `transformers serve` (one GPU or the CPU). A pure decision.
+- `transformers_serve_command(...)` and `vllm_command(...)`: the engine's command line from a
+  plan (dtype, 4-bit, context window, tensor-parallel size, share of GPU memory). Pure, so the
+  command for a T4 or 4 x A100 is tested on any machine.
+- `prepare_serving_folder(...)`: the model's files linked (never copied, never changed) into a
+  fresh folder whose `chat_template.jinja` is `chat_template.reference_chat_template`, so the
+  engine sends `encode_dialog`'s ids, token for token. Your Hub cache and model folder are only
+  read.
+- `EngineProcess`: the engine as a child process, ready when `/v1/models` answers, stopped with
+  SIGINT (then harder), its last lines kept so that a failure is explained.
+- `serve(...)` is what `python -m llama2_colab serve` runs; `BackgroundServer` runs that command
+  in the background for a notebook, which stops it with `stop()`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import snapshot_download
+from transformers import AutoTokenizer
+
+from .auth import explain_hub_error, find_hub_error, find_token, hub_endpoint
+from .chat_template import reference_chat_template, template_matches
+from .checks import check_model_dir, looks_like_local_path
+from .errors import UserFacingError, redact_secrets
+from .models import ModelChoice, choose_model, cpu_threads_for
+from .plan import GPU_RESERVE_BYTES, LoadPlan, TensorParallelPlan, make_plan, make_tp_plan
+from .runtime import ATTENTION, RuntimeFacts, detect_runtime
+from .tiny import ensure_tiny_llama, tiny_cache_dir
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "SERVE_PACKAGES",
+    "BackgroundServer",
+    "EngineLaunch",
+    "EngineProcess",
+    "cb_num_blocks",
+    "check_port_free",
+    "choose_engine",
+    "client_snippet",
+    "free_port",
+    "gpu_memory_utilization",
+    "prepare_serving_folder",
+    "serve",
+    "served_name",
+    "transformers_serve_command",
+    "vllm_command",
+]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+# What `transformers serve` needs beyond transformers (its `is_serve_available`); Colab ships all.
+SERVE_PACKAGES = ("fastapi", "uvicorn", "openai", "pydantic")
+SERVE_INSTALL = (
+    "pip install 'llama2-colab[serve]'  (or: pip install fastapi uvicorn openai pydantic)"
+)
+# vLLM's CUDA builds support compute capability 7.0 and up (V100, T4, A100, L4, H100).
+VLLM_MIN_CAPABILITY = (7, 0)
+# vLLM may not take more of a GPU than this, whatever the plan leaves.
+MAX_GPU_MEMORY_UTILIZATION = 0.95
+READY_TIMEOUT_S = 900.0  # a 13B load from a slow disk takes minutes
+# Continuous batching: transformers sizes its paged KV cache from free memory when not told (on
+# a CPU that took 14 GiB of RAM for the tiny model, measured), so serve sizes it from the plan:
+# the room the plan leaves for KV cache, at most CB_MAX_SEQUENCES full contexts, in blocks of
+# CB_BLOCK_TOKENS (transformers' default). A forward pass takes at most CB_MAX_BATCH_TOKENS
+# tokens: their activations fit the plan's reserve, as a 2k-token prompt's do.
+CB_BLOCK_TOKENS = 256
+CB_MAX_SEQUENCES = 16
+CB_MAX_BATCH_TOKENS = 2048
+# Files of a model folder the serving folder does not link: its own template replaces them.
+_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+_HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
+
+
+# -- decisions ---------------------------------------------------------------------------------
+
+
+def choose_engine(facts: RuntimeFacts, vllm_installed: bool, requested: str = "auto") -> str:
+    """Return the engine to serve with: "vllm" or "transformers" (`transformers serve`).
+
+    "auto" picks vLLM when it is installed and the GPU has compute capability 7.0 or more (it
+    batches requests and pages its KV cache); otherwise `transformers serve`, which runs on one
+    GPU or the CPU. An explicit request is honoured; vLLM without a GPU is refused.
+    """
+    if requested not in ("auto", "vllm", "transformers"):
+        raise ValueError(f"engine must be auto, vllm or transformers, not {requested!r}")
+    gpu_ok = facts.gpu is not None and facts.gpu.compute_capability >= VLLM_MIN_CAPABILITY
+    if requested == "vllm" and not gpu_ok:
+        raise UserFacingError(
+            "vLLM needs an NVIDIA GPU with compute capability 7.0 or more, and there is none.",
+            "Leave out --engine (transformers serve runs on the CPU too), or use a GPU runtime.",
+        )
+    if requested != "auto":
+        return requested
+    return "vllm" if vllm_installed and gpu_ok else "transformers"
+
+
+def served_name(model: str) -> str:
+    """Return the model name clients send: "tiny", a Hub id as is, a folder's own name."""
+    name = model.strip()
+    if name.lower() == "tiny":
+        return "tiny"
+    if looks_like_local_path(name):
+        name = Path(name).expanduser().resolve().name
+    # transformers 5.15 reads "name@rev" as a revision of name.
+    return re.sub(r"[^A-Za-z0-9._/-]", "-", name).strip("/") or "model"
+
+
+def gpu_memory_utilization(plan: LoadPlan | TensorParallelPlan) -> float:
+    """Return the share of each GPU vLLM may take: the plan's usable memory over the GPU's total."""
+    if isinstance(plan, TensorParallelPlan):
+        usable = plan.usable_memory_bytes_per_gpu
+        total = usable + GPU_RESERVE_BYTES
+    else:
+        usable, total = plan.usable_memory_bytes, plan.usable_memory_bytes + plan.reserve_bytes
+    share = usable / total if total else MAX_GPU_MEMORY_UTILIZATION
+    return min(MAX_GPU_MEMORY_UTILIZATION, int(share * 100) / 100)
+
+
+def transformers_serve_command(
+    plan: LoadPlan, model: str, host: str, port: int, continuous_batching: bool = False
+) -> list[str]:
+    """Return the `transformers serve` command for a plan, serving `model` (a folder's name).
+
+    The plan's dtype (float16 on a T4, never bfloat16), 4-bit NF4 when the plan chose it, SDPA
+    attention, the GPU (device_map "auto", as `load_with_plan` does) or the CPU, and with
+    continuous batching a KV cache of the size the plan leaves room for. transformers serve has
+    no context-window flag: the plan's context is printed for the user to keep to.
+    """
+    command = [sys.executable, "-P", "-m", "transformers.cli.transformers", "serve", model]
+    command += ["--host", host, "--port", str(port), "--dtype", plan.dtype]
+    command += ["--device", "auto" if plan.device == "cuda" else "cpu"]
+    command += ["--attn-implementation", ATTENTION]
+    if plan.quantization == "nf4":
+        command += ["--quantization", "bnb-4bit"]  # NF4 with double quantization
+    elif plan.quantization == "int8":
+        command += ["--quantization", "bnb-8bit"]
+    if continuous_batching:
+        command += ["--continuous-batching", "--cb-block-size", str(CB_BLOCK_TOKENS)]
+        command += ["--cb-num-blocks", str(cb_num_blocks(plan))]
+        command += ["--cb-max-batch-tokens", str(min(CB_MAX_BATCH_TOKENS, plan.context_window))]
+    return command
+
+
+def cb_num_blocks(plan: LoadPlan) -> int:
+    """Return the KV-cache blocks for continuous batching: what the plan leaves room for."""
+    room = max(0, plan.usable_memory_bytes - plan.weights_bytes) // plan.kv_bytes_per_token
+    tokens = min(room, CB_MAX_SEQUENCES * plan.context_window)
+    return max(1, tokens // CB_BLOCK_TOKENS)
+
+
+def vllm_command(
+    plan: LoadPlan | TensorParallelPlan,
+    model_path: str,
+    name: str,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    chat_template: str | None = None,
+) -> list[str]:
+    """Return the `vllm serve` command for a plan: dtype, context, tensor parallelism, memory.
+
+    `--max-model-len` is the context the plan leaves room for, `--tensor-parallel-size` the
+    plan's GPU count (1 for a single-GPU plan), `--gpu-memory-utilization` the plan's usable
+    share of each GPU, `--quantization bitsandbytes` for a 4-bit NF4 plan (quantized while
+    loading). `chat_template` is the reference template's file.
+    """
+    if not plan.fits:
+        raise UserFacingError(f"{plan.model} does not fit: {plan.reason}", plan.advice)
+    if plan.quantization == "int8":
+        raise UserFacingError(
+            "vLLM quantizes while loading to 4-bit only, and this plan asks for int8.",
+            "Plan with --quantization nf4 (or none) for vLLM.",
+        )
+    size = plan.gpus if isinstance(plan, TensorParallelPlan) else 1
+    command = ["vllm", "serve", model_path, "--served-model-name", name]
+    command += ["--host", host, "--port", str(port), "--dtype", plan.dtype]
+    command += ["--max-model-len", str(plan.context_window)]
+    command += ["--tensor-parallel-size", str(size)]
+    command += ["--gpu-memory-utilization", f"{gpu_memory_utilization(plan):.2f}"]
+    if plan.quantization == "nf4":
+        command += ["--quantization", "bitsandbytes"]
+    if chat_template:
+        command += ["--chat-template", chat_template]
+    return command
+
+
+def client_snippet(base_url: str, model: str, max_tokens: int = 128) -> str:
+    """Return Python a user can paste to ask the server one question with the openai client."""
+    return (
+        "from openai import OpenAI\n\n"
+        f'client = OpenAI(base_url="{base_url}", api_key="not-needed")\n'
+        "reply = client.chat.completions.create(\n"
+        f'    model="{model}",\n'
+        '    messages=[{"role": "user", "content": "What is a T4?"}],\n'
+        f"    max_tokens={max_tokens},\n"
+        ")\n"
+        "print(reply.choices[0].message.content)"
+    )
+
+
+# -- checks before anything starts -------------------------------------------------------------
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise UserFacingError if host:port cannot be listened on (in use, or no such address)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise UserFacingError(
+            f"The host {host!r} is not an address of this machine ({err.strerror}).",
+            "Use --host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every interface).",
+        ) from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise _port_error(host, port, err.strerror or str(err)) from None
+
+
+def _port_error(host: str, port: int, why: str) -> UserFacingError:
+    """The message for a port that cannot be used."""
+    return UserFacingError(
+        f"Cannot serve on {host}:{port}: {why} (another server, or an earlier `serve` that is "
+        "still running, holds that port).",
+        f"Pass another port (--port {port + 1}), or stop the program that holds it "
+        f"(`lsof -i :{port}` names it).",
+    )
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """Return a TCP port that is free on host right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _missing(packages: Sequence[str]) -> list[str]:
+    """The packages of a list that cannot be imported here."""
+    return [name for name in packages if importlib.util.find_spec(name) is None]
+
+
+def _check_engine_installed(engine: str) -> None:
+    """Raise UserFacingError with the pip command if the engine's packages are missing."""
+    if engine == "vllm":
+        if _missing(["vllm"]):
+            raise UserFacingError("vLLM is not installed.", "pip install vllm")
+        return
+    missing = _missing(SERVE_PACKAGES)
+    if missing:
+        raise UserFacingError(
+            f"`transformers serve` needs {', '.join(missing)}, not installed here (Colab "
+            "ships them).",
+            SERVE_INSTALL,
+        )
+
+
+# -- acting: files, folder, launch -------------------------------------------------------------
+
+
+def _model_files(choice: ModelChoice, token: str | None) -> Path:
+    """Return the folder holding the model's files: the tiny model, your folder, a Hub snapshot."""
+    if choice.is_tiny:
+        return ensure_tiny_llama()
+    if looks_like_local_path(choice.name):
+        check_model_dir(choice.name)
+        return Path(choice.name).expanduser().resolve()
+    try:
+        return Path(
+            snapshot_download(
+                choice.name, allow_patterns=_HUB_PATTERNS, token=token, endpoint=hub_endpoint()
+            )
+        )
+    except Exception as err:  # noqa: BLE001 - every Hub failure becomes a message
+        hub_err = find_hub_error(err) or err
+        _, what, todo = explain_hub_error(hub_err, choice.name, bool(token))
+        raise UserFacingError(what, todo) from None
+
+
+def prepare_serving_folder(source: Path, root: Path, name: str, template: str) -> Path:
+    """Link source's files into root/name, with the reference chat template; return that folder.
+
+    Only links are written (and the template file): the model's own files are never copied or
+    changed. The engine then loads root/name, whose tokenizer carries the template.
+    """
+    target = root / name
+    target.mkdir(parents=True, exist_ok=False)
+    for item in sorted(Path(source).iterdir()):
+        if item.is_file() and item.name not in _TEMPLATE_FILES and not item.name.startswith("."):
+            os.symlink(item.absolute(), target / item.name)
+    (target / "chat_template.jinja").write_text(template, encoding="utf-8")
+    return target
+
+
+def _checked_template(source: Path, folder_root: Path, name: str) -> Path:
+    """Build the serving folder and check its tokenizer gives encode_dialog's ids."""
+    template = reference_chat_template(AutoTokenizer.from_pretrained(source))
+    folder = prepare_serving_folder(source, folder_root, name, template)
+    if not template_matches(AutoTokenizer.from_pretrained(folder)):
+        raise UserFacingError(
+            f"The serving folder {folder} does not load the reference chat template.",
+            "Upgrade transformers (5.15 or newer reads chat_template.jinja) and try again.",
+        )
+    return folder
+
+
+@dataclass(frozen=True)
+class EngineLaunch:
+    """How to start a serving engine: the command, where, with what environment, and for whom."""
+
+    engine: str  # "transformers" | "vllm"
+    command: tuple[str, ...]
+    host: str
+    port: int
+    cwd: str  # the serving root: the engine finds the model by its served name there
+    env: dict = field(default_factory=dict)  # added to this process's environment
+    base_url: str = ""  # e.g. http://127.0.0.1:8000/v1
+    model: str = ""  # the name clients send
+    context_window: int = 0  # what the plan leaves room for
+
+    @property
+    def display(self) -> str:
+        """The command as you would type it: `transformers serve ...` or `vllm serve ...`."""
+        if self.engine == "vllm":
+            return " ".join(["vllm", *self.command[1:]])
+        return " ".join(["transformers", *self.command[4:]])
+
+
+def _engine_env(choice: ModelChoice, plan: LoadPlan) -> dict:
+    """The engine's environment: offline (it reads the serving folder), quiet, its CPU threads."""
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
+    threads = cpu_threads_for(choice, plan.device)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def _plan_for(name: str, facts: RuntimeFacts, gpus: int) -> LoadPlan | TensorParallelPlan:
+    """The plan to serve with; a model that does not fit is refused with the plan's advice."""
+    plan = make_plan(name, facts) if gpus == 1 else make_tp_plan(name, facts, gpus)
+    if not plan.fits:
+        raise UserFacingError(f"{plan.model} does not fit: {plan.reason}", plan.advice)
+    return plan
+
+
+def _client_host(host: str) -> str:
+    """The host a client on this machine connects to (0.0.0.0 listens on every interface)."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _vllm_executable() -> str:
+    """The `vllm` command of this Python's environment (else the one on PATH)."""
+    beside = Path(sys.executable).parent / "vllm"
+    return str(beside) if beside.is_file() else (shutil.which("vllm") or "vllm")
+
+
+def build_launch(
+    model: str | None,
+    host: str,
+    port: int,
+    root: Path,
+    engine: str = "auto",
+    gpus: int = 1,
+    continuous_batching: bool = False,
+    say: Callable[[str], None] = print,
+) -> EngineLaunch:
+    """Decide model, plan and engine, prepare the serving folder in root; return the launch."""
+    facts = detect_runtime()
+    token = find_token()
+    choice = choose_model(facts, requested=model, has_token=bool(token))
+    say(redact_secrets(f"Model   : {choice.name} ({choice.reason})"))
+    engine = choose_engine(facts, not _missing(["vllm"]), engine)
+    if gpus > 1 and engine != "vllm":
+        raise UserFacingError(
+            f"`transformers serve` runs a model on one GPU, and --gpus {gpus} asks for more.",
+            "Install vLLM (pip install vllm) on the multi-GPU machine, or run "
+            f"`torchrun --nproc-per-node {gpus} -m llama2_colab demo` for one reply.",
+        )
+    _check_engine_installed(engine)
+    plan = _plan_for(choice.name, facts, gpus)
+    say(f"Plan    : {plan.format_label}, room for {plan.context_window:,} tokens of context")
+    name = served_name(choice.name)
+    folder = _checked_template(_model_files(choice, token), root, name)
+    if engine == "vllm":
+        template = str(folder / "chat_template.jinja")
+        command = vllm_command(plan, str(folder), name, host, port, template)
+        command[0] = _vllm_executable()
+    else:
+        command = transformers_serve_command(plan, name, host, port, continuous_batching)
+    return EngineLaunch(
+        engine=engine,
+        command=tuple(command),
+        host=host,
+        port=port,
+        cwd=str(root),
+        env=_engine_env(choice, plan),
+        base_url=f"http://{_client_host(host)}:{port}/v1",
+        model=name,
+        context_window=plan.context_window,
+    )
+
+
+# -- the engine process ------------------------------------------------------------------------
+
+
+def _answers(url: str, timeout: float = 2.0) -> bool:
+    """True if a GET of url answers 200 (no proxy: the server is on this machine)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _failure(launch: EngineLaunch, lines: Sequence[str], status: int | None) -> UserFacingError:
+    """Explain why the engine stopped: port taken, package missing, out of memory, or its words."""
+    text = "\n".join(lines)
+    if "address already in use" in text.lower():
+        return _port_error(launch.host, launch.port, "address already in use")
+    missing = re.search(r"No module named '([A-Za-z0-9_]+)", text)
+    if missing:
+        return UserFacingError(
+            f"The engine ({launch.engine}) needs the {missing[1]} package, not installed here.",
+            f"pip install {missing[1]}, then run serve again.",
+        )
+    if "OutOfMemoryError" in text or "CUDA out of memory" in text:
+        return UserFacingError(
+            f"The GPU ran out of memory while {launch.engine} loaded the model.",
+            "Restart the runtime so that no earlier model holds GPU memory, then run serve "
+            "again; `python -m llama2_colab plan MODEL` shows what fits.",
+        )
+    tail = "\n".join(lines[-15:]) or "(it printed nothing)"
+    return UserFacingError(
+        f"The engine ({launch.engine}) stopped before it was ready (exit status {status}). "
+        f"Its last lines:\n{tail}",
+        "Fix what those lines say, then run serve again.",
+    )
+
+
+class EngineProcess:
+    """A serving engine running as a child process; its last lines are kept for messages.
+
+    The child stays in this process's group, so Ctrl-C in a terminal (SIGINT to the group)
+    reaches it too; `stop()` signals it directly when this process decides to end it.
+    """
+
+    def __init__(self, launch: EngineLaunch, echo: Callable[[str], None] | None = None):
+        self.launch = launch
+        self.lines: deque[str] = deque(maxlen=200)
+        self.process = subprocess.Popen(
+            list(launch.command),
+            cwd=launch.cwd,
+            env={**os.environ, **launch.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+        )
+        self._reader = threading.Thread(target=self._read, args=(echo,), daemon=True)
+        self._reader.start()
+
+    def _read(self, echo: Callable[[str], None] | None) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if echo is not None:
+                echo(line)
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> float:
+        """Wait until `/v1/models` answers; return the seconds it took, or raise why not."""
+        start = time.perf_counter()
+        while True:
+            status = self.process.poll()
+            if status is not None:
+                self._reader.join(timeout=5)
+                raise _failure(self.launch, list(self.lines), status)
+            if _answers(self.launch.base_url + "/models"):
+                return time.perf_counter() - start
+            if time.perf_counter() - start > timeout:
+                raise UserFacingError(
+                    f"{self.launch.engine} did not answer on {self.launch.base_url} within "
+                    f"{timeout:.0f} s.",
+                    "Its output above says where it is; a first download can take long.",
+                )
+            time.sleep(0.25)
+
+    def stop(self, already_signalled: bool = False, grace: float = 10.0) -> int | None:
+        """Stop the engine: SIGINT (a graceful shutdown), SIGTERM, then SIGKILL; return its status.
+
+        `already_signalled`: the engine got the same Ctrl-C (its process group did), so it is
+        given a few seconds to stop on its own first.
+        """
+        steps = [(None, grace / 2)] if already_signalled else []
+        steps += [(signal.SIGINT, grace), (signal.SIGTERM, grace / 2), (signal.SIGKILL, grace)]
+        for sig, wait_s in steps:
+            if self.process.poll() is not None:
+                break
+            if sig is not None:
+                self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                continue
+        self._reader.join(timeout=5)
+        return self.process.poll()
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived (`kill PID`, a notebook's terminate()): stop the engine, then exit."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _say_ready(launch: EngineLaunch, seconds: float) -> None:
+    """Print the URL, the model name, the context to keep to and a client snippet."""
+    print(
+        f'\nReady in {seconds:.1f} s: {launch.base_url} serves "{launch.model}" on '
+        f"{launch.engine} (Ctrl-C stops it).\n"
+        f"Context: keep each prompt plus max_tokens within {launch.context_window:,} tokens.\n\n"
+        "Ask it from Python (pip install openai):\n\n"
+        f"{client_snippet(launch.base_url, launch.model)}\n",
+        flush=True,
+    )
+
+
+def _to_stderr(line: str) -> None:
+    sys.stderr.write(line)
+    sys.stderr.flush()
+
+
+def run_engine(launch: EngineLaunch, ready_timeout: float = READY_TIMEOUT_S) -> int:
+    """Start the engine, say when it answers, serve until Ctrl-C or SIGTERM; return the status."""
+    print(f"Engine  : {launch.display}", flush=True)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
+    engine = EngineProcess(launch, echo=_to_stderr)
+    try:
+        _say_ready(launch, engine.wait_ready(ready_timeout))
+        status = engine.process.wait()
+        if status in (0, 130, -signal.SIGINT, -signal.SIGTERM):  # stopped by someone else
+            print(f"\nThe engine stopped (exit status {status}).", flush=True)
+            return 0 if status == 0 else 1
+        engine.stop()  # collects the last lines
+        raise _failure(launch, list(engine.lines), status)
+    except KeyboardInterrupt:
+        engine.stop(already_signalled=True)
+        print("\nStopped: the server is down.", flush=True)
+        return 130
+    except _Terminated:
+        engine.stop()
+        print("\nStopped (SIGTERM): the server is down.", flush=True)
+        return 143
+    finally:
+        engine.stop()
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _serving_root() -> Path:
+    """Where serving folders are made: beside the tiny model's cache, one per running server."""
+    root = tiny_cache_dir().parent / "serve"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _sweep_stale(root: Path) -> None:
+    """Remove the serving folders of servers that were killed before they could (links only)."""
+    for folder in root.glob("serve-*"):
+        try:
+            pid = int((folder / "pid").read_text(encoding="ascii"))
+            os.kill(pid, 0)  # still running: leave it
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (OSError, ValueError):  # no pid file yet, or not ours to judge
+            continue
+
+
+def serve(
+    model: str | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    engine: str = "auto",
+    gpus: int = 1,
+    continuous_batching: bool = False,
+    ready_timeout: float = READY_TIMEOUT_S,
+) -> int:
+    """Serve a model over an OpenAI-compatible API until Ctrl-C; return the exit status.
+
+    Checks the port, plans the model (refusing one that does not fit), prepares the serving
+    folder with the reference chat template, starts the engine and says when it answers.
+    """
+    check_port_free(host, port)
+    _sweep_stale(_serving_root())
+    root = Path(tempfile.mkdtemp(prefix="serve-", dir=_serving_root()))
+    (root / "pid").write_text(str(os.getpid()), encoding="ascii")
+    try:
+        launch = build_launch(model, host, port, root, engine, gpus, continuous_batching)
+        # transformers 5.15 lists the Hub cache in /v1/models and answers 500 when it is missing.
+        Path(hub_constants.HF_HUB_CACHE).mkdir(parents=True, exist_ok=True)
+        return run_engine(launch, ready_timeout)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# -- in the background, for a notebook ---------------------------------------------------------
+
+_READY = re.compile(r'^Ready in ([\d.]+) s: (\S+) serves "([^"]+)"', re.MULTILINE)
+
+
+class BackgroundServer:
+    """`python -m llama2_colab serve` running in the background; `stop()` ends it, engine too.
+
+    It runs in a process group of its own, and `stop()` sends SIGINT to that group: the serve
+    command and its engine stop together, so no server is left running. Everything it prints
+    goes to a log file (`log()`), removed with this object unless you name it (`log_path`).
+    """
+
+    def __init__(
+        self,
+        model: str | None = "tiny",
+        host: str = DEFAULT_HOST,
+        port: int | None = None,
+        args: Sequence[str] = (),
+        log_path: str | os.PathLike | None = None,
+    ):
+        self.port = port or free_port(host)
+        self.base_url = f"http://{_client_host(host)}:{self.port}/v1"
+        self.model = served_name(model) if model else ""
+        if log_path is None:
+            handle, path = tempfile.mkstemp(prefix="llama2-serve-", suffix=".log")
+            os.close(handle)
+            weakref.finalize(self, os.remove, path)  # gone with this object
+        self.log_path = Path(log_path or path)
+        command = [sys.executable, "-m", "llama2_colab", "serve", "--host", host]
+        command += ["--port", str(self.port), *(["--model", model] if model else []), *args]
+        self.startup_s = 0.0
+        with open(self.log_path, "w", encoding="utf-8") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def log(self) -> str:
+        """Everything the server has printed so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> float:
+        """Wait for the server's "Ready" line; return its startup seconds, or raise why not."""
+        start = time.perf_counter()
+        while time.perf_counter() - start < timeout:
+            found = _READY.search(self.log())
+            if found:
+                self.startup_s, self.base_url, self.model = float(found[1]), found[2], found[3]
+                return self.startup_s
+            if self.process.poll() is not None:
+                lines = self.log().strip().splitlines()
+                raise UserFacingError(
+                    "The server stopped before it was ready:\n" + "\n".join(lines[-12:]),
+                    "Read the lines above (the last ones say what to do).",
+                )
+            time.sleep(0.25)
+        raise UserFacingError(f"The server was not ready within {timeout:.0f} s.", self.log())
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """Send SIGINT to the server's process group (then SIGTERM, SIGKILL); return its status."""
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            if self.process.poll() is not None:
+                break
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                continue
+        return self.process.poll()
+
+    def __enter__(self) -> BackgroundServer:
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -11,7 +11,8 @@ import traceback
 from collections.abc import Callable
 
 from .checks import MAX_REPEATS, MAX_WARMUP, MIN_NEW_TOKENS, MIN_PROMPT_TOKENS
-from .errors import UserFacingError, redact_secrets
+from .errors import StreamRedactor, UserFacingError, redact_secrets
+from .faults import describe_fault
 
 __all__ = ["main", "build_parser"]
 
@@ -23,16 +24,32 @@ MAX_SEED = 2**32 - 1  # numpy's limit; transformers.set_seed seeds numpy too
 EXIT_PIPE_CLOSED = 141
 
 
-def _emit(text: str) -> None:
-    """Print a command's result, tokens masked; a reader that went away (`| head`) is no error.
+def _emit(text: str, end: str = "\n") -> None:
+    """Print on stdout, tokens masked: the one way the CLI prints anything but its errors.
 
-    A result can quote what the user typed (`access hf_...` names the "model" it was given), so
-    it passes through `redact_secrets` like every error does.
+    Whatever is printed can quote what the user typed (`access hf_...` names the "model" it was
+    given, `demo` echoes the prompt, `convert` names folders), so it all passes through
+    `redact_secrets`. A reader that went away (`| head`) is no error; a stdout that cannot be
+    written (`> /dev/full`) is a UserFacingError.
     """
     try:
-        print(redact_secrets(text), flush=True)
+        sys.stdout.write(redact_secrets(text) + end)
+        sys.stdout.flush()
     except BrokenPipeError:
         _silence_stdout()
+    except OSError as err:
+        _silence_stdout()
+        fault = describe_fault(err, "Cannot write the output to stdout")
+        raise (fault or UserFacingError(f"Cannot write the output to stdout: {err}.")) from None
+
+
+def _stream_printer() -> tuple[Callable[[str], None], Callable[[], None]]:
+    """Return (print a piece, finish) for streamed text: a token split across pieces is masked."""
+    redactor = StreamRedactor()
+    return (
+        lambda piece: _emit(redactor.feed(piece), end=""),
+        lambda: _emit(redactor.flush(), end=""),
+    )
 
 
 def _silence_stdout() -> None:
@@ -87,14 +104,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UserFacingError(str(err), "Reword the prompt and run the demo again.") from None
     facts = detect_runtime()
-    print(format_report(facts, recommend_settings(facts)))
+    _emit(format_report(facts, recommend_settings(facts)))
     token = find_token()
     choice = choose_model(facts, requested=args.model, has_token=bool(token))
-    print(redact_secrets(f"Model   : {choice.name} ({choice.reason})"))
+    _emit(f"Model   : {choice.name} ({choice.reason})")
     _check_local_model(choice.name)
     # Decide, then act: the plan picks fp16/bf16 or 4-bit and refuses what cannot fit.
     plan = make_plan(choice.name, facts)
-    print(f"Plan    : {plan.format_label}, room for {plan.context_window:,} tokens")
+    _emit(f"Plan    : {plan.format_label}, room for {plan.context_window:,} tokens")
     threads = cpu_threads_for(choice, plan.device)
     if threads is not None:  # this process is ours: no need to restore the setting
         import torch
@@ -102,7 +119,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
     start = time.perf_counter()
     model, tokenizer = load_with_plan(plan, token=token)
-    print(f"Loaded in {time.perf_counter() - start:.1f} s\n")
+    _emit(f"Loaded in {time.perf_counter() - start:.1f} s\n")
     if args.seed is not None:
         from transformers import set_seed
 
@@ -120,16 +137,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         session.plan_prompt(args.prompt)  # refuses forged turns, checks the budget
     except (ValueError, TypeError) as err:
         raise UserFacingError(str(err), "Reword the prompt and run the demo again.") from None
-    print(f"You: {args.prompt}\nLlama 2: ", end="", flush=True)
+    _emit(f"You: {args.prompt}\nLlama 2: ", end="")
+    show, finish = _stream_printer()
     with oom_as_advice(plan):
-        session.send(args.prompt, on_text=lambda text: print(text, end="", flush=True))
+        session.send(args.prompt, on_text=show)
+    finish()
     stats = session.last_stats
     speed = (
         f"{stats.tokens_per_s:.1f} tokens/s"
         if stats.new_tokens > 1
         else "decode speed needs 2 or more new tokens"
     )
-    print(
+    _emit(
         f"\n\n-- {stats.new_tokens} new token{'s' if stats.new_tokens != 1 else ''}; "
         f"first token after {stats.ttft_s:.2f} s; {speed}"
     )
@@ -138,8 +157,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _check_local_model(name: str, whole: bool = True) -> None:
     """Check a local model folder (config, tokenizer, weights) before anything is loaded."""
-    from .checks import check_config, check_model_dir, looks_like_local_path
+    from .checks import check_config, check_model_dir, check_model_name, looks_like_local_path
 
+    check_model_name(name)
     if name and name.strip().lower() != "tiny" and looks_like_local_path(name):
         (check_model_dir if whole else check_config)(name.strip())
 
@@ -155,10 +175,8 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert_meta_checkpoint
 
-    out = convert_meta_checkpoint(
-        args.meta_dir, args.out_dir, dtype=args.dtype, log=lambda msg: print(msg, flush=True)
-    )
-    print(f"Load it with AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    out = convert_meta_checkpoint(args.meta_dir, args.out_dir, dtype=args.dtype, log=_emit)
+    _emit(f"Load it with AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0
 
 
@@ -223,7 +241,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         measure_bandwidth=not args.no_bandwidth,
         threads=args.threads,
-        log=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True),
+        log=lambda msg: _say(f"[bench] {msg}"),
     )
     _emit(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
@@ -357,6 +375,14 @@ def _add_plan_and_access(sub) -> None:
     p.set_defaults(func=_cmd_access)
 
 
+def _report(err: UserFacingError) -> int:
+    """Print a UserFacingError (what happened, what to do) on stderr; return its exit status."""
+    _say(f"\nError: {err.what}")
+    if err.todo:
+        _say(f"What to do: {err.todo}")
+    return err.exit_code
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose error messages pass through the token redaction too."""
 
@@ -368,7 +394,23 @@ class _Parser(argparse.ArgumentParser):
 
 def _say(text: str) -> None:
     """Print a message for the user on stderr, with any token in it masked."""
-    print(redact_secrets(text), file=sys.stderr)
+    try:
+        print(redact_secrets(text), file=sys.stderr, flush=True)
+    except OSError:  # stderr itself is gone or full: nowhere left to say it
+        pass
+
+
+def _tolerant_console() -> None:
+    """Let stdout and stderr show what their encoding cannot as escapes (`\\u65e5`), not fail.
+
+    A console set to ASCII (`PYTHONIOENCODING=ascii`, a C locale) would otherwise raise
+    UnicodeEncodeError on the first Japanese prompt or reply.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # not a text stream we may reconfigure
+            continue
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,14 +420,12 @@ def main(argv: list[str] | None = None) -> int:
     (`... | head`) keeps the command's own status when its result was complete, and gives 141
     (as a shell reports SIGPIPE) when it cut the output short.
     """
+    _tolerant_console()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UserFacingError as err:
-        _say(f"\nError: {err.what}")
-        if err.todo:
-            _say(f"What to do: {err.todo}")
-        return err.exit_code
+        return _report(err)
     except KeyboardInterrupt:
         _say("\nStopped.")
         return 130
@@ -393,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         return EXIT_PIPE_CLOSED
     except Exception as err:  # noqa: BLE001 - a bug still gets a traceback, but a redacted one
+        fault = describe_fault(err, f"`{args.command}` could not finish")
+        if fault is not None:  # the disk, a file, the network: not a bug
+            return _report(fault)
         _say(traceback.format_exc().rstrip())
         _say(
             f"\nError: unexpected {type(err).__name__}; this is a bug in llama2_colab. "

@@ -12,8 +12,10 @@ from pathlib import Path
 import safetensors
 
 from .auth import explain_hub_error, find_hub_error, find_token
-from .checks import check_family, check_model_dir, looks_like_local_path
+from .checks import check_model_dir, check_model_name, looks_like_local_path
 from .errors import UserFacingError
+from .faults import describe_fault
+from .hub import check_tokenizer_files, fetch_config
 from .runtime import T4_MENU_PATH, GiB, RuntimeFacts, Settings, settings_for
 from .tiny import ensure_tiny_llama
 
@@ -102,7 +104,7 @@ def resolve_model_path(choice: ModelChoice) -> str:
     """
     if choice.is_tiny:
         return str(ensure_tiny_llama())
-
+    check_model_name(choice.name)
     if looks_like_local_path(choice.name):
         check_model_dir(choice.name)
         return str(Path(choice.name).expanduser())
@@ -134,12 +136,12 @@ def load_model_and_tokenizer(
     saying what to do; files already downloaded stay in the cache, so the next try resumes.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     def load(path: str):
         if not choice.is_tiny and not Path(path).is_dir():  # a Hub id: its config first (KBs)
-            config = AutoConfig.from_pretrained(path, token=token, cache_dir=cache_dir)
-            check_family(config.model_type, getattr(config, "architectures", None), path)
+            fetch_config(path, token, cache_dir)  # checked, before anything downloads
+            check_tokenizer_files(path, token)
         tokenizer = AutoTokenizer.from_pretrained(path, token=token, cache_dir=cache_dir)
         model = AutoModelForCausalLM.from_pretrained(
             path, token=token, cache_dir=cache_dir, **_model_kwargs(settings, quantization_config)
@@ -152,6 +154,9 @@ def load_model_and_tokenizer(
     except (torch.OutOfMemoryError, UserFacingError):
         raise
     except Exception as err:
+        fault = describe_fault(err, f"Cannot load {path}")
+        if fault is not None and find_hub_error(err) is None:  # the disk, a link, permissions
+            raise fault from err
         if choice.is_tiny and isinstance(err, _file_errors()):  # rebuilt, once
             warnings.warn(
                 f"The cached tiny Llama 2 failed to load ({type(err).__name__}); rebuilding it.",

@@ -24,11 +24,15 @@ __all__ = ["UserFacingError", "StreamRedactor", "mask_token", "redact_secrets", 
 
 # User access tokens are "hf_" and 34 letters and digits today; older ones were a little shorter.
 # At the start of a word, "hf_" and 20 or more is a token. Inside a name (after a letter, a digit,
-# "_" or "-") only today's exact length counts, so a folder called
-# "llama-2-7b-hf_mergedLoraAdapterEpoch3" stays, and "my_hf_<34 characters>" is masked.
-_HF_TOKEN = re.compile(r"(?<![A-Za-z0-9_-])hf_[A-Za-z0-9]{20,}|hf_[A-Za-z0-9]{34}(?![A-Za-z0-9])")
-# The end of a text that could still grow into a token: "h", "hf", "hf_", "hf_" + letters/digits.
-_TOKEN_START_AT_END = re.compile(r"h(?:f(?:_[A-Za-z0-9]*)?)?\Z")
+# "_" or "-"), "hf_" and 34 or more is: no one names a folder with 34 letters and digits in a
+# row, so "llama-2-7b-hf_mergedLoraAdapterEpoch3" stays and "my_hf_<34 characters>" is masked.
+# A token never runs into a next "hf_": two tokens pasted together are two tokens.
+_HF_TOKEN = re.compile(
+    r"(?<![A-Za-z0-9_-])hf_(?:(?!hf_)[A-Za-z0-9]){20,}|hf_(?:(?!hf_)[A-Za-z0-9]){34,}"
+)
+# The end of a text whose redaction the next piece could still change: a chain of "hf_" runs,
+# or the start of one ("h", "hf").
+_UNDECIDED_END = re.compile(r"(?:hf_[A-Za-z0-9]*)*(?:hf?)?\Z")
 _TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 # A word longer than this is shown by its two ends (a 5,000-character "model name").
 LONG_WORD = 500
@@ -97,10 +101,7 @@ class StreamRedactor:
 
     def _undecided_from(self, text: str) -> int:
         """The index from which text could still be (part of) a token."""
-        cut = len(text)
-        found = _TOKEN_START_AT_END.search(text)
-        if found:
-            cut = found.start()
+        cut = _UNDECIDED_END.search(text).start()
         for value in _env_tokens():
             for k in range(min(len(value) - 1, len(text)), 0, -1):
                 if text.endswith(value[:k]):

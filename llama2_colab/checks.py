@@ -21,6 +21,8 @@ import os
 import struct
 from pathlib import Path
 
+from huggingface_hub.errors import StrictDataclassError
+
 from .errors import UserFacingError
 from .faults import refuse_dangling_link
 from .renames import renamed_keywords
@@ -53,6 +55,13 @@ __all__ = [
 # model_type values of the Llama family: Llama 2, Code Llama and their fine-tunes all say "llama".
 LLAMA_MODEL_TYPES = ("llama",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+# The small JSON files transformers reads beside config.json, each optional.
+_SIDE_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
 _REDOWNLOAD = (
     "Download the model again (or copy the folder again), or use 'tiny' or a Hub id such as "
     "meta-llama/Llama-2-7b-chat-hf."
@@ -241,7 +250,7 @@ def _real(where: str, key: str, value, low: float, high: float, todo: str) -> fl
 
 def _check_heads(where: str, hidden: int, heads: int, kv_heads: int, head_dim, todo: str):
     """Raise UserFacingError unless the sizes split into whole (and even) attention heads."""
-    if head_dim is None and hidden % heads:
+    if hidden % heads:  # transformers' LlamaConfig refuses it even with its own head_dim
         raise UserFacingError(
             f"{where} says hidden size {hidden:,} with {heads:,} attention heads: {heads:,} "
             "does not divide it, so the heads would not be whole.",
@@ -292,6 +301,24 @@ def check_model_config(config: dict, where: str, todo: str = _REDOWNLOAD) -> Non
         sizes.get("head_dim"),
         todo,
     )
+    _check_with_transformers(config, where, todo)
+
+
+def _check_with_transformers(config: dict, where: str, todo: str) -> None:
+    """Raise UserFacingError if transformers' own LlamaConfig refuses the values (types, ids).
+
+    Building a config object allocates nothing; transformers 5 checks every field's type and
+    the special token ids there, and its message names the field.
+    """
+    from transformers import LlamaConfig
+
+    try:
+        LlamaConfig.from_dict(config)
+    except (StrictDataclassError, ValueError, TypeError, KeyError) as err:
+        cause = err.__cause__ or err
+        raise UserFacingError(
+            f"{where} is not a valid Llama config: {str(cause).strip()[:300]}", todo
+        ) from None
 
 
 def _check_activation(name, where: str, todo: str) -> None:
@@ -413,11 +440,18 @@ def _weight_files(folder: Path) -> list[Path]:
 def check_model_dir(path: str | os.PathLike) -> dict:
     """Check a model folder before loading it; return its config, or raise UserFacingError.
 
-    Checked: config.json is valid JSON of a Llama-family causal LM; a tokenizer is there
-    (tokenizer.json or tokenizer.model); weights are there and no safetensors file is cut short.
+    Checked: config.json is valid JSON of a Llama-family causal LM with sane sizes; the other
+    JSON files a loader reads are JSON objects (a link that loops or leads nowhere is named); a
+    tokenizer is there (tokenizer.json or tokenizer.model); weights are there and no
+    safetensors file is cut short.
     """
     folder = _folder(path)
     config = check_config(folder)
+    for name in _SIDE_FILES:
+        file = folder / name
+        refuse_dangling_link(file, repr(str(file)), "copy the file in again")
+        if path_exists(file):
+            read_json_object(file, "the folder is damaged", _REDOWNLOAD)
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise UserFacingError(
             f"{str(folder)!r} has no tokenizer (tokenizer.json or tokenizer.model).",

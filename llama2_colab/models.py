@@ -174,8 +174,24 @@ def load_model_and_tokenizer(
             raise
         else:
             raise
+    _check_special_tokens(tokenizer, path)
     model.eval()
     return model, tokenizer
+
+
+def _check_special_tokens(tokenizer, path: str) -> None:
+    """Raise UserFacingError unless the tokenizer has the BOS and EOS every Llama prompt uses."""
+    missing = [
+        name for name in ("bos_token_id", "eos_token_id") if getattr(tokenizer, name) is None
+    ]
+    if missing:
+        raise UserFacingError(
+            f"The tokenizer of {path} has no {' or '.join(m[:3].upper() for m in missing)} "
+            "token, which every Llama 2 prompt begins or ends with: its tokenizer_config.json "
+            "is missing or damaged.",
+            "Copy tokenizer_config.json (and special_tokens_map.json) from the model's "
+            "repository into the folder, or save them with tokenizer.save_pretrained(folder).",
+        )
 
 
 def _file_errors() -> tuple[type[BaseException], ...]:

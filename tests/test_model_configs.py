@@ -74,6 +74,42 @@ def test_a_local_config_is_checked_before_anything_is_built(bad_configs, capsys,
     assert "Traceback" not in err and "Loaded in" not in out
 
 
+def _remove(name: str):
+    return lambda folder: (folder / name).unlink()
+
+
+def _loop(name: str):
+    def damage(folder: Path) -> None:
+        (folder / name).unlink()
+        (folder / name).symlink_to(folder / name)
+
+    return damage
+
+
+def _text(name: str, text: str):
+    return lambda folder: (folder / name).write_text(text)
+
+
+SIDE_CASES = [
+    ("no tokenizer_config.json", _remove("tokenizer_config.json"), r"has no BOS or EOS token"),
+    ("a looping tokenizer_config.json", _loop("tokenizer_config.json"), r"to nothing"),
+    ("a damaged generation_config.json", _text("generation_config.json", "{"), r"not valid JSON"),
+    ("a tokenizer.json that is a list", _text("tokenizer.json", "[]"), r"not a JSON object"),
+]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"), [c[1:] for c in SIDE_CASES], ids=[c[0] for c in SIDE_CASES]
+)
+def test_the_files_beside_the_config_are_checked_too(tiny_dir, tmp_path, capsys, damage, message):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dir, folder)
+    damage(folder)
+    code, out, err = run_cli(capsys, "demo", "--model", str(folder), "--max-new-tokens", "2")
+    assert code == 1 and re.search(message, err), err
+    assert "What to do:" in err and "Traceback" not in err and "Llama 2: " not in out
+
+
 def test_200000_layers_are_refused_not_built(bad_configs):
     # Before, this grew past 3.6 GB on the meta device and did not end; the guard catches a hang.
     i = next(i for i, (c, _) in enumerate(CONFIG_CASES) if c.get("num_hidden_layers") == 200_000)

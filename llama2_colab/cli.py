@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 
 from .checks import MAX_REPEATS, MAX_WARMUP, MIN_NEW_TOKENS, MIN_PROMPT_TOKENS
@@ -422,6 +423,18 @@ def main(argv: list[str] | None = None) -> int:
     """
     _tolerant_console()
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():  # a warning quotes paths too: it is said redacted
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Say a warning on stderr, redacted like every other line the CLI prints."""
+    _say(f"{category.__name__}: {message}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; turn what went wrong into a message and an exit status."""
     try:
         return int(args.func(args) or 0)
     except UserFacingError as err:

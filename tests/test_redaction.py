@@ -222,3 +222,16 @@ def test_no_argument_list_shows_a_token(capsys, argv):
     code, out, err = run_cli(capsys, *argv)
     assert TOKEN not in out + err
     assert "Traceback" not in err and code in (0, 1, 2, 3, 4, 5, 6, 7)
+
+
+def test_a_warning_the_cli_shows_is_masked_too(capsys, monkeypatch, tmp_path, tiny_dir):
+    from llama2_colab.tiny import tiny_cache_dir
+
+    monkeypatch.setenv("LLAMA2_COLAB_CACHE", str(tmp_path / f"cache_{TOKEN}"))
+    cache = tiny_cache_dir()
+    shutil.copytree(tiny_dir, cache)
+    (cache / "model.safetensors").write_bytes(b"")  # damaged: rebuilt, with a warning
+    code, out, err = run_cli(capsys, "plan", "tiny")
+    assert code == 0, err
+    assert "UserWarning: The cached tiny Llama 2 at" in err and "rebuilding it" in err
+    assert TOKEN not in out + err and "hf_...4567" in err

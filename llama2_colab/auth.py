@@ -23,7 +23,7 @@ from huggingface_hub.errors import (
 
 from .catalog import META_LLAMA_FORM, did_you_mean, find_entry, model_page_url
 from .errors import UserFacingError, mask_token
-from .faults import with_deadline
+from .faults import hub_timeout_s, with_deadline
 
 __all__ = [
     "ACCESS_EXIT_CODES",
@@ -290,8 +290,9 @@ def check_access(repo_id: str, token: str | None = None) -> AccessResult:
     def ask() -> None:
         HfApi(endpoint=endpoint).auth_check(repo_id, token=token or False)
 
+    seconds = hub_timeout_s()  # a setting that is no number is named as such, not as "offline"
     try:
-        with_deadline(ask, f"checking access to {repo_id}")
+        with_deadline(ask, f"checking access to {repo_id}", seconds)
     except UserFacingError as err:  # no answer in time
         return result("offline", err.what, err.todo)
     except (HfHubHTTPError, OfflineModeIsEnabled, *transport_errors()) as err:

@@ -176,6 +176,7 @@ def inspect_meta_checkpoint(meta_dir: str | os.PathLike) -> MetaCheckpoint:
 
 
 def _inspect(folder: Path) -> MetaCheckpoint:
+    """What the folder holds, every value of params.json checked (`checks.check_meta_params`)."""
     refuse_dangling_link(folder, str(folder), "give the model folder itself")
     if not folder.exists():
         raise UserFacingError(f"{folder} does not exist.", "Check the path to the model folder.")
@@ -412,6 +413,7 @@ class _Shards:
 
 
 def _expect(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    """Raise UserFacingError unless a tensor's joined shape is the one params.json implies."""
     if shape != expected:
         raise UserFacingError(
             f"{name} has shape {shape}, but params.json implies {expected}.",
@@ -467,6 +469,7 @@ def _read_tokenizer(tokenizer_model: str | os.PathLike, chat: bool):
 
 
 def _save_tokenizer(tokenizer, tokenizer_model: str | os.PathLike, out: Path) -> None:
+    """Write the tokenizer's files and a copy of tokenizer.model into out."""
     tokenizer.save_pretrained(out)
     shutil.copyfile(tokenizer_model, out / "tokenizer.model")
 

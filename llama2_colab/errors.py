@@ -110,6 +110,7 @@ class StreamRedactor:
         return cut
 
     def _release(self, cut: int) -> str:
+        """Give out pending[:cut], redacted with the character before it as context."""
         ready, self._pending = self._pending[:cut], self._pending[cut:]
         if not ready:
             return ""

@@ -132,6 +132,7 @@ def fault_errno(err: BaseException) -> int | None:
 
 
 def _fault_path(err: BaseException) -> str | None:
+    """The file or folder a fault names (an OSError's filename, or a Rust library's path)."""
     for link in _chain(err):
         name = getattr(link, "filename", None)
         if name:

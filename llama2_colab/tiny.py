@@ -260,12 +260,13 @@ def check_tiny_cache(folder: str | os.PathLike) -> str | None:
     if not is_tiny_folder(folder):
         return "it is empty" if not any(folder.iterdir()) else "it was not written by llama2_colab"
     try:
-        check_model_dir(folder)
         json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-    except UserFacingError as err:
-        return err.what
     except (OSError, ValueError) as err:
         return f"tokenizer.json is unreadable ({err})"
+    try:
+        check_model_dir(folder)
+    except UserFacingError as err:
+        return err.what
     return None
 
 

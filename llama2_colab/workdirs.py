@@ -4,9 +4,10 @@
 place, so an interrupted run never leaves half a result where the result belongs. A run that is
 killed (out of memory, Ctrl-C twice, a closed notebook) leaves its work folder behind, though,
 and those hold up to gigabytes. So each work folder's name carries the host and the process id,
-`.<stem>-<host>-<pid>-<random>`, and the next run removes those of a process on this host that
-is gone. One of a live process, or of another host (a shared Drive folder, another container),
-is never touched, and neither is anything else.
+`.<stem>-<host>-<pid>-<random>` (the host named with its pid namespace), and the next run
+removes those of a process on this host that is gone. One of a live process, or of another host
+(a shared Drive folder, another container on a shared disk), is never touched, and neither is
+anything else.
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ __all__ = ["is_work_folder", "make_work_folder", "remove_stale_work", "work_pref
 
 
 def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+    """This machine's name and process namespace, as they may appear in a file name.
+
+    A process id means something only in its own pid namespace: containers that share a disk
+    (and sometimes a host name) each count their own, so the namespace is part of the name.
+    """
+    name = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+    try:
+        return f"{name}.{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:  # not Linux: the host name alone
+        return name
 
 
 def work_prefix(stem: str) -> str:
@@ -43,6 +53,7 @@ def is_work_folder(name: str, stem: str) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    """True if a process with this id runs on this machine (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

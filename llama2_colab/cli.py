@@ -25,19 +25,22 @@ MAX_SEED = 2**32 - 1  # numpy's limit; transformers.set_seed seeds numpy too
 EXIT_PIPE_CLOSED = 141
 
 
-def _emit(text: str, end: str = "\n") -> None:
+def _emit(text: str, end: str = "\n", result: bool = False) -> None:
     """Print on stdout, tokens masked: the one way the CLI prints anything but its errors.
 
     Whatever is printed can quote what the user typed (`access hf_...` names the "model" it was
     given, `demo` echoes the prompt, `convert` names folders), so it all passes through
-    `redact_secrets`. A reader that went away (`| head`) is no error; a stdout that cannot be
-    written (`> /dev/full`) is a UserFacingError.
+    `redact_secrets`. A reader that went away (`| head`) ends a command that has more to say
+    (BrokenPipeError: exit 141), but not one printing its whole `result` at once; a stdout
+    that cannot be written (`> /dev/full`) is a UserFacingError.
     """
     try:
         sys.stdout.write(redact_secrets(text) + end)
         sys.stdout.flush()
     except BrokenPipeError:
         _silence_stdout()
+        if not result:
+            raise
     except OSError as err:
         _silence_stdout()
         fault = describe_fault(err, "Cannot write the output to stdout")
@@ -87,9 +90,9 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     facts = detect_runtime()
     settings = recommend_settings(facts)
     if args.json:
-        _emit(json.dumps(runtime_report_dict(facts, settings), indent=2))
+        _emit(json.dumps(runtime_report_dict(facts, settings), indent=2), result=True)
     else:
-        _emit(format_report(facts, settings))
+        _emit(format_report(facts, settings), result=True)
     return 0
 
 
@@ -169,7 +172,7 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
     from .tiny import build_tiny_llama
 
     out = build_tiny_llama(args.dir)
-    _emit(f"Wrote the offline tiny Llama 2 to {out}")
+    _emit(f"Wrote the offline tiny Llama 2 to {out}", result=True)
     return 0
 
 
@@ -177,7 +180,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert_meta_checkpoint
 
     out = convert_meta_checkpoint(args.meta_dir, args.out_dir, dtype=args.dtype, log=_emit)
-    _emit(f"Load it with AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    _emit(f"Load it with AutoModelForCausalLM.from_pretrained({str(out)!r})", result=True)
     return 0
 
 
@@ -191,9 +194,15 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         entries = load_catalog()
         if args.json:
             fields = ("id", "family", "size", "variant", "gated")
-            _emit(json.dumps([{k: getattr(e, k) for k in fields} for e in entries], indent=2))
+            _emit(
+                json.dumps([{k: getattr(e, k) for k in fields} for e in entries], indent=2),
+                result=True,
+            )
         else:
-            _emit("\n".join(f"{e.id:40} {e.family} {e.size} {e.variant}" for e in entries))
+            _emit(
+                "\n".join(f"{e.id:40} {e.family} {e.size} {e.variant}" for e in entries),
+                result=True,
+            )
         return 0
     if not (args.model or "").strip():
         raise UserFacingError(
@@ -207,7 +216,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         ) from None
     _check_local_model(args.model, whole=False)  # planning needs the config alone
     plan = make_plan(args.model, facts, quantization=args.quantization, dtype=args.dtype)
-    _emit(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
+    _emit(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan), result=True)
     return 0 if plan.fits else 2
 
 
@@ -215,7 +224,9 @@ def _cmd_access(args: argparse.Namespace) -> int:
     from .auth import check_access, format_access
 
     result = check_access(args.model)
-    _emit(json.dumps(result.to_dict(), indent=2) if args.json else format_access(result))
+    _emit(
+        json.dumps(result.to_dict(), indent=2) if args.json else format_access(result), result=True
+    )
     return result.exit_code
 
 
@@ -244,7 +255,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         log=lambda msg: _say(f"[bench] {msg}"),
     )
-    _emit(json.dumps(result, indent=2) if args.json else format_bench(result))
+    _emit(json.dumps(result, indent=2) if args.json else format_bench(result), result=True)
     return 0
 
 

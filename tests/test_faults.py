@@ -354,3 +354,18 @@ def test_an_ascii_console_shows_escapes_not_a_traceback(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "You: \\u65e5\\u672c\\u8a9e" in run.stdout and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(("argv", "code"), [(["demo", "--max-new-tokens", "4"], 141)])
+def test_a_reader_that_goes_away_mid_stream_ends_the_command(argv, code):
+    # `demo | head -0`: the reply has more to say, so it stops (as a shell reports SIGPIPE).
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama2_colab", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=GUARD_S)
+    assert proc.returncode == code, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err and b"Loaded in" not in err

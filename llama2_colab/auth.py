@@ -22,6 +22,8 @@ from huggingface_hub.errors import (
 )
 
 from .catalog import META_LLAMA_FORM, did_you_mean, find_entry, model_page_url
+from .errors import UserFacingError, mask_token
+from .faults import hub_timeout_s, with_deadline
 
 __all__ = [
     "ACCESS_EXIT_CODES",
@@ -31,6 +33,7 @@ __all__ = [
     "mask_token",
     "describe_token",
     "hub_endpoint",
+    "is_offline",
     "transport_errors",
     "check_access",
     "explain_hub_error",
@@ -58,17 +61,6 @@ _TRUE = {"1", "on", "yes", "true"}
 def find_token() -> str | None:
     """Return the token huggingface_hub would use (env HF_TOKEN, saved login, Colab secret)."""
     return get_token()
-
-
-def mask_token(token: str | None) -> str:
-    """Return a token safe to show: its prefix and last four characters only."""
-    if not token:
-        return "(none)"
-    token = token.strip()
-    if len(token) <= 8:
-        return "*" * len(token)
-    prefix = "hf_" if token.startswith("hf_") else ""
-    return f"{prefix}...{token[-4:]}"
 
 
 def describe_token(token: str | None = None) -> str:
@@ -118,7 +110,8 @@ def transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _offline() -> bool:
+def is_offline() -> bool:
+    """Return True if huggingface_hub's offline mode is on (HF_HUB_OFFLINE=1): no Hub calls."""
     return constants.is_offline_mode() or (
         (os.environ.get("HF_HUB_OFFLINE") or "").strip().lower() in _TRUE
     )
@@ -256,7 +249,21 @@ def _explain_http(repo_id: str, has_token: bool, code: int | None) -> tuple[str,
 
 
 def check_access(repo_id: str, token: str | None = None) -> AccessResult:
-    """Ask the Hub whether the token (default: `find_token()`) may download `repo_id`."""
+    """Ask the Hub whether the token (default: `find_token()`) may download `repo_id`.
+
+    TypeError for a repo_id that is not a string or a token that is neither a string nor None.
+    The Hub gets `faults.HUB_TIMEOUT_S` seconds to answer; a silence is reported as "offline".
+    """
+    if not isinstance(repo_id, str):
+        raise TypeError(
+            f"check_access: repo_id must be a string such as 'meta-llama/Llama-2-7b-chat-hf', "
+            f"not {type(repo_id).__name__}."
+        )
+    if token is not None and not isinstance(token, str):
+        raise TypeError(
+            f"check_access: token must be a string (hf_...) or None (find it as "
+            f"huggingface_hub does), not {type(token).__name__}."
+        )
     repo_id = repo_id.strip()
     token = find_token() if token is None else (token.strip() or None)
     endpoint = hub_endpoint()
@@ -276,11 +283,18 @@ def check_access(repo_id: str, token: str | None = None) -> AccessResult:
                 f"{did_you_mean(repo_id)}Give the full id, e.g. meta-llama/Llama-2-7b-chat-hf.",
             )
         repo_id = entry.id
-    if _offline():
+    if is_offline():
         status, what, todo = explain_hub_error(OfflineModeIsEnabled(), repo_id, bool(token))
         return result(status, what, todo)
-    try:
+
+    def ask() -> None:
         HfApi(endpoint=endpoint).auth_check(repo_id, token=token or False)
+
+    seconds = hub_timeout_s()  # a setting that is no number is named as such, not as "offline"
+    try:
+        with_deadline(ask, f"checking access to {repo_id}", seconds)
+    except UserFacingError as err:  # no answer in time
+        return result("offline", err.what, err.todo)
     except (HfHubHTTPError, OfflineModeIsEnabled, *transport_errors()) as err:
         return result(*explain_hub_error(err, repo_id, bool(token)))
     except HFValidationError:

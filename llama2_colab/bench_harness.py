@@ -36,7 +36,7 @@ from .bench import (
     time_paths,
     weights_read_bytes,
 )
-from .checks import NotLlamaError, check_bench_numbers, check_model_dir, looks_like_local_path
+from .checks import check_bench_numbers, check_model_dir, looks_like_local_path
 from .errors import UserFacingError
 from .fast_decode import FastDecoder, fast_stream_generate
 from .generation import fast_generate_kwargs
@@ -422,17 +422,14 @@ def bench_loaded_model(
 def _plan_for_bench(
     choice: ModelChoice, facts: RuntimeFacts, dtype: str, quantization: str | None, random: bool
 ) -> LoadPlan | None:
-    """The plan for exactly the format that will load; None for a Hub model outside the catalog."""
+    """The plan for exactly the format that will load (a Hub model's config is fetched first).
+
+    A model whose config cannot be had (offline, no answer, not a Llama) is refused here, once,
+    before anything loads.
+    """
     if choice.name != TINY and looks_like_local_path(choice.name):
         check_model_dir(choice.name)  # before the plan reads its config
-    try:
-        return make_plan(choice.name, facts, quantization=quantization or "auto", dtype=dtype)
-    except NotLlamaError:
-        raise
-    except UserFacingError:
-        if random:  # random weights need an architecture the catalog knows
-            raise
-        return None  # a Hub model outside the catalog: load it and see
+    return make_plan(choice.name, facts, quantization=quantization or "auto", dtype=dtype)
 
 
 def _load_for_bench(choice, plan, settings: Settings, quantization, random: bool, token, say):

@@ -5,17 +5,26 @@ decoder, a Rust deserializer), and load a GPT-2 or BERT folder without complaint
 read only the small files and the safetensors headers (no weights), so they take milliseconds,
 and each problem becomes a `UserFacingError` that says what is wrong and what to do.
 
+Model configs are checked before anything is built from them (`check_model_config` for a
+config.json, local or from the Hub; `check_meta_params` for Meta's params.json): whole numbers in
+sane ranges that split into whole heads, so a damaged config is named in milliseconds instead of
+a traceback, or a hang while 200,000 layers are built on the meta device.
+
 The benchmark's numbers are checked here too (`check_bench_numbers`), before anything loads.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
 
+from huggingface_hub.errors import StrictDataclassError
+
 from .errors import UserFacingError
+from .faults import refuse_dangling_link
 from .renames import renamed_keywords
 
 __all__ = [
@@ -23,24 +32,67 @@ __all__ = [
     "MAX_WARMUP",
     "MIN_NEW_TOKENS",
     "MIN_PROMPT_TOKENS",
+    "CONFIG_LIMITS",
+    "MAX_NAME_BYTES",
     "check_bench_numbers",
     "LLAMA_MODEL_TYPES",
     "NotLlamaError",
     "check_config",
     "check_family",
+    "check_meta_params",
+    "check_model_config",
     "check_model_dir",
+    "check_model_name",
     "check_safetensors",
     "looks_like_local_path",
+    "path_exists",
     "read_config",
+    "read_json_object",
+    "require_text",
+    "require_tokenizer",
 ]
 
 # model_type values of the Llama family: Llama 2, Code Llama and their fine-tunes all say "llama".
 LLAMA_MODEL_TYPES = ("llama",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+# The small JSON files transformers reads beside config.json, each optional.
+_SIDE_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
 _REDOWNLOAD = (
     "Download the model again (or copy the folder again), or use 'tiny' or a Hub id such as "
     "meta-llama/Llama-2-7b-chat-hf."
 )
+
+
+# The longest name one folder or file may have on Linux, macOS and Windows file systems.
+MAX_NAME_BYTES = 255
+
+
+def path_exists(path: str | os.PathLike) -> bool:
+    """Return True if path exists; a name no file system takes (too long) does not."""
+    try:
+        return Path(path).expanduser().exists()
+    except (OSError, ValueError):  # ENAMETOOLONG, or a NUL byte in the name
+        return False
+
+
+def check_model_name(name: str) -> str:
+    """Return name stripped; UserFacingError if it cannot be a model name or a folder at all."""
+    name = str(name).strip()
+    longest = max((len(os.fsencode(part)) for part in name.split("/")), default=0)
+    if longest > MAX_NAME_BYTES or "\x00" in name:
+        raise UserFacingError(
+            f"The model name is {len(name):,} characters long, with a part of {longest:,} bytes "
+            f"(or a NUL byte): no Hub id, catalog name or folder has such a name (a folder name "
+            f"takes {MAX_NAME_BYTES} bytes at most).",
+            "Check what you pasted; give 'tiny', a catalog name (`plan --list`), a Hub id such "
+            "as meta-llama/Llama-2-7b-chat-hf, or a folder.",
+        )
+    return name
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -50,14 +102,15 @@ def looks_like_local_path(name: str) -> bool:
         return False
     if name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or "\\" in name or name == ".":
         return True
-    if Path(name).expanduser().exists():
+    if path_exists(name):
         return True
     return name.count("/") > 1  # a Hub id is exactly owner/name
 
 
 def _folder(path: str | os.PathLike) -> Path:
     folder = Path(path).expanduser()
-    if not folder.exists():
+    refuse_dangling_link(folder, repr(str(folder)), "give the model folder itself")
+    if not path_exists(folder):
         raise UserFacingError(
             f"There is no folder {str(folder)!r}.",
             "Check the path (it is relative to the folder you run from), or use 'tiny' or a "
@@ -81,22 +134,34 @@ def read_config(path: str | os.PathLike) -> dict:
             "Pass the folder that holds config.json, the tokenizer files and the weights "
             "(save one with model.save_pretrained(folder) and tokenizer.save_pretrained(folder)).",
         )
+    return read_json_object(file, "the folder is damaged", _REDOWNLOAD)
+
+
+def read_json_object(file: str | os.PathLike, damaged: str, todo: str, shown: str = "") -> dict:
+    """Return a JSON file's object; UserFacingError (`damaged`, `todo`) if it is not one.
+
+    `shown` names the file in the message (default: its path).
+    """
+    shown = shown or repr(str(file))
     try:
-        config = json.loads(file.read_text(encoding="utf-8"))
+        config = json.loads(Path(file).read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         config = None
         problem = "is not text"
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, RecursionError) as err:
         config = None
-        problem = f"is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+        where = (
+            f" ({err.msg} at line {err.lineno}, column {err.colno})" if hasattr(err, "msg") else ""
+        )
+        problem = f"is not valid JSON{where}"
     except OSError as err:
         raise UserFacingError(
-            f"Cannot read {str(file)!r}: {err.strerror or err}.", "Check its permissions."
+            f"Cannot read {shown}: {err.strerror or err}.", "Check its permissions."
         ) from None
     else:
         problem = "is not a JSON object"
     if not isinstance(config, dict):
-        raise UserFacingError(f"{str(file)!r} {problem}: the folder is damaged.", _REDOWNLOAD)
+        raise UserFacingError(f"{shown} {problem}: {damaged}.", todo)
     return config
 
 
@@ -134,7 +199,180 @@ def check_config(path: str | os.PathLike) -> dict:
     """Return the config of a Llama-family model folder; UserFacingError for anything else."""
     config = read_config(path)
     check_family(config.get("model_type"), config.get("architectures"), str(path))
+    check_model_config(config, str(Path(path) / "config.json"), _REDOWNLOAD)
     return config
+
+
+# The sizes a Llama config may give, as (Meta's params.json name, largest sane value): several
+# times the largest Llama (70B: hidden 8192, 80 layers, 64 heads, feed-forward 28,672; Llama 3's
+# 128,256-piece vocabulary), so no real model is refused, and nothing absurd (200,000 layers
+# took minutes and gigabytes just to build on the meta device) gets as far as being built.
+CONFIG_LIMITS: dict[str, tuple[str | None, int]] = {
+    "hidden_size": ("dim", 65_536),
+    "intermediate_size": (None, 262_144),
+    "num_hidden_layers": ("n_layers", 1_024),
+    "num_attention_heads": ("n_heads", 1_024),
+    "num_key_value_heads": ("n_kv_heads", 1_024),
+    "head_dim": (None, 4_096),
+    "vocab_size": ("vocab_size", 1_048_576),
+    "max_position_embeddings": (None, 16_777_216),
+}
+# Numbers that are not sizes: (smallest, largest), both excluded.
+_REAL_LIMITS = {"rms_norm_eps": (0.0, 1.0), "rope_theta": (0.0, 1e12)}
+
+
+def _whole(where: str, key: str, value, high: int, todo: str) -> int:
+    """Return value if it is a whole number from 1 to high; else UserFacingError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserFacingError(
+            f"{where} says {key}={value!r}: it must be a whole number, not {type(value).__name__}.",
+            todo,
+        )
+    if not 1 <= value <= high:
+        raise UserFacingError(
+            f"{where} says {key}={value:,}: it must be from 1 to {high:,} (no Llama model is "
+            "near either end).",
+            todo,
+        )
+    return value
+
+
+def _real(where: str, key: str, value, low: float, high: float, todo: str) -> float:
+    """Return value if it is a finite number strictly between low and high; else UserFacingError."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or not low < value < high:
+        raise UserFacingError(
+            f"{where} says {key}={value!r}: it must be a number above {low:g} and below {high:g}.",
+            todo,
+        )
+    return float(value)
+
+
+def _check_heads(where: str, hidden: int, heads: int, kv_heads: int, head_dim, todo: str):
+    """Raise UserFacingError unless the sizes split into whole (and even) attention heads."""
+    if hidden % heads:  # transformers' LlamaConfig refuses it even with its own head_dim
+        raise UserFacingError(
+            f"{where} says hidden size {hidden:,} with {heads:,} attention heads: {heads:,} "
+            "does not divide it, so the heads would not be whole.",
+            todo,
+        )
+    if heads % kv_heads:
+        raise UserFacingError(
+            f"{where} says {heads:,} attention heads with {kv_heads:,} key/value heads: "
+            f"{kv_heads:,} does not divide {heads:,}, so the heads cannot share them.",
+            todo,
+        )
+    if (head_dim or hidden // heads) % 2:
+        raise UserFacingError(
+            f"{where} gives attention heads of {head_dim or hidden // heads} dimensions: "
+            "rotary position embeddings need an even number.",
+            todo,
+        )
+
+
+def check_model_config(config: dict, where: str, todo: str = _REDOWNLOAD) -> None:
+    """Raise UserFacingError unless a Llama config.json's sizes are sane and split into heads.
+
+    Checked before anything is built from it: each size a whole number from 1 to its
+    `CONFIG_LIMITS` bound, rms_norm_eps and rope_theta positive numbers, the hidden size
+    divided by the heads, the heads by the key/value heads. A size left out takes
+    transformers' default, as loading would.
+    """
+    nullable = ("num_key_value_heads", "head_dim")  # None: "the same as the heads", "derived"
+    sizes = {
+        key: _whole(where, key, config[key], high, todo)
+        for key, (_, high) in CONFIG_LIMITS.items()
+        if key in config and not (config[key] is None and key in nullable)
+    }
+    rope = config.get("rope_parameters")
+    if rope is not None and not isinstance(rope, dict):
+        raise UserFacingError(f"{where} says rope_parameters={rope!r}: it must be an object.", todo)
+    numbers = {**(rope or {}), **config}
+    for key, (low, high) in _REAL_LIMITS.items():
+        if key in numbers and not (key == "rope_theta" and numbers[key] is None):
+            _real(where, key, numbers[key], low, high, todo)
+    _check_activation(config.get("hidden_act", "silu"), where, todo)
+    heads = sizes.get("num_attention_heads", 32)
+    _check_heads(
+        where,
+        sizes.get("hidden_size", 4096),
+        heads,
+        sizes.get("num_key_value_heads", heads),
+        sizes.get("head_dim"),
+        todo,
+    )
+    _check_with_transformers(config, where, todo)
+
+
+def _check_with_transformers(config: dict, where: str, todo: str) -> None:
+    """Raise UserFacingError if transformers' own LlamaConfig refuses the values (types, ids).
+
+    Building a config object allocates nothing; transformers 5 checks every field's type and
+    the special token ids there, and its message names the field.
+    """
+    from transformers import LlamaConfig
+
+    try:
+        LlamaConfig.from_dict(config)
+    except (StrictDataclassError, ValueError, TypeError, KeyError) as err:
+        cause = err.__cause__ or err
+        raise UserFacingError(
+            f"{where} is not a valid Llama config: {str(cause).strip()[:300]}", todo
+        ) from None
+
+
+def _check_activation(name, where: str, todo: str) -> None:
+    """Raise UserFacingError unless name is an activation transformers knows (Llama's: silu)."""
+    from transformers.activations import ACT2FN
+
+    if not isinstance(name, str) or name not in ACT2FN:
+        raise UserFacingError(
+            f"{where} says hidden_act={name!r}: transformers knows no such activation (Llama "
+            "uses 'silu').",
+            todo,
+        )
+
+
+def check_meta_params(params: dict, where: str, todo: str) -> dict:
+    """Return Meta's params.json values, checked like a config.json, with defaults filled in.
+
+    Keys: dim, n_layers, n_heads, n_kv_heads, vocab_size (-1: the tokenizer's), multiple_of,
+    ffn_dim_multiplier (None or a number), norm_eps, rope_theta. UserFacingError for a missing
+    key, a string where a number belongs, a size out of range or heads that do not split.
+    """
+    limit = {meta: high for _, (meta, high) in CONFIG_LIMITS.items() if meta}
+    out = {
+        key: _whole(where, key, params.get(key), limit[key], todo)
+        for key in ("dim", "n_layers", "n_heads")
+    }
+    kv = params.get("n_kv_heads")
+    out["n_kv_heads"] = (
+        out["n_heads"] if kv is None else _whole(where, "n_kv_heads", kv, limit["n_kv_heads"], todo)
+    )
+    vocab = params.get("vocab_size", -1)
+    out["vocab_size"] = (
+        -1
+        if vocab == -1 and not isinstance(vocab, bool)
+        else _whole(where, "vocab_size", vocab, limit["vocab_size"], todo)
+    )
+    out["multiple_of"] = _whole(where, "multiple_of", params.get("multiple_of", 256), 65_536, todo)
+    multiplier = params.get("ffn_dim_multiplier")
+    out["ffn_dim_multiplier"] = (
+        None
+        if multiplier is None
+        else _real(where, "ffn_dim_multiplier", multiplier, 0.0, 64.0, todo)
+    )
+    out["norm_eps"] = _real(
+        where, "norm_eps", params.get("norm_eps"), *_REAL_LIMITS["rms_norm_eps"], todo
+    )
+    theta = params.get("rope_theta")
+    out["rope_theta"] = (
+        10000.0
+        if theta is None
+        else _real(where, "rope_theta", theta, *_REAL_LIMITS["rope_theta"], todo)
+    )
+    _check_heads(where, out["dim"], out["n_heads"], out["n_kv_heads"], None, todo)
+    return out
 
 
 def check_safetensors(file: str | os.PathLike) -> None:
@@ -202,11 +440,18 @@ def _weight_files(folder: Path) -> list[Path]:
 def check_model_dir(path: str | os.PathLike) -> dict:
     """Check a model folder before loading it; return its config, or raise UserFacingError.
 
-    Checked: config.json is valid JSON of a Llama-family causal LM; a tokenizer is there
-    (tokenizer.json or tokenizer.model); weights are there and no safetensors file is cut short.
+    Checked: config.json is valid JSON of a Llama-family causal LM with sane sizes; the other
+    JSON files a loader reads are JSON objects (a link that loops or leads nowhere is named); a
+    tokenizer is there (tokenizer.json or tokenizer.model); weights are there and no
+    safetensors file is cut short.
     """
     folder = _folder(path)
     config = check_config(folder)
+    for name in _SIDE_FILES:
+        file = folder / name
+        refuse_dangling_link(file, repr(str(file)), "copy the file in again")
+        if path_exists(file):
+            read_json_object(file, "the folder is damaged", _REDOWNLOAD)
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise UserFacingError(
             f"{str(folder)!r} has no tokenizer (tokenizer.json or tokenizer.model).",
@@ -226,6 +471,28 @@ def check_model_dir(path: str | os.PathLike) -> dict:
         elif file.stat().st_size == 0:
             raise UserFacingError(f"{str(file)!r} is empty.", _REDOWNLOAD)
     return config
+
+
+def require_text(value, name: str, function: str) -> str:
+    """Return value if it is a str; else TypeError naming the function and the argument.
+
+    For a Python caller's argument: a library argument error is a TypeError or ValueError, as
+    in Python's own functions; UserFacingError is for what is fixed outside the code.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{function}: {name} must be a string, not {type(value).__name__}.")
+    return value
+
+
+def require_tokenizer(tokenizer, function: str):
+    """Return tokenizer if it is a transformers tokenizer (callable, with a vocabulary and BOS)."""
+    if not (callable(tokenizer) and hasattr(tokenizer, "get_vocab")) or tokenizer is None:
+        raise TypeError(
+            f"{function}: tokenizer must be a transformers tokenizer (e.g. "
+            f"AutoTokenizer.from_pretrained('codellama/CodeLlama-7b-hf')), not "
+            f"{type(tokenizer).__name__}."
+        )
+    return tokenizer
 
 
 # Sane bounds for the numbers a user gives, checked before anything loads.

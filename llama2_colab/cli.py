@@ -8,10 +8,12 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 
 from .checks import MAX_REPEATS, MAX_WARMUP, MIN_NEW_TOKENS, MIN_PROMPT_TOKENS
-from .errors import UserFacingError, redact_secrets
+from .errors import StreamRedactor, UserFacingError, redact_secrets
+from .faults import describe_fault
 
 __all__ = ["main", "build_parser"]
 
@@ -24,16 +26,35 @@ MAX_GPUS = 1024  # a tensor-parallel plan's N: far past any machine, a typo's gu
 EXIT_PIPE_CLOSED = 141
 
 
-def _emit(text: str) -> None:
-    """Print a command's result, tokens masked; a reader that went away (`| head`) is no error.
+def _emit(text: str, end: str = "\n", result: bool = False) -> None:
+    """Print on stdout, tokens masked: the one way the CLI prints anything but its errors.
 
-    A result can quote what the user typed (`access hf_...` names the "model" it was given), so
-    it passes through `redact_secrets` like every error does.
+    Whatever is printed can quote what the user typed (`access hf_...` names the "model" it was
+    given, `demo` echoes the prompt, `convert` names folders), so it all passes through
+    `redact_secrets`. A reader that went away (`| head`) ends a command that has more to say
+    (BrokenPipeError: exit 141), but not one printing its whole `result` at once; a stdout
+    that cannot be written (`> /dev/full`) is a UserFacingError.
     """
     try:
-        print(redact_secrets(text), flush=True)
+        sys.stdout.write(redact_secrets(text) + end)
+        sys.stdout.flush()
     except BrokenPipeError:
         _silence_stdout()
+        if not result:
+            raise
+    except OSError as err:
+        _silence_stdout()
+        fault = describe_fault(err, "Cannot write the output to stdout")
+        raise (fault or UserFacingError(f"Cannot write the output to stdout: {err}.")) from None
+
+
+def _stream_printer() -> tuple[Callable[[str], None], Callable[[], None]]:
+    """Return (print a piece, finish) for streamed text: a token split across pieces is masked."""
+    redactor = StreamRedactor()
+    return (
+        lambda piece: _emit(redactor.feed(piece), end=""),
+        lambda: _emit(redactor.flush(), end=""),
+    )
 
 
 def _silence_stdout() -> None:
@@ -70,9 +91,9 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     facts = detect_runtime()
     settings = recommend_settings(facts)
     if args.json:
-        _emit(json.dumps(runtime_report_dict(facts, settings), indent=2))
+        _emit(json.dumps(runtime_report_dict(facts, settings), indent=2), result=True)
     else:
-        _emit(format_report(facts, settings))
+        _emit(format_report(facts, settings), result=True)
     return 0
 
 
@@ -91,10 +112,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not world.is_main:  # under torchrun, rank 0 alone prints
         _quiet_this_rank()
     facts = detect_runtime()
-    print(format_report(facts, recommend_settings(facts)))
+    _emit(format_report(facts, recommend_settings(facts)))
     token = find_token()
     choice = choose_model(facts, requested=args.model, has_token=bool(token))
-    print(redact_secrets(f"Model   : {choice.name} ({choice.reason})"))
+    _emit(f"Model   : {choice.name} ({choice.reason})")
     _check_local_model(choice.name)
     plan, model, tokenizer = _demo_load(choice, facts, token, world.world_size)
     seed = args.seed
@@ -120,9 +141,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         session.plan_prompt(args.prompt)  # refuses forged turns, checks the budget
     except (ValueError, TypeError) as err:
         raise UserFacingError(str(err), "Reword the prompt and run the demo again.") from None
-    print(f"You: {args.prompt}\nLlama 2: ", end="", flush=True)
+    _emit(f"You: {args.prompt}\nLlama 2: ", end="")
+    show, finish = _stream_printer()
     with oom_as_advice(plan):
-        session.send(args.prompt, on_text=lambda text: print(text, end="", flush=True))
+        session.send(args.prompt, on_text=show)
+    finish()
     finish_tensor_parallel()
     _print_demo_stats(session.last_stats)
     return 0
@@ -148,7 +171,7 @@ def _demo_load(choice, facts, token, world_size: int):
     else:
         plan = make_plan(choice.name, facts)  # decide, then act: fp16/bf16 or 4-bit, or refuse
         where = "one process"
-    print(f"Plan    : {plan.format_label}, {where}, room for {plan.context_window:,} tokens")
+    _emit(f"Plan    : {plan.format_label}, {where}, room for {plan.context_window:,} tokens")
     threads = cpu_threads_for(choice, plan.device)
     if threads is not None:  # this process is ours: no need to restore the setting
         import torch
@@ -158,10 +181,10 @@ def _demo_load(choice, facts, token, world_size: int):
     if world_size > 1:
         model, tokenizer = load_tensor_parallel(plan, token=token)
         held = local_parameter_count(model)
-        print(f"Split   : each process holds {held:,} of the {plan.params:,} parameters")
+        _emit(f"Split   : each process holds {held:,} of the {plan.params:,} parameters")
     else:
         model, tokenizer = load_with_plan(plan, token=token)
-    print(f"Loaded in {time.perf_counter() - start:.1f} s\n")
+    _emit(f"Loaded in {time.perf_counter() - start:.1f} s\n")
     return plan, model, tokenizer
 
 
@@ -172,7 +195,7 @@ def _print_demo_stats(stats) -> None:
         if stats.new_tokens > 1
         else "decode speed needs 2 or more new tokens"
     )
-    print(
+    _emit(
         f"\n\n-- {stats.new_tokens} new token{'s' if stats.new_tokens != 1 else ''}; "
         f"first token after {stats.ttft_s:.2f} s; {speed}"
     )
@@ -193,8 +216,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _check_local_model(name: str, whole: bool = True) -> None:
     """Check a local model folder (config, tokenizer, weights) before anything is loaded."""
-    from .checks import check_config, check_model_dir, looks_like_local_path
+    from .checks import check_config, check_model_dir, check_model_name, looks_like_local_path
 
+    check_model_name(name)
     if name and name.strip().lower() != "tiny" and looks_like_local_path(name):
         (check_model_dir if whole else check_config)(name.strip())
 
@@ -203,17 +227,15 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
     from .tiny import build_tiny_llama
 
     out = build_tiny_llama(args.dir)
-    _emit(f"Wrote the offline tiny Llama 2 to {out}")
+    _emit(f"Wrote the offline tiny Llama 2 to {out}", result=True)
     return 0
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert_meta_checkpoint
 
-    out = convert_meta_checkpoint(
-        args.meta_dir, args.out_dir, dtype=args.dtype, log=lambda msg: print(msg, flush=True)
-    )
-    print(f"Load it with AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    out = convert_meta_checkpoint(args.meta_dir, args.out_dir, dtype=args.dtype, log=_emit)
+    _emit(f"Load it with AutoModelForCausalLM.from_pretrained({str(out)!r})", result=True)
     return 0
 
 
@@ -227,9 +249,15 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         entries = load_catalog()
         if args.json:
             fields = ("id", "family", "size", "variant", "gated")
-            _emit(json.dumps([{k: getattr(e, k) for k in fields} for e in entries], indent=2))
+            _emit(
+                json.dumps([{k: getattr(e, k) for k in fields} for e in entries], indent=2),
+                result=True,
+            )
         else:
-            _emit("\n".join(f"{e.id:40} {e.family} {e.size} {e.variant}" for e in entries))
+            _emit(
+                "\n".join(f"{e.id:40} {e.family} {e.size} {e.variant}" for e in entries),
+                result=True,
+            )
         return 0
     if not (args.model or "").strip():
         raise UserFacingError(
@@ -249,7 +277,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         _emit(json.dumps(tp.to_dict(), indent=2) if args.json else format_tp_plan(tp))
         return 0 if tp.fits else 2
     plan = make_plan(args.model, facts, quantization=args.quantization, dtype=args.dtype)
-    _emit(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
+    _emit(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan), result=True)
     return 0 if plan.fits else 2
 
 
@@ -257,7 +285,9 @@ def _cmd_access(args: argparse.Namespace) -> int:
     from .auth import check_access, format_access
 
     result = check_access(args.model)
-    _emit(json.dumps(result.to_dict(), indent=2) if args.json else format_access(result))
+    _emit(
+        json.dumps(result.to_dict(), indent=2) if args.json else format_access(result), result=True
+    )
     return result.exit_code
 
 
@@ -284,9 +314,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         measure_bandwidth=not args.no_bandwidth,
         threads=args.threads,
-        log=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True),
+        log=lambda msg: _say(f"[bench] {msg}"),
     )
-    _emit(json.dumps(result, indent=2) if args.json else format_bench(result))
+    _emit(json.dumps(result, indent=2) if args.json else format_bench(result), result=True)
     return 0
 
 
@@ -458,6 +488,14 @@ def _add_plan_and_access(sub) -> None:
     p.set_defaults(func=_cmd_access)
 
 
+def _report(err: UserFacingError) -> int:
+    """Print a UserFacingError (what happened, what to do) on stderr; return its exit status."""
+    _say(f"\nError: {err.what}")
+    if err.todo:
+        _say(f"What to do: {err.todo}")
+    return err.exit_code
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose error messages pass through the token redaction too."""
 
@@ -469,7 +507,23 @@ class _Parser(argparse.ArgumentParser):
 
 def _say(text: str) -> None:
     """Print a message for the user on stderr, with any token in it masked."""
-    print(redact_secrets(text), file=sys.stderr)
+    try:
+        print(redact_secrets(text), file=sys.stderr, flush=True)
+    except OSError:  # stderr itself is gone or full: nowhere left to say it
+        pass
+
+
+def _tolerant_console() -> None:
+    """Let stdout and stderr show what their encoding cannot as escapes (`\\u65e5`), not fail.
+
+    A console set to ASCII (`PYTHONIOENCODING=ascii`, a C locale) would otherwise raise
+    UnicodeEncodeError on the first Japanese prompt or reply.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # not a text stream we may reconfigure
+            continue
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,14 +533,24 @@ def main(argv: list[str] | None = None) -> int:
     (`... | head`) keeps the command's own status when its result was complete, and gives 141
     (as a shell reports SIGPIPE) when it cut the output short.
     """
+    _tolerant_console()
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():  # a warning quotes paths too: it is said redacted
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Say a warning on stderr, redacted like every other line the CLI prints."""
+    _say(f"{category.__name__}: {message}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; turn what went wrong into a message and an exit status."""
     try:
         return int(args.func(args) or 0)
     except UserFacingError as err:
-        _say(f"\nError: {err.what}")
-        if err.todo:
-            _say(f"What to do: {err.todo}")
-        return err.exit_code
+        return _report(err)
     except KeyboardInterrupt:
         _say("\nStopped.")
         return 130
@@ -494,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         return EXIT_PIPE_CLOSED
     except Exception as err:  # noqa: BLE001 - a bug still gets a traceback, but a redacted one
+        fault = describe_fault(err, f"`{args.command}` could not finish")
+        if fault is not None:  # the disk, a file, the network: not a bug
+            return _report(fault)
         _say(traceback.format_exc().rstrip())
         _say(
             f"\nError: unexpected {type(err).__name__}; this is a bug in llama2_colab. "

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .chat import Message, encode_dialog
+from .checks import require_text, require_tokenizer
 from .convert import compute_intermediate_size
 from .errors import UserFacingError
 from .tiny import LLAMA2_CHAT_TEMPLATE, ensure_built, seeded_llama, tiny_cache_dir
@@ -72,7 +73,7 @@ class InfillTokens(NamedTuple):
 
 def infill_tokens(tokenizer) -> InfillTokens:
     """Return the ids of ▁<PRE>, ▁<SUF>, ▁<MID>, ▁<EOT>; raise if the tokenizer has none."""
-    vocab = tokenizer.get_vocab()
+    vocab = require_tokenizer(tokenizer, "infill_tokens").get_vocab()
     missing = [p for p in _INFILL_PIECES if p not in vocab]
     if missing:
         raise UserFacingError(
@@ -107,12 +108,19 @@ def _encode_like_sentencepiece(tokenizer, text: str) -> list[int]:
 
 
 def encode_completion(tokenizer, code: str) -> list[int]:
-    """Return the token ids of a completion prompt: BOS, then the code (Meta's text_completion)."""
+    """Return the token ids of a completion prompt: BOS, then the code (Meta's text_completion).
+
+    TypeError if tokenizer is not a tokenizer or code is not a string.
+    """
+    require_tokenizer(tokenizer, "encode_completion")
+    require_text(code, "code", "encode_completion")
     return [tokenizer.bos_token_id] + _encode_like_sentencepiece(tokenizer, code)
 
 
 def encode_infilling(tokenizer, prefix: str, suffix: str, suffix_first: bool = False) -> list[int]:
     """Return the ids of `<PRE> {prefix} <SUF>{suffix} <MID>` as Meta's infilling_prompt_tokens."""
+    require_text(prefix, "prefix", "encode_infilling")
+    require_text(suffix, "suffix", "encode_infilling")
     t = infill_tokens(tokenizer)
     bos = tokenizer.bos_token_id
     if suffix_first:  # "<PRE> <SUF>{suf} <MID> {pre}"

@@ -30,24 +30,28 @@ Measured on a 0.77 GiB bf16 checkpoint with 256 MiB files: 0.45 GiB of memory at
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import json
 import os
-import pickle
 import re
 import shutil
-import socket
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserFacingError
+from .checks import check_meta_params
+from .errors import UserFacingError, redact_secrets
+from .faults import (
+    describe_fault,
+    expand_user,
+    fault_boundary,
+    refuse_dangling_link,
+    require_writable,
+)
 from .runtime import GiB, detect_runtime
 from .tiny import LLAMA2_CHAT_TEMPLATE
 from .vocab import read_tokenizer_model, tokenizer_from_pieces
+from .workdirs import make_work_folder, remove_stale_work, work_prefix
 
 __all__ = [
     "MARKER_FILE",
@@ -67,6 +71,8 @@ _SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
 _DTYPES = ("float16", "bfloat16", "float32")
 MAX_FILE_BYTES = 2 * GiB  # one output safetensors file; bounds the RAM the conversion needs
 _REQUIRED_PARAMS = ("dim", "n_layers", "n_heads", "norm_eps")
+_MAX_FFN = 262_144  # as checks.CONFIG_LIMITS["intermediate_size"]
+_LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,7 @@ def _read_params(folder: Path) -> dict:
             f"{path} lacks {', '.join(missing)}: it does not describe a Llama model.",
             "Download it again with download.sh.",
         )
-    return params
+    return check_meta_params(params, str(path), "Download params.json again with download.sh.")
 
 
 def _find_shards(folder: Path) -> tuple[Path, ...]:
@@ -163,7 +169,14 @@ def inspect_meta_checkpoint(meta_dir: str | os.PathLike) -> MetaCheckpoint:
     """Return what a Meta-format folder holds; raise UserFacingError if it is not one."""
     # Absolute but links kept: "." gets its real name (and chat-ness), and a linked folder keeps
     # the name and the neighbours (tokenizer.model) it has where the user put it.
-    folder = Path(os.path.abspath(Path(meta_dir).expanduser()))
+    folder = Path(os.path.abspath(expand_user(meta_dir)))
+    with fault_boundary(f"Cannot read the checkpoint in {folder}"):
+        return _inspect(folder)
+
+
+def _inspect(folder: Path) -> MetaCheckpoint:
+    """What the folder holds, every value of params.json checked (`checks.check_meta_params`)."""
+    refuse_dangling_link(folder, str(folder), "give the model folder itself")
     if not folder.exists():
         raise UserFacingError(f"{folder} does not exist.", "Check the path to the model folder.")
     if not folder.is_dir():
@@ -189,50 +202,36 @@ def inspect_meta_checkpoint(meta_dir: str | os.PathLike) -> MetaCheckpoint:
             "download.sh puts it next to the model folders (Llama 2) or inside them (Code "
             "Llama); download it again or copy it into the model folder.",
         )
-    try:
-        dim, n_heads = int(params["dim"]), int(params["n_heads"])
-        n_kv = int(params.get("n_kv_heads") or n_heads)
-        checkpoint = MetaCheckpoint(
-            folder=folder,
-            shards=shards,
-            tokenizer=tokenizer,
-            dim=dim,
-            n_layers=int(params["n_layers"]),
-            n_heads=n_heads,
-            n_kv_heads=n_kv,
-            intermediate_size=compute_intermediate_size(
-                dim, int(params.get("multiple_of", 256)), params.get("ffn_dim_multiplier")
-            ),
-            norm_eps=float(params["norm_eps"]),
-            rope_theta=float(params.get("rope_theta") or 10000.0),
-            vocab_size=int(params.get("vocab_size", -1)),
-            checkpoint_bytes=sum(p.stat().st_size for p in shards),
-            mmap_ok=all(zipfile.is_zipfile(p) for p in shards),
-        )
-    except (TypeError, ValueError, ZeroDivisionError) as err:
-        raise UserFacingError(
-            f"{folder / 'params.json'} has a value of the wrong type ({err}).",
-            "Download it again with download.sh.",
-        ) from None
-    _check_sizes(checkpoint)
-    return checkpoint
+    return MetaCheckpoint(
+        folder=folder,
+        shards=shards,
+        tokenizer=tokenizer,
+        dim=params["dim"],
+        n_layers=params["n_layers"],
+        n_heads=params["n_heads"],
+        n_kv_heads=params["n_kv_heads"],
+        intermediate_size=_checked_intermediate_size(params, folder),
+        norm_eps=params["norm_eps"],
+        rope_theta=params["rope_theta"],
+        vocab_size=params["vocab_size"],
+        checkpoint_bytes=sum(p.stat().st_size for p in shards),
+        mmap_ok=all(zipfile.is_zipfile(p) for p in shards),
+    )
 
 
-def _check_sizes(c: MetaCheckpoint) -> None:
-    """Raise UserFacingError unless params.json's sizes are positive and split into heads."""
-    sizes = {"dim": c.dim, "n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads, "n_layers": c.n_layers}
-    if min(sizes.values()) < 1:
+def _checked_intermediate_size(params: dict, folder: Path) -> int:
+    """The feed-forward size params.json implies, refused if it is out of any sane range."""
+    size = compute_intermediate_size(
+        params["dim"], params["multiple_of"], params["ffn_dim_multiplier"]
+    )
+    if not 1 <= size <= _MAX_FFN:
         raise UserFacingError(
-            f"params.json says {', '.join(f'{k}={v}' for k, v in sizes.items())}: every size "
-            "must be at least 1.",
-            "Download it again with download.sh.",
-        )
-    if c.dim % c.n_heads or c.n_heads % c.n_kv_heads or (c.dim // c.n_heads) % 2:
-        raise UserFacingError(
-            f"params.json says dim={c.dim}, n_heads={c.n_heads}, n_kv_heads={c.n_kv_heads}: "
-            "these do not split into whole heads.",
+            f"{folder / 'params.json'} implies a feed-forward size of {size:,} (dim "
+            f"{params['dim']:,}, multiple_of {params['multiple_of']:,}, ffn_dim_multiplier "
+            f"{params['ffn_dim_multiplier']}); it must be from 1 to {_MAX_FFN:,}.",
             "Download params.json again with download.sh.",
         )
+    return size
 
 
 def conversion_needs(
@@ -274,33 +273,74 @@ def check_resources(
 
 
 def _load_shard(path: Path, mmap: bool) -> dict:
+    """Return one shard's state dict (memory-mapped when it can be), checked to be one."""
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
-    except PermissionError:
-        raise UserFacingError(
-            f"{path} cannot be read: permission denied.",
-            f"Give yourself read access (chmod u+r {path.name}) and run convert again.",
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        part = torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a damaged pickle raises KeyError, IndexError...
+        fault = describe_fault(err, f"Cannot read {path}")
+        if fault is not None and not isinstance(err, RuntimeError):
+            raise fault from None
         raise UserFacingError(
             f"{path.name} could not be read ({type(err).__name__}: {str(err)[:200]}).",
             "The file is damaged or incomplete: run download.sh again and check it with "
             "`md5sum -c checklist.chk` in the model folder.",
         ) from None
+    if not isinstance(part, dict) or not all(isinstance(k, str) for k in part):
+        raise UserFacingError(
+            f"{path.name} holds {_kind(part)}, not the named weights of a Llama checkpoint "
+            "(a dict from names such as layers.0.attention.wq.weight to tensors).",
+            "It is not one of Meta's consolidated.NN.pth files, or it is damaged: download the "
+            "model again with download.sh.",
+        )
+    return part
+
+
+def _kind(value) -> str:
+    """A short description of what a file or an entry holds, for a message."""
+    name = type(value).__name__
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    if hasattr(value, "shape"):
+        return f"{article} {name} of shape {tuple(value.shape)}"
+    if isinstance(value, list | tuple | dict):
+        return f"{article} {name} of {len(value):,} items"
+    return f"{article} {name} ({str(value)[:40]!r})"
+
+
+def _meta_layout(c: MetaCheckpoint, vocab: int) -> dict[str, tuple[tuple[int, ...], int | None]]:
+    """Every tensor convert reads: Meta's name -> (its whole shape, the dim shards split it on)."""
+    kv, f = c.n_kv_heads * (c.dim // c.n_heads), c.intermediate_size
+    layout = {
+        "tok_embeddings.weight": ((vocab, c.dim), 1),
+        "norm.weight": ((c.dim,), None),
+        "output.weight": ((vocab, c.dim), 0),
+    }
+    for i in range(c.n_layers):
+        p = f"layers.{i}."
+        layout[p + "attention.wq.weight"] = ((c.dim, c.dim), 0)
+        layout[p + "attention.wk.weight"] = ((kv, c.dim), 0)
+        layout[p + "attention.wv.weight"] = ((kv, c.dim), 0)
+        layout[p + "attention.wo.weight"] = ((c.dim, c.dim), 1)
+        layout[p + "feed_forward.w1.weight"] = ((f, c.dim), 0)
+        layout[p + "feed_forward.w2.weight"] = ((c.dim, f), 1)
+        layout[p + "feed_forward.w3.weight"] = ((f, c.dim), 0)
+        layout[p + "attention_norm.weight"] = ((c.dim,), None)
+        layout[p + "ffn_norm.weight"] = ((c.dim,), None)
+    return layout
 
 
 class _Shards:
-    """The model-parallel shards, joined back into whole tensors one name at a time."""
+    """The model-parallel shards, checked against params.json, then joined one name at a time."""
 
     def __init__(self, checkpoint: MetaCheckpoint):
         self.ckpt = checkpoint
         self.parts = [_load_shard(p, checkpoint.mmap_ok) for p in checkpoint.shards]
         # Each shard holds 1/N of wq's rows, so the first shard tells how many there must be.
         wq = self.parts[0].get("layers.0.attention.wq.weight")
-        if wq is not None and wq.shape[0] and checkpoint.dim % wq.shape[0] == 0:
-            expected, found = checkpoint.dim // wq.shape[0], len(self.parts)
+        shape = getattr(wq, "shape", None)
+        if shape and shape[0] and checkpoint.dim % shape[0] == 0:
+            expected, found = checkpoint.dim // shape[0], len(self.parts)
             if expected != found:
                 last = f"consolidated.{expected - 1:02d}.pth"
                 raise UserFacingError(
@@ -310,28 +350,57 @@ class _Shards:
                     "resumes), then check it with `md5sum -c checklist.chk`.",
                 )
 
-    def get(self, name: str, dim: int | None):
-        """Return tensor `name` joined along dim (None: replicated, the same in every shard)."""
+    def check(self, vocab: int) -> None:
+        """Raise UserFacingError unless the shards hold exactly the layers and shapes expected."""
+        c = self.ckpt
+        layers = sorted({int(m.group(1)) for k in self.parts[0] if (m := _LAYER_KEY.match(k))})
+        if layers != list(range(c.n_layers)):
+            held = f"layers {layers[0]} to {layers[-1]}" if layers else "no layers"
+            raise UserFacingError(
+                f"params.json says n_layers={c.n_layers}, but {c.shards[0].name} holds "
+                f"{len(layers)} layer(s) ({held}): params.json and the weights describe "
+                "different models.",
+                "Download params.json and the consolidated.NN.pth files again with download.sh.",
+            )
+        for name, (shape, dim) in _meta_layout(c, vocab).items():
+            pieces = self._pieces(name)
+            whole = list(pieces[0].shape)
+            if dim is not None and len(whole) == len(shape):
+                whole[dim] *= len(pieces)
+            _expect(name, tuple(whole), shape)
+
+    def _pieces(self, name: str) -> list:
+        """Every shard's tensor `name`, refused if missing, not a float tensor, or mismatched."""
         import torch
 
-        try:
-            pieces = [part[name] for part in self.parts]
-        except KeyError:
-            bad = next(
-                p.name
-                for p, part in zip(self.ckpt.shards, self.parts, strict=True)
-                if name not in part
-            )
-            raise UserFacingError(
-                f"{bad} has no tensor {name!r}: it is not a Llama checkpoint or it is damaged.",
-                "Download it again with download.sh.",
-            ) from None
+        pieces = []
+        for path, part in zip(self.ckpt.shards, self.parts, strict=True):
+            piece = part.get(name)
+            if piece is None:
+                raise UserFacingError(
+                    f"{path.name} has no tensor {name!r}: it is not a Llama checkpoint or it is "
+                    "damaged.",
+                    "Download it again with download.sh.",
+                )
+            if not isinstance(piece, torch.Tensor) or not piece.is_floating_point():
+                raise UserFacingError(
+                    f"{path.name} holds {_kind(piece)} as {name}, not a tensor of weights.",
+                    "It is damaged or not Meta's file: download the model again.",
+                )
+            pieces.append(piece)
         if any(p.shape != pieces[0].shape for p in pieces):
             shapes = ", ".join(str(tuple(p.shape)) for p in pieces)
             raise UserFacingError(
                 f"The shards disagree on the shape of {name}: {shapes}.",
                 "The folder mixes files of different models: download the model again.",
             )
+        return pieces
+
+    def get(self, name: str, dim: int | None):
+        """Return tensor `name` joined along dim (None: replicated, the same in every shard)."""
+        import torch
+
+        pieces = self._pieces(name)
         if dim is None:
             if any(not torch.equal(p, pieces[0]) for p in pieces[1:]):
                 raise UserFacingError(
@@ -342,48 +411,39 @@ class _Shards:
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
 
 
-def _expect(name: str, tensor, shape: tuple[int, ...]) -> None:
-    if tuple(tensor.shape) != shape:
+def _expect(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    """Raise UserFacingError unless a tensor's joined shape is the one params.json implies."""
+    if shape != expected:
         raise UserFacingError(
-            f"{name} has shape {tuple(tensor.shape)}, but params.json implies {shape}.",
+            f"{name} has shape {shape}, but params.json implies {expected}.",
             "params.json and the weights come from different models, or a shard is missing: "
             "download the model again.",
         )
 
 
-def _layer_tensors(shards: _Shards, i: int) -> dict:
+_HF_NAMES = {
+    "attention.wq.weight": "self_attn.q_proj.weight",
+    "attention.wk.weight": "self_attn.k_proj.weight",
+    "attention.wv.weight": "self_attn.v_proj.weight",
+    "attention.wo.weight": "self_attn.o_proj.weight",
+    "feed_forward.w1.weight": "mlp.gate_proj.weight",
+    "feed_forward.w2.weight": "mlp.down_proj.weight",
+    "feed_forward.w3.weight": "mlp.up_proj.weight",
+    "attention_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+}
+
+
+def _layer_tensors(shards: _Shards, i: int, layout: dict) -> dict:
     """Return layer i's tensors under Hugging Face names, joined and permuted."""
     c = shards.ckpt
-    head_dim = c.dim // c.n_heads
-    kv_dim = c.n_kv_heads * head_dim
-    p = f"layers.{i}."
-    wq = shards.get(p + "attention.wq.weight", 0)
-    wk = shards.get(p + "attention.wk.weight", 0)
-    out = {
-        "self_attn.q_proj.weight": (wq, (c.dim, c.dim)),
-        "self_attn.k_proj.weight": (wk, (kv_dim, c.dim)),
-        "self_attn.v_proj.weight": (shards.get(p + "attention.wv.weight", 0), (kv_dim, c.dim)),
-        "self_attn.o_proj.weight": (shards.get(p + "attention.wo.weight", 1), (c.dim, c.dim)),
-        "mlp.gate_proj.weight": (
-            shards.get(p + "feed_forward.w1.weight", 0),
-            (c.intermediate_size, c.dim),
-        ),
-        "mlp.down_proj.weight": (
-            shards.get(p + "feed_forward.w2.weight", 1),
-            (c.dim, c.intermediate_size),
-        ),
-        "mlp.up_proj.weight": (
-            shards.get(p + "feed_forward.w3.weight", 0),
-            (c.intermediate_size, c.dim),
-        ),
-        "input_layernorm.weight": (shards.get(p + "attention_norm.weight", None), (c.dim,)),
-        "post_attention_layernorm.weight": (shards.get(p + "ffn_norm.weight", None), (c.dim,)),
-    }
-    for name, (tensor, shape) in out.items():
-        _expect(p + name, tensor, shape)
-    result = {f"model.layers.{i}.{name}": tensor for name, (tensor, _) in out.items()}
-    result[f"model.layers.{i}.self_attn.q_proj.weight"] = permute_rotary(wq, c.n_heads)
-    result[f"model.layers.{i}.self_attn.k_proj.weight"] = permute_rotary(wk, c.n_kv_heads)
+    result = {}
+    for meta, hf in _HF_NAMES.items():
+        name = f"layers.{i}.{meta}"
+        result[f"model.layers.{i}.{hf}"] = shards.get(name, layout[name][1])
+    q, k = f"model.layers.{i}.self_attn.q_proj.weight", f"model.layers.{i}.self_attn.k_proj.weight"
+    result[q] = permute_rotary(result[q], c.n_heads)
+    result[k] = permute_rotary(result[k], c.n_kv_heads)
     return result
 
 
@@ -395,16 +455,26 @@ def write_hf_tokenizer(tokenizer_model: str | os.PathLike, out_dir: str | os.Pat
     `▁▁▁▁` + `return` where SentencePiece (and the Hub's Llama 2 tokenizer) gives `▁▁▁` +
     `▁return`, so indented code would get other ids than the model was trained on.
     """
-    tokenizer = tokenizer_from_pieces(
-        read_tokenizer_model(tokenizer_model), LLAMA2_CHAT_TEMPLATE if chat else None
-    )
-    tokenizer.save_pretrained(out_dir)
-    shutil.copyfile(tokenizer_model, Path(out_dir) / "tokenizer.model")
+    tokenizer = _read_tokenizer(tokenizer_model, chat)
+    _save_tokenizer(tokenizer, tokenizer_model, Path(out_dir))
     return tokenizer
 
 
+def _read_tokenizer(tokenizer_model: str | os.PathLike, chat: bool):
+    """Return the Hugging Face tokenizer of a tokenizer.model (built in memory, nothing written)."""
+    return tokenizer_from_pieces(
+        read_tokenizer_model(tokenizer_model), LLAMA2_CHAT_TEMPLATE if chat else None
+    )
+
+
+def _save_tokenizer(tokenizer, tokenizer_model: str | os.PathLike, out: Path) -> None:
+    """Write the tokenizer's files and a copy of tokenizer.model into out."""
+    tokenizer.save_pretrained(out)
+    shutil.copyfile(tokenizer_model, out / "tokenizer.model")
+
+
 def _write_weights(
-    checkpoint: MetaCheckpoint,
+    shards: _Shards,
     out: Path,
     dtype: str,
     vocab: int,
@@ -416,18 +486,14 @@ def _write_weights(
     from safetensors.torch import save_file
 
     torch_dtype = getattr(torch, dtype)
-    shards = _Shards(checkpoint)
-    embed = shards.get("tok_embeddings.weight", 1)
-    head = shards.get("output.weight", 0)
-    norm = shards.get("norm.weight", None)
-    _expect("tok_embeddings.weight", embed, (vocab, checkpoint.dim))
-    _expect("output.weight", head, (vocab, checkpoint.dim))
-    _expect("norm.weight", norm, (checkpoint.dim,))
-
+    layout = _meta_layout(shards.ckpt, vocab)
     groups: list[Callable[[], dict]] = [
-        lambda: {"model.embed_tokens.weight": embed},
-        *[(lambda i=i: _layer_tensors(shards, i)) for i in range(checkpoint.n_layers)],
-        lambda: {"model.norm.weight": norm, "lm_head.weight": head},
+        lambda: {"model.embed_tokens.weight": shards.get("tok_embeddings.weight", 1)},
+        *[(lambda i=i: _layer_tensors(shards, i, layout)) for i in range(shards.ckpt.n_layers)],
+        lambda: {
+            "model.norm.weight": shards.get("norm.weight", None),
+            "lm_head.weight": shards.get("output.weight", 0),
+        },
     ]
     files: list[dict] = []
     pending: dict = {}
@@ -522,49 +588,40 @@ _OUR_NAMES = re.compile(
 )
 
 
-@contextlib.contextmanager
-def _writing_beside(out: Path):
-    """Turn an OSError preparing OUT_DIR's parent into advice (a file in the way, no rights)."""
-    try:
-        yield
-    except OSError as err:
-        raise UserFacingError(
-            f"Cannot write beside {out}: {err.strerror or err}.",
-            "Give an OUT_DIR in a folder you can write to (on Colab, under /content).",
-        ) from None
+def _work_stem(out: Path) -> str:
+    """The stem of this conversion's work folders beside OUT_DIR (see `workdirs`)."""
+    return f"{out.name}.converting"
 
 
 def _work_prefix(out: Path) -> str:
     """The name of a run's work folder beside OUT_DIR, up to the random part: host and process."""
-    host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
-    return f".{out.name}.converting-{host}-{os.getpid()}-"
+    return work_prefix(_work_stem(out))
 
 
-def _remove_stale_work(out: Path, log: Callable[[str], None]) -> None:
-    """Delete half-written conversions into OUT_DIR left by runs that were killed (out of RAM).
+def _out_path(out_dir: str | os.PathLike) -> Path:
+    """OUT_DIR as an absolute path with its links resolved (a link that loops is refused)."""
+    out = expand_user(out_dir)
+    refuse_dangling_link(out, f"OUT_DIR {out}", "give a new folder")
+    return Path(os.path.realpath(out))
 
-    Each run names its work folder with its host and process id. One from this host whose
-    process is gone is garbage that would otherwise hold gigabytes and fail the next disk check;
-    one from another host (a shared Drive folder, another container) is never touched.
+
+def _read_inputs(checkpoint: MetaCheckpoint, chat: bool):
+    """Return (tokenizer, vocab size, shards), every input checked against the others.
+
+    Only reading happens here (the shards memory-mapped), so a mismatch between params.json,
+    tokenizer.model and the weights is refused before anything is written.
     """
-    mine = _work_prefix(out).rsplit("-", 2)[0] + "-"  # ".<out>.converting-<host>-"
-    for work in out.parent.glob(f"{glob.escape(mine)}*"):
-        pid = work.name.removeprefix(mine).split("-")[0]
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
-        shutil.rmtree(work, ignore_errors=True)
-        if not work.exists():
-            log(f"Removed {work.name}, left by a conversion that was interrupted")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    tokenizer = _read_tokenizer(checkpoint.tokenizer, chat)
+    vocab = checkpoint.vocab_size if checkpoint.vocab_size > 0 else len(tokenizer)
+    if len(tokenizer) != vocab:
+        raise UserFacingError(
+            f"tokenizer.model has {len(tokenizer)} tokens but params.json says vocab_size={vocab}.",
+            "The tokenizer belongs to another model: use the one download.sh fetched "
+            "with these weights.",
+        )
+    shards = _Shards(checkpoint)
+    shards.check(vocab)
+    return tokenizer, vocab, shards
 
 
 def convert_meta_checkpoint(
@@ -577,57 +634,53 @@ def convert_meta_checkpoint(
 ) -> Path:
     """Convert a Meta-format model folder into a Hugging Face folder at out_dir; return it.
 
-    The output appears whole or not at all: it is written into a temporary folder beside
-    out_dir and renamed. An existing out_dir is replaced only if this command wrote it.
+    Every input (params.json, tokenizer.model, each shard's names and shapes) is checked against
+    the others before anything is written. The output appears whole or not at all: it is
+    written into a work folder beside out_dir and renamed. An existing out_dir is replaced only
+    if this command wrote it; a file you add to it meanwhile is kept.
     """
     if dtype not in _DTYPES:
         raise UserFacingError(f"Unknown dtype {dtype!r}.", f"Use one of {', '.join(_DTYPES)}.")
     checkpoint = inspect_meta_checkpoint(meta_dir)
-    out = Path(out_dir).expanduser().resolve()
-    _check_out_dir(out, checkpoint.folder.resolve())
-    with _writing_beside(out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_work(out, log)
+    with fault_boundary(f"Cannot use {out_dir} as OUT_DIR"):
+        out = _out_path(out_dir)
+        _check_out_dir(out, checkpoint.folder.resolve())
     if ram_available_bytes is None:
         ram_available_bytes = detect_runtime().ram_available_bytes
-    disk_free = shutil.disk_usage(out.parent).free
-    check_resources(checkpoint, dtype, ram_available_bytes, disk_free, max_file_bytes)
+    check_resources(checkpoint, dtype, ram_available_bytes, 1 << 62, max_file_bytes)  # RAM
+    name = checkpoint.folder.name.lower()
+    chat = "chat" in name or "instruct" in name
+    with fault_boundary(f"Cannot read the checkpoint in {checkpoint.folder}"):
+        tokenizer, vocab, shards = _read_inputs(checkpoint, chat)
     log(
         f"{checkpoint.folder.name}: {len(checkpoint.shards)} shard(s), {checkpoint.n_layers} "
         f"layers, dim {checkpoint.dim}, {checkpoint.n_heads} heads ({checkpoint.n_kv_heads} "
         f"key/value), feed-forward {checkpoint.intermediate_size}"
     )
-
-    with _writing_beside(out):
-        tmp = Path(tempfile.mkdtemp(prefix=_work_prefix(out), dir=out.parent))
-    try:
-        name = checkpoint.folder.name.lower()
-        chat = "chat" in name or "instruct" in name
-        tokenizer = write_hf_tokenizer(checkpoint.tokenizer, tmp, chat=chat)
-        vocab = checkpoint.vocab_size if checkpoint.vocab_size > 0 else len(tokenizer)
-        if len(tokenizer) != vocab:
-            raise UserFacingError(
-                f"tokenizer.model has {len(tokenizer)} tokens but params.json says "
-                f"vocab_size={vocab}.",
-                "The tokenizer belongs to another model: use the one download.sh fetched "
-                "with these weights.",
-            )
+    with fault_boundary(
+        f"Cannot write the converted model to {out}",
+        "Nothing half-written was left: run convert again when that is fixed.",
+    ):
+        with fault_boundary(f"Cannot write beside {out}", _BESIDE):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            require_writable(out.parent, f"Cannot write beside {out}")
+            remove_stale_work(out.parent, _work_stem(out), "a conversion", log)
+            tmp = make_work_folder(out.parent, _work_stem(out))
         try:
-            _write_weights(checkpoint, tmp, dtype, vocab, max_file_bytes, log)
+            disk_free = shutil.disk_usage(out.parent).free
+            check_resources(checkpoint, dtype, ram_available_bytes, disk_free, max_file_bytes)
+            _save_tokenizer(tokenizer, checkpoint.tokenizer, tmp)
+            _write_weights(shards, tmp, dtype, vocab, max_file_bytes, log)
             _write_config(checkpoint, tmp, dtype, vocab, chat)
             _write_marker(checkpoint, tmp, dtype)
-        except OSError as err:
-            if err.errno == 28:  # ENOSPC
-                raise UserFacingError(
-                    f"The disk filled up while writing {out.name}.",
-                    "Free disk space or write OUT_DIR to a bigger disk, then run convert again.",
-                ) from None
-            raise
-        _put_in_place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            _put_in_place(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     log(f"Wrote {out}")
     return out
+
+
+_BESIDE = "Give an OUT_DIR in a folder you can write to (on Colab, under /content)."
 
 
 def _stamp(path: Path) -> list[int] | None:
@@ -640,14 +693,30 @@ def _stamp(path: Path) -> list[int] | None:
 
 
 def _put_in_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder to OUT_DIR, replacing an earlier conversion (checked ours)."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
+    """Rename the finished folder to OUT_DIR, replacing an earlier conversion (checked ours).
+
+    What was added to OUT_DIR while this conversion ran (a file saved there meanwhile) is moved
+    into the new folder, never deleted.
+    """
+    if not out.exists():
         tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    ours = _files_written(out)
+    out.rename(old)
+    added = [p for p in old.iterdir() if not ours(p)]  # arrived between the check and the rename
+    clash = [p.name for p in added if (tmp / p.name).exists()]
+    if clash:
+        old.rename(out)
+        raise UserFacingError(
+            f"{out} gained {', '.join(clash)} while convert ran, under the name of a file it "
+            "writes; the folder is left as it is.",
+            "Move those out (or give a new OUT_DIR), then run convert again.",
+        )
+    tmp.rename(out)
+    for path in added:
+        os.replace(path, out / path.name)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_config(checkpoint: MetaCheckpoint, out: Path, dtype: str, vocab: int, chat: bool):
@@ -682,7 +751,7 @@ def _write_config(checkpoint: MetaCheckpoint, out: Path, dtype: str, vocab: int,
 def _write_marker(checkpoint: MetaCheckpoint, out: Path, dtype: str) -> None:
     """Mark OUT_DIR as this command's, listing every file written (so nothing else is replaced)."""
     marker = {
-        "converted_from": str(checkpoint.folder),
+        "converted_from": redact_secrets(str(checkpoint.folder)),  # a token in a path stays out
         "shards": [p.name for p in checkpoint.shards],
         "dtype": dtype,
         "files": {p.name: _stamp(p) for p in sorted(out.iterdir())},

@@ -12,8 +12,10 @@ from pathlib import Path
 import safetensors
 
 from .auth import explain_hub_error, find_hub_error, find_token
-from .checks import check_family, check_model_dir, looks_like_local_path
+from .checks import check_model_dir, check_model_name, looks_like_local_path
 from .errors import UserFacingError
+from .faults import describe_fault
+from .hub import check_tokenizer_files, fetch_config
 from .runtime import T4_MENU_PATH, GiB, RuntimeFacts, Settings, settings_for
 from .tiny import ensure_tiny_llama
 
@@ -106,7 +108,7 @@ def resolve_model_path(choice: ModelChoice) -> str:
     """
     if choice.is_tiny:
         return str(ensure_tiny_llama())
-
+    check_model_name(choice.name)
     if looks_like_local_path(choice.name):
         check_model_dir(choice.name)
         return str(Path(choice.name).expanduser())
@@ -140,12 +142,12 @@ def load_model_and_tokenizer(
     `model_kwargs` go to `from_pretrained` as well (e.g. `distributed_config`).
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     def load(path: str):
         if not choice.is_tiny and not Path(path).is_dir():  # a Hub id: its config first (KBs)
-            config = AutoConfig.from_pretrained(path, token=token, cache_dir=cache_dir)
-            check_family(config.model_type, getattr(config, "architectures", None), path)
+            fetch_config(path, token, cache_dir)  # checked, before anything downloads
+            check_tokenizer_files(path, token)
         tokenizer = AutoTokenizer.from_pretrained(path, token=token, cache_dir=cache_dir)
         kwargs = _model_kwargs(settings, quantization_config) | (model_kwargs or {})
         model = AutoModelForCausalLM.from_pretrained(
@@ -159,6 +161,9 @@ def load_model_and_tokenizer(
     except (torch.OutOfMemoryError, UserFacingError):
         raise
     except Exception as err:
+        fault = describe_fault(err, f"Cannot load {path}")
+        if fault is not None and find_hub_error(err) is None:  # the disk, a link, permissions
+            raise fault from err
         if choice.is_tiny and isinstance(err, _file_errors()):  # rebuilt, once
             warnings.warn(
                 f"The cached tiny Llama 2 failed to load ({type(err).__name__}); rebuilding it.",
@@ -176,8 +181,24 @@ def load_model_and_tokenizer(
             raise
         else:
             raise
+    _check_special_tokens(tokenizer, path)
     model.eval()
     return model, tokenizer
+
+
+def _check_special_tokens(tokenizer, path: str) -> None:
+    """Raise UserFacingError unless the tokenizer has the BOS and EOS every Llama prompt uses."""
+    missing = [
+        name for name in ("bos_token_id", "eos_token_id") if getattr(tokenizer, name) is None
+    ]
+    if missing:
+        raise UserFacingError(
+            f"The tokenizer of {path} has no {' or '.join(m[:3].upper() for m in missing)} "
+            "token, which every Llama 2 prompt begins or ends with: its tokenizer_config.json "
+            "is missing or damaged.",
+            "Copy tokenizer_config.json (and special_tokens_map.json) from the model's "
+            "repository into the folder, or save them with tokenizer.save_pretrained(folder).",
+        )
 
 
 def _file_errors() -> tuple[type[BaseException], ...]:

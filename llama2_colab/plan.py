@@ -24,12 +24,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from huggingface_hub import hf_hub_download
-
-from .auth import explain_hub_error, find_hub_error, find_token, hub_endpoint
+from .auth import find_token
 from .catalog import did_you_mean, find_entry
-from .checks import check_config, check_family
+from .checks import check_config, check_model_name, path_exists
 from .errors import UserFacingError
+from .hub import fetch_config
 from .renames import renamed_attribute
 from .runtime import GPU_PRESETS, T4_MENU_PATH, GiB, RuntimeFacts, recommend_settings
 from .tiny import ensure_tiny_llama
@@ -128,7 +127,7 @@ def load_config(model_name: str):
     """Return (transformers config, canonical name) for "tiny", a catalog name or a local dir."""
     from transformers import AutoConfig, LlamaConfig
 
-    name = model_name.strip()
+    name = check_model_name(model_name)
     if name.lower() == "tiny":
         return AutoConfig.from_pretrained(ensure_tiny_llama()), "tiny"
     entry = find_entry(name)
@@ -136,38 +135,18 @@ def load_config(model_name: str):
         canonical = entry.id if name.lower() == entry.id.lower() else name
         return LlamaConfig(**entry.config), canonical
     path = Path(name).expanduser()
-    if (path / "config.json").is_file():
-        check_config(path)  # valid JSON, Llama family: a clear message, not a traceback
+    if path_exists(path / "config.json"):
+        check_config(path)  # valid JSON, Llama family, sane sizes: a message, not a traceback
         return AutoConfig.from_pretrained(path), name
-    if name.count("/") == 1 and not path.exists():
-        config = _config_from_hub(name)
-        check_family(config.model_type, getattr(config, "architectures", None), name)
-        return config, name
+    if name.count("/") == 1 and not path_exists(path):
+        # Checked (JSON, Llama family, sane sizes) before anything is built from it.
+        return LlamaConfig.from_dict(fetch_config(name, find_token())), name
     raise UserFacingError(
         f"No architecture known for {name!r}: it is not in the catalog and not a local "
         f"directory with a config.json. {did_you_mean(name)}".rstrip(),
         "Use a catalog name (`python -m llama2_colab plan --list`), 'tiny', or a local model "
         "directory.",
     )
-
-
-def _config_from_hub(repo_id: str):
-    """Fetch a model's config.json (a few KB) from the Hub; explain any refusal."""
-    from transformers import AutoConfig
-
-    token = find_token()
-    try:
-        file = hf_hub_download(repo_id, "config.json", token=token, endpoint=hub_endpoint())
-    except Exception as err:  # noqa: BLE001 - every Hub failure becomes a message
-        hub_err = find_hub_error(err) or err
-        status, what, todo = explain_hub_error(hub_err, repo_id, bool(token))
-        if status != "not_found":  # explain_hub_error already suggests names for a missing repo
-            todo = did_you_mean(repo_id) + todo
-        raise UserFacingError(
-            f"{repo_id} is not in the catalog, and its config could not be fetched: {what}",
-            todo,
-        ) from None
-    return AutoConfig.from_pretrained(Path(file).parent)
 
 
 def count_parameters(config) -> ParamCounts:

@@ -163,14 +163,26 @@ def detect_runtime() -> RuntimeFacts:
             total_memory_bytes=int(props.total_memory),
         )
     ram_total, ram_available = _memory_bytes()
-    disk = shutil.disk_usage(os.path.expanduser("~"))
     return RuntimeFacts(
         colab=_in_colab(),
         gpu=gpu,
         ram_total_bytes=ram_total,
         ram_available_bytes=ram_available,
-        disk_free_bytes=int(disk.free),
+        disk_free_bytes=_disk_free_bytes(os.path.expanduser("~")),
     )
+
+
+def _disk_free_bytes(folder: str) -> int:
+    """Free bytes on the disk that holds folder, or would hold it (HOME may not exist yet)."""
+    path = os.path.abspath(folder)
+    while True:
+        try:
+            return int(shutil.disk_usage(path).free)
+        except OSError:
+            parent = os.path.dirname(path)
+            if parent == path:
+                return 0
+            path = parent
 
 
 def settings_for(device: str, dtype: str, reason: str) -> Settings:

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from importlib import resources
@@ -34,7 +33,9 @@ from pathlib import Path
 
 from .checks import check_model_dir
 from .errors import UserFacingError
+from .faults import expand_user, fault_boundary, home_folder, refuse_dangling_link
 from .vocab import build_llama2_tokenizer, write_llama2_tokenizer_model
+from .workdirs import is_work_folder, make_work_folder, remove_stale_work
 
 __all__ = [
     "LLAMA2_CHAT_TEMPLATE",
@@ -89,6 +90,9 @@ _OLD_READMES = (
 _WEIGHTS = "data/tiny_chat.safetensors"
 _WEIGHTS_INFO = "data/tiny_chat.json"
 _REINSTALL = "Reinstall the helper: pip install --force-reinstall llama2-colab (or its git URL)."
+# The work folders a build makes beside its result (`workdirs`): `.tiny-build-<host>-<pid>-...`.
+WORK_STEM = "tiny-build"
+_ROOM = "The tiny model takes about 30 MB."
 
 
 def tiny_cache_dir() -> Path:
@@ -100,16 +104,15 @@ def tiny_cache_dir() -> Path:
     """
     import transformers
 
-    root = os.environ.get("LLAMA2_COLAB_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "llama2_colab"
-    )
+    named = (os.environ.get("LLAMA2_COLAB_CACHE") or "").strip()
+    root = expand_user(named) if named else home_folder() / ".cache" / "llama2_colab"
     try:  # new weights (a retrained model) get a new folder
         info = resources.files("llama2_colab").joinpath(_WEIGHTS_INFO).read_text(encoding="utf-8")
         weights = json.loads(info)["sha256"][:8]
     except (OSError, ValueError, KeyError, TypeError):
         weights = "missing"  # building there says what is wrong
     name = f"tiny-llama-2-v{TINY_VERSION}-{weights}-transformers-{transformers.__version__}"
-    return Path(root) / name
+    return root / name
 
 
 def _build_tokenizer(out: Path):
@@ -199,7 +202,8 @@ def _refuse_target(out_dir: str | os.PathLike) -> Path:
             "model there could overwrite your files.",
             "Name a new folder, e.g. `python -m llama2_colab tiny ./tiny-llama-2`.",
         )
-    out = Path(out_dir).expanduser()
+    out = expand_user(out_dir)
+    refuse_dangling_link(out, repr(str(out)), "name a new folder, e.g. ./tiny-llama-2")
     for above in out.parents:  # a file where a folder on the way should be
         if above.exists():
             if not above.is_dir():
@@ -215,8 +219,8 @@ def _refuse_target(out_dir: str | os.PathLike) -> Path:
             "Name a new folder, e.g. `python -m llama2_colab tiny ./tiny-llama-2`.",
         )
     if out.is_dir():
-        try:
-            names = sorted(p.name for p in out.iterdir())
+        try:  # a build's work folder (this one's, a concurrent one's) is not one of your files
+            names = sorted(p.name for p in out.iterdir() if not is_work_folder(p.name, WORK_STEM))
         except OSError as err:
             raise UserFacingError(
                 f"Cannot look into {str(out)!r}: {err.strerror or err}.",
@@ -245,40 +249,37 @@ def build_tiny_llama(out_dir: str | os.PathLike) -> Path:
     """Write the tiny Llama 2 (model, tokenizer, generation config) to out_dir; return its path.
 
     out_dir must be new, empty, or a tiny model written before: anything else is refused with a
-    `UserFacingError`, so no file of yours is overwritten. The files are built in a hidden folder
-    first and moved in at the end, so an interrupted build leaves no half model behind.
+    `UserFacingError`, so no file of yours is overwritten. The files are built in a hidden work
+    folder first and moved in at the end, so an interrupted build leaves no half model behind,
+    and a killed build's work folder is removed by the next build.
     """
-
-    out = out_dir
-    try:
+    with fault_boundary(f"Cannot write the tiny model to {str(out_dir)!r}", _ROOM):
         out = _refuse_target(out_dir)
-        if not out.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=out.parent))
-            try:
-                _write_tiny_files(tmp)
-                try:
-                    tmp.rename(out)
-                    return out
-                except OSError:
-                    out = _refuse_target(out)  # someone made it meanwhile: move the files in
-                    out.mkdir(exist_ok=True)
-                    _move_files(tmp, out)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+        if out.exists():
+            _build_into(out, out)
         else:
-            tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=out))
-            try:
-                _write_tiny_files(tmp)
-                _move_files(tmp, out)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    except OSError as err:
-        raise UserFacingError(
-            f"Cannot write the tiny model to {str(out)!r}: {err.strerror or err}.",
-            "Choose a folder you can write to, on a disk with 30 MB free, e.g. ./tiny-llama-2.",
-        ) from None
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _build_into(out.parent, out)
     return out
+
+
+def _build_into(work_parent: Path, out: Path) -> None:
+    """Build in a work folder inside work_parent, then rename it to out or move its files in."""
+    remove_stale_work(work_parent, WORK_STEM, "a tiny-model build")
+    tmp = make_work_folder(work_parent, WORK_STEM)
+    try:
+        _write_tiny_files(tmp)
+        if not out.is_dir():
+            try:
+                tmp.rename(out)
+                return
+            except OSError:
+                if not out.is_dir():
+                    raise
+                _refuse_target(out)  # it appeared while this build ran: move in only if ours
+        _move_files(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _move_files(src: Path, dst: Path) -> None:
@@ -297,12 +298,13 @@ def check_tiny_cache(folder: str | os.PathLike) -> str | None:
     if not is_tiny_folder(folder):
         return "it is empty" if not any(folder.iterdir()) else "it was not written by llama2_colab"
     try:
-        check_model_dir(folder)
         json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-    except UserFacingError as err:
-        return err.what
     except (OSError, ValueError) as err:
         return f"tokenizer.json is unreadable ({err})"
+    try:
+        check_model_dir(folder)
+    except UserFacingError as err:
+        return err.what
     return None
 
 
@@ -314,14 +316,10 @@ def ensure_tiny_llama(cache_dir: str | os.PathLike | None = None, rebuild: bool 
     that failed to load). If the new one is damaged too, a `UserFacingError` says what to do.
     """
 
-    target = Path(cache_dir) if cache_dir is not None else tiny_cache_dir()
-    try:
+    target = expand_user(cache_dir) if cache_dir is not None else tiny_cache_dir()
+    also = f"Or set LLAMA2_COLAB_CACHE to another folder. {_ROOM}"
+    with fault_boundary(f"Cannot use {str(target)!r} for the tiny model's cache", also):
         return _ensure(target, cache_dir is not None, rebuild)
-    except OSError as err:
-        raise UserFacingError(
-            f"Cannot use {str(target)!r} for the tiny model's cache: {err.strerror or err}.",
-            "Set LLAMA2_COLAB_CACHE to a folder you can write to, with 30 MB free, and run again.",
-        ) from None
 
 
 def _ensure(target: Path, named: bool, rebuild: bool) -> Path:
@@ -352,7 +350,8 @@ def _ensure(target: Path, named: bool, rebuild: bool) -> Path:
         )
     root.mkdir(parents=True, exist_ok=True)
     # Build next to the target and rename, so a killed build never leaves half a model.
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
+    remove_stale_work(root, WORK_STEM, "a tiny-model build")
+    tmp = make_work_folder(root, WORK_STEM)
     try:
         _write_tiny_files(tmp)
         if target.exists() or target.is_symlink():
@@ -383,7 +382,7 @@ def _ours_or_empty(target: Path) -> bool:
 def _set_aside(target: Path) -> None:
     """Remove a damaged cache this package wrote; keep anything else as <name>.damaged[-N]."""
     if _ours_or_empty(target):
-        old = Path(tempfile.mkdtemp(prefix=".tiny-old-", dir=target.parent))
+        old = make_work_folder(target.parent, WORK_STEM)  # removed by the next build if killed
         target.rename(old / "old")
         shutil.rmtree(old, ignore_errors=True)
         return
@@ -404,7 +403,8 @@ def ensure_built(target: Path, build: Callable[[Path], object]) -> Path:
     if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=target.parent))
+    remove_stale_work(target.parent, WORK_STEM, "a tiny-model build")
+    tmp = make_work_folder(target.parent, WORK_STEM)
     try:
         build(tmp)
         try:

@@ -21,12 +21,13 @@ import hashlib
 import json
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["FakeRepo", "FakeHub", "start_hub"]
+__all__ = ["FakeRepo", "FakeHub", "start_hub", "start_silent_server"]
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -247,3 +248,36 @@ def start_hub(tokens: set[str]) -> tuple[FakeHub, ThreadingHTTPServer, threading
     thread.daemon = True
     thread.start()
     return hub, server, thread
+
+
+def start_silent_server() -> tuple[str, Callable[[], None]]:
+    """Start a server on 127.0.0.1 that accepts every connection and never answers.
+
+    Returns (its URL, a function that stops it). What a Hub behind a broken proxy or a dead
+    load balancer looks like to a client: connected, then silence.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            held.append(conn)  # kept open, never read from, never answered
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+
+    def close() -> None:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in held:
+            conn.close()
+        listener.close()
+
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", close

@@ -22,7 +22,7 @@ from llama2_colab.colab import REPO, colab_url, describe_install, install_url, s
 
 ROOT = Path(__file__).resolve().parents[1]
 COLAB_FREEZE = ROOT.parent / "shared" / "colab" / "pip-freeze.gpu.txt"
-NOT_ON_COLAB = {"bitsandbytes", "nbval"}  # pinned at our declared lower bound instead
+NOT_ON_COLAB = {"bitsandbytes", "hypothesis", "nbval"}  # pinned at our declared floor instead
 UNPINNED = {"ruff"}  # a lint tool: the newest is what runs
 
 

@@ -1,0 +1,324 @@
+"""One boundary for faults of the machine and of the libraries underneath: disk, files, network.
+
+Faults enter from the operating system (a full disk, a read-only one, no permission, a name too
+long, a symbolic link loop, a home folder that does not exist, a console that cannot show a
+character) and from libraries that report the same faults under their own types: safetensors
+raises `SafetensorError` and tokenizers a plain `Exception`, each with "(os error 28)" in its
+text; huggingface_hub's HTTP clients (httpx in 1.x, httpx2 in 2.x) raise their own timeouts.
+`describe_fault` turns any of them into a `UserFacingError` that says what happened and what to
+do; `fault_boundary` does that for a block of code. The CLI's `main` and the library functions
+that write to the disk use it; anything it does not know stays a bug, with its traceback.
+
+It never cleans up: the code that writes builds its result in a work folder (`workdirs`) and
+renames it into place, so a fault leaves nothing half-written, and nothing of yours is touched.
+
+The Hub's HTTP client waits forever for a server that accepts a connection and never answers,
+so every call to the Hub runs under `with_deadline` (`HUB_TIMEOUT_S`, or $LLAMA2_COLAB_HUB_TIMEOUT).
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from .errors import UserFacingError, shorten
+
+__all__ = [
+    "HUB_TIMEOUT_S",
+    "TIMEOUT_ENV",
+    "describe_fault",
+    "expand_user",
+    "fault_boundary",
+    "fault_errno",
+    "home_folder",
+    "hub_timeout_s",
+    "refuse_dangling_link",
+    "require_writable",
+    "with_deadline",
+]
+
+T = TypeVar("T")
+
+# Seconds a call to the Hub may take before the user hears why it did not answer: a config or
+# an access check is a few KB, so a healthy Hub answers in well under a second.
+HUB_TIMEOUT_S = 20.0
+TIMEOUT_ENV = "LLAMA2_COLAB_HUB_TIMEOUT"
+
+_SPACE = (
+    "Free some disk space, or use a folder on a bigger disk (on Colab, /content has the most "
+    "room), then run again."
+)
+# errno -> (what happened, what to do). The text is the same whichever library reported it.
+_ADVICE: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("the disk is full", _SPACE),
+    errno.EDQUOT: ("your disk quota is used up", _SPACE),
+    errno.EFBIG: (
+        "a file grew past the largest size allowed here (a file-size limit, `ulimit -f`)",
+        "Raise the limit or use a folder on another disk, then run again.",
+    ),
+    errno.EROFS: (
+        "the folder is on a read-only file system",
+        "Use a folder on a disk you can write to (on Colab, under /content), then run again.",
+    ),
+    errno.EACCES: (
+        "permission denied",
+        "Use files you may read and a folder you may write to, or change their permissions "
+        "(`ls -l` shows them).",
+    ),
+    errno.EPERM: (
+        "the operation is not permitted",
+        "Use a folder you own, or change its permissions (`ls -l` shows them).",
+    ),
+    errno.ENAMETOOLONG: (
+        "a file or folder name is too long for the file system (255 bytes at most per name)",
+        "Use a shorter name.",
+    ),
+    errno.ELOOP: (
+        "a symbolic link loops back on itself (or goes through too many links)",
+        "Fix or remove the link; `ls -l` shows where each link points.",
+    ),
+    errno.ENOTDIR: (
+        "a file stands where a folder should be",
+        "Check the path: every part of it before the last must be a folder.",
+    ),
+    errno.EISDIR: ("a folder stands where a file should be", "Check the path."),
+    errno.EEXIST: (
+        "something of that name is already there (a file where a folder should be?)",
+        "Check the path, or choose another name.",
+    ),
+    errno.ENOENT: ("a file or folder does not exist (or was removed meanwhile)", "Check the path."),
+    errno.EIO: (
+        "the disk reported an input/output error",
+        "Check the disk (on Colab, remount Drive), then run again.",
+    ),
+    errno.EMFILE: ("too many files are open", "Close other programs or raise `ulimit -n`."),
+    errno.ENOMEM: (
+        "the machine ran out of memory",
+        "Close other programs or notebooks (on Colab: Runtime > Restart session) and run again.",
+    ),
+}
+# How Rust libraries (safetensors, tokenizers) and Python print an OS error code.
+_ERRNO_IN_TEXT = re.compile(r"\(os error (\d+)\)|\[Errno (\d+)\]|\bcode: (\d+)\b")
+_PATH_IN_TEXT = re.compile(r'at path "([^"]+)"')
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """err, then the exceptions it was raised from or during, oldest last."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def fault_errno(err: BaseException) -> int | None:
+    """Return the OS error code behind err (an OSError's, or one a library wrote in its text)."""
+    for link in _chain(err):
+        if isinstance(link, OSError) and link.errno:
+            return link.errno
+        if isinstance(link, RuntimeError) and str(link).startswith("Symlink loop"):
+            return errno.ELOOP  # Path.resolve() on Python 3.11 and 3.12
+        found = _ERRNO_IN_TEXT.search(str(link))
+        if found and type(link).__name__ in ("SafetensorError", "Exception", "RuntimeError"):
+            return int(next(group for group in found.groups() if group))
+    return None
+
+
+def _fault_path(err: BaseException) -> str | None:
+    """The file or folder a fault names (an OSError's filename, or a Rust library's path)."""
+    for link in _chain(err):
+        name = getattr(link, "filename", None)
+        if name:
+            return os.fsdecode(name)
+        found = _PATH_IN_TEXT.search(str(link))
+        if found:
+            return found.group(1)
+    return None
+
+
+def _client_errors(name: str) -> tuple[type[BaseException], ...]:
+    """The exception class `name` of every HTTP client huggingface_hub may use, if installed."""
+    found = []
+    for client in ("httpx", "httpx2", "requests.exceptions"):
+        try:
+            found.append(getattr(importlib.import_module(client), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+def _network_fault(err: BaseException, failed: str) -> UserFacingError | None:
+    """A timeout or an unreachable server, in words; None for anything else."""
+    timeouts = _client_errors("TimeoutException") + _client_errors("Timeout")
+    transport = _client_errors("TransportError") + _client_errors("ConnectionError")
+    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    todo = (
+        "Check the internet connection (on Colab: Runtime > Restart session) and HF_ENDPOINT if "
+        "you set it; with HF_HUB_OFFLINE=1 only what is in your cache is used."
+    )
+    for link in _chain(err):
+        if isinstance(link, timeouts):
+            return UserFacingError(f"{failed}: the Hub at {endpoint} timed out.", todo)
+        if isinstance(link, transport):
+            return UserFacingError(
+                f"{failed}: could not reach the Hub at {endpoint} ({type(link).__name__}).", todo
+            )
+    return None
+
+
+def describe_fault(err: BaseException, failed: str = "Could not finish") -> UserFacingError | None:
+    """Return a UserFacingError for a fault of the machine (None: not one, so a bug).
+
+    `failed` starts the message, e.g. "Cannot write the tiny model to './tiny'".
+    """
+    if isinstance(err, UserFacingError):
+        return err
+    code = fault_errno(err)
+    if code in _ADVICE:
+        reason, todo = _ADVICE[code]
+        path = _fault_path(err)
+        where = f" ({shorten(path, 120)})" if path and path not in failed else ""
+        return UserFacingError(f"{failed}: {reason}{where}.", todo)
+    network = _network_fault(err, failed)
+    if network is not None:
+        return network
+    if any(isinstance(link, ValueError) and "null byte" in str(link) for link in _chain(err)):
+        return UserFacingError(
+            f"{failed}: a name holds a NUL character, which no file system takes.",
+            "Check the name you typed or pasted.",
+        )
+    if isinstance(err, UnicodeEncodeError):
+        return UserFacingError(
+            f"{failed}: this console cannot show some characters ({err.encoding}).",
+            "Use a UTF-8 console: set PYTHONIOENCODING=utf-8 (or a UTF-8 locale, LANG=C.UTF-8).",
+        )
+    if isinstance(err, MemoryError):
+        return UserFacingError(f"{failed}: {_ADVICE[errno.ENOMEM][0]}.", _ADVICE[errno.ENOMEM][1])
+    return None
+
+
+@contextmanager
+def fault_boundary(failed: str, also: str = "") -> Iterator[None]:
+    """Turn a fault of the machine inside the block into a UserFacingError starting `failed`.
+
+    `also` is added to the fault's own advice. Other exceptions pass unchanged.
+    """
+    try:
+        yield
+    except UserFacingError:
+        raise
+    except Exception as err:
+        found = describe_fault(err, failed)
+        if found is None:
+            raise
+        raise UserFacingError(found.what, f"{found.todo} {also}".strip(), found.exit_code) from err
+
+
+def require_writable(folder: str | os.PathLike, failed: str) -> None:
+    """Raise UserFacingError if folder is on a file system mounted read-only.
+
+    Checked before a free-space check: a read-only disk often reports no free space, and "the
+    disk is full" would send you to delete files for nothing.
+    """
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows): the write itself will tell
+        return
+    if read_only:
+        reason, todo = _ADVICE[errno.EROFS]
+        raise UserFacingError(f"{failed}: {reason}.", todo)
+
+
+def hub_timeout_s() -> float:
+    """Return the seconds a Hub call may take: $LLAMA2_COLAB_HUB_TIMEOUT, else HUB_TIMEOUT_S."""
+    text = (os.environ.get(TIMEOUT_ENV) or "").strip()
+    if not text:
+        return HUB_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < 86400:
+        raise UserFacingError(
+            f"{TIMEOUT_ENV}={text!r} is not a number of seconds.",
+            f"Set it to a number such as 60, or unset it (default {HUB_TIMEOUT_S:.0f}).",
+        )
+    return seconds
+
+
+def with_deadline(call: Callable[[], T], what: str, seconds: float | None = None) -> T:
+    """Return call(), or raise UserFacingError if it takes longer than the deadline.
+
+    `what` names the call for the message ("asking the Hub about meta-llama/..."). The call runs
+    in a daemon thread: a server that never answers keeps only that thread waiting, never the
+    caller or the end of the program. An exception from the call is raised here unchanged.
+    """
+    seconds = hub_timeout_s() if seconds is None else seconds
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as err:  # noqa: BLE001 - handed to the caller as it is
+            outcome["error"] = err
+
+    worker = threading.Thread(target=run, name=f"llama2_colab: {what}", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+        raise UserFacingError(
+            f"The Hub at {endpoint} did not answer within {seconds:g} s while {what}: it timed "
+            "out.",
+            "Check the internet connection (on Colab: Runtime > Restart session) and HF_ENDPOINT "
+            f"if you set it, then try again; {TIMEOUT_ENV}=60 waits longer. With "
+            "HF_HUB_OFFLINE=1 only what is in your cache is used.",
+        )
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
+
+
+def refuse_dangling_link(path: str | os.PathLike, what: str, todo: str) -> None:
+    """Raise UserFacingError if path is a symbolic link that leads nowhere (or loops).
+
+    `what` names it in the message ("OUT_DIR /x/hf"); `todo` says what to give instead.
+    """
+    path = Path(path)
+    try:
+        dangling = path.is_symlink() and not path.exists()
+    except OSError:  # a name too long, a folder on the way that may not be read
+        return
+    if dangling:
+        raise UserFacingError(
+            f"{what} is a symbolic link to nothing: it points to a place that does not exist, "
+            "or loops back on itself.",
+            f"Fix or remove the link (`ls -l` shows where it points), or {todo}.",
+        )
+
+
+def home_folder() -> Path:
+    """Return your home folder; UserFacingError if $HOME names a folder that does not exist."""
+    home = Path(os.path.expanduser("~"))
+    if not home.is_dir():
+        raise UserFacingError(
+            f"Your home folder {str(home)!r} (HOME) does not exist, so nothing can be kept in it.",
+            "Set HOME to a folder that exists, or set LLAMA2_COLAB_CACHE to a folder you can "
+            "write to for the tiny model's cache (and HF_HOME for the Hub's).",
+        )
+    return home
+
+
+def expand_user(path: str | os.PathLike) -> Path:
+    """Return path with a leading `~` expanded; UserFacingError if that home does not exist."""
+    text = os.fspath(path)
+    if text == "~" or text.startswith(("~/", "~" + os.sep)):
+        return home_folder() / text[2:]
+    return Path(text).expanduser()

@@ -1,0 +1,371 @@
+"""One boundary for faults of the machine: each caused for real, each named, nothing left behind.
+
+The faults are caused, not imitated: a file-size limit (`RLIMIT_FSIZE` with SIGXFSZ ignored, so
+a write fails with EFBIG, as on a full disk, and no root is needed), stdout on /dev/full, a
+read-only mount (in a user namespace, where the kernel allows one), a folder another user owns,
+symbolic link loops, names longer than a file system takes, a HOME that does not exist, an
+ASCII console. safetensors, tokenizers and Python report the same fault in different types;
+`faults.describe_fault` must name each the same way, and nothing half-written may stay behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_convert import make_params, write_meta_folder
+
+from llama2_colab import cli
+from llama2_colab.faults import describe_fault, fault_errno
+
+GUARD_S = 300
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every entry under root (folders too) and a digest of each file's bytes."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "/"
+        for p in sorted(root.rglob("*"))
+    }
+
+
+# Root may write anywhere; in a user namespace of its own it is an ordinary owner, whom the
+# permission bits bind. Unprivileged users need no namespace.
+UNPRIVILEGED = ["unshare", "-U"] if os.geteuid() == 0 else []
+
+
+def _run(argv: list[str], cwd: Path, fsize: int | None = None, user: bool = False, **env):
+    """Run the CLI in a fresh process: with a file-size limit, or bound by permission bits."""
+
+    def limits() -> None:
+        if fsize is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write fails with EFBIG instead
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run(
+        [*(UNPRIVILEGED if user else []), sys.executable, "-m", "llama2_colab", *argv],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        preexec_fn=limits,
+        timeout=GUARD_S,
+    )
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as done:
+        code = done.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --- the same fault, from every library, in the same words ------------------------------------
+
+
+def _loop(tmp_path: Path) -> Path:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    return loop
+
+
+def _fault(kind: str, library: str, tmp_path: Path) -> BaseException:
+    """Cause fault `kind` for real through `library`; return what it raised."""
+    import torch
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, models
+
+    where = {"loop": _loop(tmp_path) / "x", "long": tmp_path / ("x" * 300)}[kind]
+    calls = {
+        "python": lambda: open(where, "w"),  # noqa: SIM115 - it fails before anything opens
+        "safetensors": lambda: save_file({"a": torch.zeros(2)}, str(where)),
+        "tokenizers": lambda: Tokenizer(models.BPE()).save(str(where)),
+    }
+    try:
+        calls[library]()
+    except Exception as err:  # noqa: BLE001 - the fault is what this returns
+        return err
+    raise AssertionError(f"{library} did not fail writing {where}")
+
+
+@pytest.mark.parametrize("library", ["python", "safetensors", "tokenizers"])
+@pytest.mark.parametrize(
+    ("kind", "code", "words"),
+    [
+        ("loop", errno.ELOOP, "a symbolic link loops back on itself"),
+        ("long", errno.ENAMETOOLONG, "name is too long for the file system"),
+    ],
+)
+def test_a_fault_is_named_the_same_whichever_library_raised_it(
+    tmp_path, library, kind, code, words
+):
+    err = _fault(kind, library, tmp_path)
+    assert fault_errno(err) == code, repr(err)
+    found = describe_fault(err, "Cannot write x")
+    assert found is not None and found.what.startswith("Cannot write x: ") and words in found.what
+    assert found.todo
+
+
+def test_what_is_no_fault_of_the_machine_stays_a_bug():
+    assert describe_fault(ValueError("a bug")) is None
+    assert describe_fault(KeyError("layers.0")) is None
+
+
+def test_resolving_a_link_loop_is_named(tmp_path):
+    try:
+        _loop(tmp_path).resolve(strict=True)
+    except (OSError, RuntimeError) as err:  # RuntimeError on Python 3.11 and 3.12
+        assert "symbolic link loops" in describe_fault(err, "x").what
+
+
+# --- disk full, without root: a file-size limit -----------------------------------------------
+
+
+def _user_files(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "notes.txt").write_text("my notes\n")
+
+
+def test_tiny_on_a_full_disk_says_so_and_leaves_nothing(tmp_path):
+    _user_files(tmp_path)
+    before = _snapshot(tmp_path)
+    run = _run(["tiny", "tiny-llama-2"], tmp_path, fsize=1 << 20)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "Cannot write the tiny model to 'tiny-llama-2'" in run.stderr
+    assert "a file grew past the largest size allowed here" in run.stderr
+    assert "What to do:" in run.stderr and "Traceback" not in run.stderr
+    assert _snapshot(tmp_path) == before  # no half model, no work folder, your notes untouched
+
+
+def test_the_tiny_cache_on_a_full_disk_says_so_and_leaves_nothing(tmp_path):
+    cache = tmp_path / "cache"
+    _user_files(cache)
+    before = _snapshot(tmp_path)
+    run = _run(["plan", "tiny"], tmp_path, fsize=1 << 20, LLAMA2_COLAB_CACHE=str(cache))
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "for the tiny model's cache: a file grew past" in run.stderr
+    assert "LLAMA2_COLAB_CACHE" in run.stderr and "Traceback" not in run.stderr
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.fixture(scope="module")
+def meta_folder(tmp_path_factory):
+    folder, _ = write_meta_folder(tmp_path_factory.mktemp("meta"), make_params(2), 1)
+    return folder
+
+
+@pytest.mark.parametrize("stage", ["tokenizer", "weights"])
+def test_convert_on_a_full_disk_keeps_your_earlier_output(meta_folder, tmp_path, stage):
+    out = tmp_path / "hf"
+    ok = _run(["convert", str(meta_folder), str(out), "--dtype", "float32"], tmp_path)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    sizes = {p.name: p.stat().st_size for p in out.iterdir()}
+    weights = sizes.pop("model.safetensors")
+    # A limit below the first file written (the tokenizer), or between the rest and the weights.
+    limit = 1024 if stage == "tokenizer" else max(sizes.values()) + 1
+    assert sizes["tokenizer.json"] > 1024 and weights > limit
+    before = _snapshot(tmp_path)
+    run = _run(["convert", str(meta_folder), str(out), "--dtype", "float32"], tmp_path, limit)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert f"Cannot write the converted model to {out}" in run.stderr
+    assert "a file grew past the largest size allowed" in run.stderr
+    assert "Nothing half-written was left" in run.stderr and "Traceback" not in run.stderr
+    assert _snapshot(tmp_path) == before  # the earlier conversion whole, no work folder left
+
+
+def test_output_to_a_full_disk_is_named(tmp_path):
+    with open("/dev/full", "w") as full:
+        run = subprocess.run(
+            [sys.executable, "-m", "llama2_colab", "doctor"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=GUARD_S,
+        )
+    assert run.returncode == 1
+    assert "Cannot write the output to stdout: the disk is full" in run.stderr
+    assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr
+
+
+# --- a read-only disk is named as read-only ---------------------------------------------------
+
+
+def _read_only_mount_works() -> bool:
+    try:
+        probe = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o ro tmpfs /mnt"],
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _read_only_mount_works(), reason="no user namespaces to mount in")
+@pytest.mark.parametrize("command", ["tiny", "convert"])
+def test_a_read_only_disk_is_named_read_only_not_full(meta_folder, tmp_path, command):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    args = (
+        ["tiny", f"{ro}/tiny"] if command == "tiny" else ["convert", str(meta_folder), f"{ro}/hf"]
+    )
+    script = (
+        f"mount -t tmpfs -o ro tmpfs {ro} && exec {sys.executable} -m llama2_colab "
+        + " ".join(args)
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=GUARD_S,
+    )
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "read-only file system" in run.stderr and "disk is full" not in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+# --- permission denied, as a user who is not root ---------------------------------------------
+
+
+def _permissions_bind() -> bool:
+    if not UNPRIVILEGED:
+        return True
+    try:
+        probe = subprocess.run([*UNPRIVILEGED, "true"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _permissions_bind(), reason="root, and no user namespace to drop it in")
+def test_a_folder_you_may_not_write_to_is_named(tmp_path):
+    locked = tmp_path / "locked"
+    _user_files(locked)
+    locked.chmod(0o555)  # yours, without write permission
+    try:
+        before = _snapshot(tmp_path)
+        run = _run(["tiny", str(locked / "tiny")], tmp_path, user=True)
+    finally:
+        locked.chmod(0o755)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert f"Cannot write the tiny model to '{locked / 'tiny'}': permission denied" in run.stderr
+    assert "Traceback" not in run.stderr and _snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(not _permissions_bind(), reason="root, and no user namespace to drop it in")
+def test_a_shard_you_may_not_read_is_named(meta_folder, tmp_path):
+    folder = tmp_path / meta_folder.name
+    shutil.copytree(meta_folder, folder)
+    shutil.copy(meta_folder.parent / "tokenizer.model", tmp_path / "tokenizer.model")
+    (folder / "consolidated.00.pth").chmod(0)
+    run = _run(["convert", str(folder), str(tmp_path / "hf")], tmp_path, user=True)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "consolidated.00.pth" in run.stderr and "permission denied" in run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "hf").exists()
+
+
+# --- symbolic link loops, names too long, no home, an ASCII console --------------------------
+
+
+def test_convert_names_a_shard_that_loops(meta_folder, tmp_path, capsys):
+    folder = tmp_path / meta_folder.name
+    shutil.copytree(meta_folder, folder)
+    shutil.copy(meta_folder.parent / "tokenizer.model", tmp_path / "tokenizer.model")
+    shard = folder / "consolidated.00.pth"
+    shard.unlink()
+    shard.symlink_to(shard)
+    code, out, err = run_cli(capsys, "convert", str(folder), str(tmp_path / "hf"))
+    assert code == 1 and "symbolic link loops back on itself" in err, err
+    assert "Traceback" not in err and not (tmp_path / "hf").exists()
+
+
+def test_convert_names_an_out_dir_that_loops(meta_folder, tmp_path, capsys):
+    out = _loop(tmp_path)
+    code, _, err = run_cli(capsys, "convert", str(meta_folder), str(out))
+    assert code == 1 and "symbolic link to nothing" in err and "Traceback" not in err
+    assert out.is_symlink()  # left as it was
+
+
+@pytest.mark.parametrize("command", [["plan"], ["demo", "--model"], ["tiny"]])
+def test_a_folder_that_loops_is_named(tmp_path, capsys, command):
+    loop = _loop(tmp_path)
+    code, _, err = run_cli(capsys, *command, str(loop))
+    assert code == 1 and "Traceback" not in err, err
+    assert "symbolic link" in err or "loops" in err
+
+
+def test_a_5000_character_model_name_is_named_briefly(capsys):
+    code, _, err = run_cli(capsys, "plan", "a" * 5000)
+    assert code == 1 and "The model name is 5,000 characters long" in err
+    assert "Traceback" not in err and len(err) < 1500  # the name is not printed whole
+
+
+def test_an_out_dir_name_too_long_is_named(meta_folder, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "convert", str(meta_folder), str(tmp_path / ("o" * 300)))
+    assert code == 1 and "name is too long for the file system" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("command", "code"), [(["doctor"], 0), (["demo"], 1), (["bench"], 1)])
+def test_a_home_that_does_not_exist(tmp_path, monkeypatch, capsys, command, code):
+    home = tmp_path / "no" / "such" / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("LLAMA2_COLAB_CACHE", raising=False)
+    got, out, err = run_cli(capsys, *command)
+    assert got == code and "Traceback" not in err, err
+    if code:
+        assert f"Your home folder '{home}' (HOME) does not exist" in err
+        assert "LLAMA2_COLAB_CACHE" in err
+    else:
+        assert "Disk    :" in out
+    assert not (tmp_path / "no").exists()  # no home was made up
+
+
+def test_a_tilde_in_the_cache_setting_means_home(tmp_path, monkeypatch, tiny_dir):
+    from llama2_colab.tiny import tiny_cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("LLAMA2_COLAB_CACHE", "~/models/cache")
+    monkeypatch.chdir(tmp_path)
+    assert tiny_cache_dir().parent == tmp_path / "models" / "cache"
+    assert not (tmp_path / "~").exists()
+
+
+def test_an_ascii_console_shows_escapes_not_a_traceback(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "llama2_colab", "demo", "日本語", "--max-new-tokens", "4"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "ascii"},
+        timeout=GUARD_S,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "You: \\u65e5\\u672c\\u8a9e" in run.stdout and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(("argv", "code"), [(["demo", "--max-new-tokens", "4"], 141)])
+def test_a_reader_that_goes_away_mid_stream_ends_the_command(argv, code):
+    # `demo | head -0`: the reply has more to say, so it stops (as a shell reports SIGPIPE).
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama2_colab", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=GUARD_S)
+    assert proc.returncode == code, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err and b"Loaded in" not in err

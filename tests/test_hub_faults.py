@@ -1,0 +1,187 @@
+"""Every call to the Hub ends within a deadline, and every answer is checked before it is used.
+
+A real TCP server on 127.0.0.1 that accepts connections and never answers stands for a Hub
+behind a dead proxy (before, `access` printed nothing for minutes, and `plan` retried past two).
+Each command runs in a fresh process with HF_ENDPOINT pointing at it, and the subprocess timeout
+is only the guard: no speed is asserted, only that the command ends, says the Hub timed out and
+what to do. huggingface_hub 1.x (httpx) and 2.x (httpx2) differ here; CI runs both stacks.
+
+The stand-in Hub (tests/hub_server.py) serves repositories whose config.json is not JSON, says
+200,000 layers, or that lack tokenizer files: each is named before anything is built or loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from hub_server import FakeRepo, start_hub, start_silent_server
+
+from llama2_colab import cli
+
+GUARD_S = 240  # the subprocess timeout: far above any deadline, so only a hang trips it
+
+
+@pytest.fixture(scope="module")
+def silent_hub():
+    url, close = start_silent_server()
+    yield url
+    close()
+
+
+def _env(tmp_path, endpoint: str, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_ENDPOINT=endpoint, NO_PROXY="127.0.0.1")
+    env.update(extra)
+    return env
+
+
+COMMANDS = [
+    (["access", "meta-llama/Llama-2-7b-chat-hf"], 6),
+    (["plan", "someone/some-model", "--gpu", "T4"], 1),
+    (["demo", "--model", "someone/some-model"], 1),
+    (["bench", "--model", "someone/some-model", "--no-bandwidth"], 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"), COMMANDS, ids=lambda a: a[0] if isinstance(a, list) else a
+)
+def test_a_hub_that_never_answers_is_named_not_waited_for(silent_hub, tmp_path, argv, code):
+    env = _env(tmp_path, silent_hub, LLAMA2_COLAB_HUB_TIMEOUT="3")
+    run = subprocess.run(
+        [sys.executable, "-m", "llama2_colab", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=GUARD_S,
+    )
+    said = run.stdout + run.stderr
+    assert run.returncode == code, said[-2000:]
+    assert "did not answer within 3 s" in said and "timed out" in said
+    assert "Check the internet connection" in said and "HF_ENDPOINT" in said
+    assert "Traceback" not in said
+
+
+def test_the_default_deadline_ends_access_well_within_a_minute(silent_hub, tmp_path):
+    # The default, not a test setting: what a learner gets. The guard is generous on purpose.
+    run = subprocess.run(
+        [sys.executable, "-m", "llama2_colab", "access", "meta-llama/Llama-2-7b-chat-hf"],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path, silent_hub),
+        timeout=GUARD_S,
+    )
+    assert run.returncode == 6
+    assert "did not answer within 20 s" in run.stdout and "timed out" in run.stdout
+
+
+def test_a_timeout_setting_that_is_no_number_is_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LLAMA2_COLAB_HUB_TIMEOUT", "soon")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    from llama2_colab.faults import hub_timeout_s
+
+    with pytest.raises(Exception, match="LLAMA2_COLAB_HUB_TIMEOUT='soon' is not a number"):
+        hub_timeout_s()
+
+
+# --- answers checked before they are used -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def odd_hub(tiny_dir):
+    """The stand-in Hub with damaged or incomplete copies of the tiny model."""
+    files = {p.name: p.read_bytes() for p in tiny_dir.iterdir() if p.is_file()}
+    config = json.loads(files["config.json"])
+    hub, server, thread = start_hub(set())
+
+    def repo(**changes) -> FakeRepo:
+        return FakeRepo(files={**files, **changes})
+
+    hub.repos["odd/not-json"] = repo(**{"config.json": b"{not json"})
+    hub.repos["odd/layers"] = repo(
+        **{"config.json": json.dumps({**config, "num_hidden_layers": 200_000}).encode()}
+    )
+    hub.repos["odd/heads"] = repo(
+        **{
+            "config.json": json.dumps(
+                {**config, "num_attention_heads": 5, "num_key_value_heads": 5, "head_dim": None}
+            ).encode()
+        }
+    )
+    hub.repos["odd/size-text"] = repo(
+        **{"config.json": json.dumps({**config, "hidden_size": "64"}).encode()}
+    )
+    hub.repos["odd/no-tokenizer"] = FakeRepo(
+        files={k: v for k, v in files.items() if not k.startswith("tokenizer")}
+    )
+    hub.repos["odd/no-config"] = FakeRepo(files={"README.md": b"# nothing here\n"})
+    yield hub
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def online(odd_hub, monkeypatch, tmp_path):
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-login"))
+    monkeypatch.setenv("HF_ENDPOINT", odd_hub.url)
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    return odd_hub
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as done:
+        code = done.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+HUB_CASES = [
+    ("odd/not-json", r"odd/not-json's config.json is not valid JSON"),
+    ("odd/layers", r"num_hidden_layers=200,000: it must be from 1 to 1,024"),
+    ("odd/heads", r"hidden size \d+ with 5 attention heads: 5 does not divide it"),
+    ("odd/size-text", r"hidden_size='64': it must be a whole number, not str"),
+    ("odd/no-config", r"odd/no-config has no config.json"),
+]
+
+
+@pytest.mark.parametrize(("repo", "message"), HUB_CASES)
+@pytest.mark.parametrize("command", [["plan", "--gpu", "T4"], ["demo", "--model"]])
+def test_a_hub_config_is_checked_before_anything_is_built(online, capsys, repo, message, command):
+    import re
+
+    argv = [command[0], repo, *command[1:]] if command[0] == "plan" else [*command, repo]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 1 and re.search(message, err), err
+    assert "What to do:" in err and "Loaded in" not in out and "Traceback" not in err
+    fetched = [r.path for r in online.log if "/resolve/" in r.path]
+    assert all(path.endswith("/config.json") for path in fetched)  # no weight was downloaded
+
+
+@pytest.mark.parametrize("command", [["demo", "--model"], ["bench", "--no-bandwidth", "--model"]])
+def test_a_hub_repo_without_a_tokenizer_is_named_not_sentencepiece(online, capsys, command):
+    code, out, err = run_cli(capsys, *command, "odd/no-tokenizer")
+    assert code == 1 and "odd/no-tokenizer has no tokenizer" in err
+    assert "sentencepiece" not in err.lower() and "Traceback" not in err
+    assert not [r for r in online.log if r.path.endswith(".safetensors")]
+
+
+def test_bench_of_a_hub_model_offline_says_so(capsys, monkeypatch):
+    # Offline (the tests' default) with nothing cached: once said, no traceback.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, err = run_cli(capsys, "bench", "--model", "someone/some-model", "--no-bandwidth")
+    assert code == 1 and "Traceback" not in err
+    assert "Could not fetch the config.json of someone/some-model" in err
+    assert "Offline mode is on" in err and err.count("Error:") == 1

@@ -1,0 +1,227 @@
+"""Validate before building: every model config, and every convert input against its weights.
+
+A local config.json (the Hub's is in test_hub_faults.py) and Meta's params.json are checked for
+types and sane ranges before anything is allocated: a size of zero or below, a string where a
+number belongs, heads that do not split, 200,000 layers (which used to hang, growing memory on
+the meta device), an absurd vocabulary. `convert` then checks params.json against the shards
+(layer count, shapes, what a shard holds) before it writes anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_convert import make_params, write_meta_folder
+
+from llama2_colab import cli
+from llama2_colab.checks import check_meta_params, check_model_config
+from llama2_colab.errors import UserFacingError
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as done:
+        code = done.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+CONFIG_CASES = [
+    ({"hidden_size": -64}, r"hidden_size=-64: it must be from 1 to 65,536"),
+    ({"num_hidden_layers": 0}, r"num_hidden_layers=0: it must be from 1"),
+    ({"intermediate_size": "192"}, r"intermediate_size='192': it must be a whole number, not str"),
+    ({"vocab_size": 32000.5}, r"vocab_size=32000\.5: it must be a whole number, not float"),
+    ({"num_attention_heads": True}, r"num_attention_heads=True: it must be a whole number"),
+    ({"num_attention_heads": 3, "head_dim": None}, r"3 does not divide it"),
+    ({"num_key_value_heads": 3}, r"3 does not divide 4, so the heads cannot share them"),
+    ({"num_hidden_layers": 200_000}, r"num_hidden_layers=200,000: it must be from 1 to 1,024"),
+    ({"vocab_size": 10**12}, r"vocab_size=1,000,000,000,000: it must be from 1 to 1,048,576"),
+    ({"rms_norm_eps": "tiny"}, r"rms_norm_eps='tiny': it must be a number above 0"),
+    ({"rms_norm_eps": -1e-5}, r"rms_norm_eps=-1e-05: it must be a number above 0"),
+    ({"head_dim": 15}, r"heads of 15 dimensions: rotary position embeddings need an even"),
+    ({"rope_parameters": {"rope_theta": 0}}, r"rope_theta=0: it must be a number above 0"),
+    ({"max_position_embeddings": None}, r"max_position_embeddings=None: it must be a whole"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_configs(tmp_path_factory, tiny_dir):
+    root = tmp_path_factory.mktemp("configs")
+    for i, (changes, _) in enumerate(CONFIG_CASES):
+        shutil.copytree(tiny_dir, root / f"case{i}")
+        config = json.loads((root / f"case{i}" / "config.json").read_text())
+        (root / f"case{i}" / "config.json").write_text(json.dumps({**config, **changes}))
+    return root
+
+
+@pytest.mark.parametrize("i", range(len(CONFIG_CASES)), ids=[str(c[0]) for c in CONFIG_CASES])
+@pytest.mark.parametrize("command", ["plan", "demo"])
+def test_a_local_config_is_checked_before_anything_is_built(bad_configs, capsys, i, command):
+    folder = str(bad_configs / f"case{i}")
+    argv = ["plan", folder, "--gpu", "T4"] if command == "plan" else ["demo", "--model", folder]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 1 and re.search(CONFIG_CASES[i][1], err), err
+    assert "config.json" in err and "What to do:" in err
+    assert "Traceback" not in err and "Loaded in" not in out
+
+
+def _remove(name: str):
+    return lambda folder: (folder / name).unlink()
+
+
+def _loop(name: str):
+    def damage(folder: Path) -> None:
+        (folder / name).unlink()
+        (folder / name).symlink_to(folder / name)
+
+    return damage
+
+
+def _text(name: str, text: str):
+    return lambda folder: (folder / name).write_text(text)
+
+
+SIDE_CASES = [
+    ("no tokenizer_config.json", _remove("tokenizer_config.json"), r"has no BOS or EOS token"),
+    ("a looping tokenizer_config.json", _loop("tokenizer_config.json"), r"to nothing"),
+    ("a damaged generation_config.json", _text("generation_config.json", "{"), r"not valid JSON"),
+    ("a tokenizer.json that is a list", _text("tokenizer.json", "[]"), r"not a JSON object"),
+]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"), [c[1:] for c in SIDE_CASES], ids=[c[0] for c in SIDE_CASES]
+)
+def test_the_files_beside_the_config_are_checked_too(tiny_dir, tmp_path, capsys, damage, message):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dir, folder)
+    damage(folder)
+    code, out, err = run_cli(capsys, "demo", "--model", str(folder), "--max-new-tokens", "2")
+    assert code == 1 and re.search(message, err), err
+    assert "What to do:" in err and "Traceback" not in err and "Llama 2: " not in out
+
+
+def test_200000_layers_are_refused_not_built(bad_configs):
+    # Before, this grew past 3.6 GB on the meta device and did not end; the guard catches a hang.
+    i = next(i for i, (c, _) in enumerate(CONFIG_CASES) if c.get("num_hidden_layers") == 200_000)
+    run = subprocess.run(
+        [sys.executable, "-m", "llama2_colab", "plan", str(bad_configs / f"case{i}")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        timeout=240,
+    )
+    assert run.returncode == 1 and "num_hidden_layers=200,000" in run.stderr
+
+
+def test_every_real_llama_config_passes():
+    from llama2_colab.catalog import load_catalog
+
+    for entry in load_catalog():  # 7B to 70B, Code Llama: none is refused
+        check_model_config(entry.config, entry.id)
+
+
+def test_the_real_params_json_of_llama_2_70b_passes():
+    params = {"dim": 8192, "multiple_of": 4096, "ffn_dim_multiplier": 1.3, "n_heads": 64}
+    params |= {"n_kv_heads": 8, "n_layers": 80, "norm_eps": 1e-05, "vocab_size": -1}
+    checked = check_meta_params(params, "params.json", "")
+    assert checked["n_kv_heads"] == 8 and checked["rope_theta"] == 10000.0
+
+
+# --- convert: params.json against the weights it describes, before writing -------------------
+
+
+@pytest.fixture(scope="module")
+def meta_two_layers(tmp_path_factory):
+    folder, _ = write_meta_folder(tmp_path_factory.mktemp("meta"), make_params(2), 1)
+    return folder
+
+
+@pytest.fixture
+def meta_copy(meta_two_layers, tmp_path):
+    shutil.copytree(meta_two_layers, tmp_path / meta_two_layers.name)
+    shutil.copy(meta_two_layers.parent / "tokenizer.model", tmp_path / "tokenizer.model")
+    return tmp_path / meta_two_layers.name
+
+
+def _set_params(folder: Path, **changes) -> None:
+    params = json.loads((folder / "params.json").read_text())
+    (folder / "params.json").write_text(json.dumps({**params, **changes}))
+
+
+def _shard(value):
+    def damage(folder: Path) -> None:
+        torch.save(value, folder / "consolidated.00.pth")
+
+    return damage
+
+
+def _rename_a_layer(folder: Path) -> None:
+    sd = torch.load(folder / "consolidated.00.pth", weights_only=True)
+    sd = {k.replace("layers.1.", "layers.7."): v for k, v in sd.items()}
+    torch.save(sd, folder / "consolidated.00.pth")
+
+
+def _int_weights(folder: Path) -> None:
+    sd = torch.load(folder / "consolidated.00.pth", weights_only=True)
+    sd["layers.0.attention.wq.weight"] = sd["layers.0.attention.wq.weight"].long()
+    torch.save(sd, folder / "consolidated.00.pth")
+
+
+META_CASES = [
+    ("fewer layers in params", lambda f: _set_params(f, n_layers=1), r"n_layers=1, but .*2 layer"),
+    ("more layers in params", lambda f: _set_params(f, n_layers=3), r"n_layers=3, but .*2 layer"),
+    ("a layer missing", _rename_a_layer, r"n_layers=2, but .*layers 0 to 7"),
+    ("a shard holding a tensor", _shard(torch.zeros(3, 4)), r"holds a Tensor of shape \(3, 4\)"),
+    ("a shard holding a list", _shard([1, 2, 3]), r"holds a list of 3 items"),
+    ("a shard holding an int", _shard(7), r"holds an int \('7'\)"),
+    ("a shard holding ints", _int_weights, r"holds a Tensor of shape .* not a tensor of weights"),
+    ("dim of another model", lambda f: _set_params(f, dim=32, n_heads=2), r"has shape"),
+    (
+        "ffn_dim_multiplier as a string",
+        lambda f: _set_params(f, ffn_dim_multiplier="1.3"),
+        r"ffn_dim_multiplier='1.3': it must be a number",
+    ),
+    (
+        "200,000 layers",
+        lambda f: _set_params(f, n_layers=200_000),
+        r"n_layers=200,000: it must be from 1 to 1,024",
+    ),
+    ("n_heads as text", lambda f: _set_params(f, n_heads="4"), r"n_heads='4': it must be a whole"),
+    ("norm_eps of zero", lambda f: _set_params(f, norm_eps=0), r"norm_eps=0: it must be a number"),
+]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"), [c[1:] for c in META_CASES], ids=[c[0] for c in META_CASES]
+)
+def test_convert_checks_its_inputs_before_writing(meta_copy, tmp_path, capsys, damage, message):
+    damage(meta_copy)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, out, err = run_cli(capsys, "convert", str(meta_copy), str(tmp_path / "hf"))
+    assert code == 1 and re.search(message, err), err
+    assert "Wrote" not in out and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no OUT_DIR, no work folder
+
+
+def test_check_meta_params_fills_the_defaults():
+    params = {"dim": 64, "n_layers": 2, "n_heads": 4, "norm_eps": 1e-5}
+    assert check_meta_params(params, "p", "") == {
+        **params,
+        "n_kv_heads": 4,
+        "vocab_size": -1,
+        "multiple_of": 256,
+        "ffn_dim_multiplier": None,
+        "rope_theta": 10000.0,
+    }
+    with pytest.raises(UserFacingError, match="vocab_size=0"):
+        check_meta_params({**params, "vocab_size": 0}, "p", "")

@@ -31,7 +31,7 @@ from typing import NamedTuple
 from .chat import Message, encode_dialog
 from .chat_layout import AppState, ChatLayout, conversation_html
 from .endpoint import Endpoint
-from .errors import redact_secrets
+from .errors import StreamRedactor, redact_secrets
 from .models import load_with_plan, oom_as_advice
 from .plan import LoadPlan, make_plan
 from .runtime import RuntimeFacts
@@ -121,6 +121,7 @@ class ChatApp:
         self._worker: threading.Thread | None = None
         # While streaming: the exchange being written (see _Pending).
         self._pending: _Pending | None = None
+        self._redactor = StreamRedactor()
         self._last_render = 0.0
         # The reply length you chose: the context may cap the slider below it for a while
         # (a long system prompt), and it comes back when the cap lifts.
@@ -355,6 +356,7 @@ class ChatApp:
                 return self._show(_message_of(err), error=True)
             self.layout.message.value = ""
             self._pending = _Pending(text, "", replaces=False)
+            self._redactor = StreamRedactor()  # a token split across pieces is never shown
             self._render(force=True)
             self._show("Generating..." + (f" ({fit.describe()})" if fit.dropped else ""))
             stop = self._stop_event = threading.Event()
@@ -372,6 +374,7 @@ class ChatApp:
                 return self._show(refusal, error=True)
             self._sync_settings()
             self._pending = _Pending(self.session.history[-2]["content"], "", replaces=True)
+            self._redactor = StreamRedactor()
             self._render(force=True)
             self._show("Generating a new reply...")
             stop = self._stop_event = threading.Event()
@@ -383,7 +386,8 @@ class ChatApp:
 
     def _on_text(self, piece: str) -> None:
         with self._lock:
-            self._pending = self._pending._replace(reply=self._pending.reply + piece)
+            shown = self._redactor.feed(piece)  # what could still be a token waits
+            self._pending = self._pending._replace(reply=self._pending.reply + shown)
             self._render()
 
     def _give_back(self, text: str | None) -> None:

@@ -11,6 +11,7 @@ import html
 from enum import StrEnum
 
 from .chat import Message
+from .errors import redact_secrets
 from .session import ChatSession
 
 __all__ = ["AppState", "ChatLayout", "conversation_html"]
@@ -38,7 +39,7 @@ def conversation_html(messages: list[Message]) -> str:
     parts = []
     for msg in messages:
         cls, who = ("l2c-user", "You") if msg["role"] == "user" else ("l2c-bot", "Llama 2")
-        text = html.escape(msg["content"]) or "&hellip;"
+        text = html.escape(redact_secrets(msg["content"])) or "&hellip;"  # tokens masked
         parts.append(f'<div class="l2c-msg {cls}"><b>{who}:</b> {text}</div>')
     if not parts:
         parts.append('<div class="l2c-note">No messages yet.</div>')

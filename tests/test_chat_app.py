@@ -395,3 +395,22 @@ def test_streaming_a_long_reply_decodes_a_short_window_per_token():
     pieces = stream_ids(tok, ids)
     assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)
     assert max(tok.decoded_lengths[:-1]) <= 8  # the last call is the check just above
+
+
+def test_the_app_never_shows_a_token_whole(app):
+    # A token pasted into the chat is kept as typed (the model gets it), but shown only masked.
+    token = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz01234567"
+    send(app, f"my token is {token}, what GPU does free Colab give me?")
+    assert token in app.session.history[0]["content"]
+    shown = app.layout.conversation.value
+    assert token not in shown and "hf_...4567" in shown
+
+
+def test_a_reply_holding_a_token_is_shown_masked():
+    from llama2_colab.app import conversation_html
+
+    token = "hf_" + "ZyXwVuTsRqPoNmLkJiHgFeDcBa98765432"
+    html = conversation_html(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": f"use {token}"}]
+    )
+    assert token not in html and "hf_...5432" in html

@@ -182,15 +182,15 @@ out = pathlib.Path(sys.argv[1])
 env = json.loads((out / "env.json").read_text() or "{}") if (out / "env.json").exists() else {}
 print(f"\nMachine: {(env.get('gpu') or {}).get('name', 'no GPU')}; torch {env.get('torch')}, "
       f"transformers {env.get('transformers')}")
-for step in ("serve-tf", "serve-tf-cb", "serve-vllm"):
-    r = json.loads((out / f"{step}.json").read_text() or "{}")
-    if "error" in r:
-        print(f"{step:<12} {r['error']}")
+for step in ("serve-tf", "serve-tf-cb", "serve-vllm"):  # scripts/serve_bench.py's JSON
+    sv = json.loads((out / f"{step}.json").read_text() or "{}")
+    if "error" in sv:
+        print(f"{step:<12} {sv['error']}")
         continue
-    single = r["single"]
-    at_once = ", ".join(f"{c['requests']}: {c['tokens_per_s']}" for c in r["concurrent"])
-    print(f"{step:<12} {r['model']} ready in {r['cold_start_s']} s; prompt ids match: "
-          f"{r['prompt_ids_match']}; one request {single['http_tokens_per_s']} tok/s over HTTP"
+    single = sv["single"]
+    at_once = ", ".join(f"{c['requests']}: {c['tokens_per_s']}" for c in sv["concurrent"])
+    print(f"{step:<12} {sv['model']} ready in {sv['cold_start_s']} s; prompt ids match: "
+          f"{sv['prompt_ids_match']}; one request {single['http_tokens_per_s']} tok/s over HTTP"
           + (f" vs {single['local_tokens_per_s']} local" if "local_tokens_per_s" in single else "")
           + f"; at once (requests: tok/s) {at_once}")
 EOF

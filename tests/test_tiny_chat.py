@@ -208,3 +208,18 @@ def test_the_demo_gives_a_taught_answer_end_to_end(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "T4" in out.stdout.split("Llama 2:", 1)[1], out.stdout
+
+
+def test_the_chat_app_shows_a_taught_answer(tiny_model_and_tokenizer):
+    from llama2_colab import ChatApp, preset_runtime
+    from llama2_colab.app import describe_models
+
+    model, tokenizer = tiny_model_and_tokenizer
+    session = ChatSession(model, tokenizer, do_sample=False, max_new_tokens=60)
+    cpu = preset_runtime("cpu")
+    app = ChatApp(session, cpu, model_name="tiny", models=describe_models(cpu))
+    app.message.value = "which gpu do I get on free colab"
+    app.send_button.click()
+    app.wait(120)
+    assert "T4" in session.history[-1]["content"]
+    assert "T4" in app.layout.conversation.value  # what the learner reads

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run_cli
 from transformers import StoppingCriteria
 
-from llama2_colab import cli
 from llama2_colab.chat import ChatSession, encode_dialog, fit_dialog
 from llama2_colab.checks import check_model_dir
 from llama2_colab.errors import UserFacingError, redact_secrets
@@ -47,16 +47,6 @@ def _snapshot(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    """Run the CLI in this process; return (exit code, stdout, stderr)."""
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as done:  # argparse's usage errors
-        code = done.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _no_traceback(err: str) -> None:

@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 from test_convert import make_params, write_meta_folder
 
-from llama2_colab import cli
 from llama2_colab.faults import describe_fault, fault_errno
 
 GUARD_S = 300
@@ -60,15 +60,6 @@ def _run(argv: list[str], cwd: Path, fsize: int | None = None, user: bool = Fals
         preexec_fn=limits,
         timeout=GUARD_S,
     )
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as done:
-        code = done.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --- the same fault, from every library, in the same words ------------------------------------

@@ -18,9 +18,8 @@ import subprocess
 import sys
 
 import pytest
+from cli_runner import run_cli
 from hub_server import FakeRepo, start_hub, start_silent_server
-
-from llama2_colab import cli
 
 GUARD_S = 240  # the subprocess timeout: far above any deadline, so only a hang trips it
 
@@ -137,15 +136,6 @@ def online(odd_hub, monkeypatch, tmp_path):
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     return odd_hub
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as done:
-        code = done.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 HUB_CASES = [

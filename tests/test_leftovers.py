@@ -16,22 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 from test_convert import make_params, write_meta_folder
 
-from llama2_colab import cli
 from llama2_colab.auth import check_access
 from llama2_colab.codellama import encode_completion, encode_infilling
 from llama2_colab.convert import MARKER_FILE, convert_meta_checkpoint
 from llama2_colab.tiny import is_tiny_folder
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as done:
-        code = done.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _start_tiny(target: Path) -> subprocess.Popen:

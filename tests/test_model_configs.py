@@ -19,21 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run_cli
 from test_convert import make_params, write_meta_folder
 
-from llama2_colab import cli
 from llama2_colab.checks import check_meta_params, check_model_config
 from llama2_colab.errors import UserFacingError
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as done:
-        code = done.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 CONFIG_CASES = [
     ({"hidden_size": -64}, r"hidden_size=-64: it must be from 1 to 65,536"),

@@ -26,11 +26,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli as _run_cli
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_convert import make_params, write_meta_folder
 
-from llama2_colab import cli
 from llama2_colab.checks import CONFIG_LIMITS
 
 TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz01234567"  # the shape of a real token; not one
@@ -72,15 +72,6 @@ def _leftovers(root: Path) -> list[str]:
     return [
         str(p) for p in root.rglob(".*") if ".tiny-build-" in p.name or ".converting-" in p.name
     ]
-
-
-def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
-    try:
-        code = cli.main(argv)
-    except SystemExit as done:
-        code = done.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _assert_clean(code, out: str, err: str, allowed=EXIT_CODES) -> None:
@@ -380,3 +371,8 @@ def test_a_damaged_meta_download_is_named_before_anything_is_written(
     assert _snapshot(folder) == before, what
     assert (code == 0) == out_dir.is_dir(), what
     assert not _leftovers(root), what
+
+
+def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
+    """The command line on an argument list (hypothesis draws lists)."""
+    return _run_cli(capsys, *argv)

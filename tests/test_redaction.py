@@ -13,6 +13,7 @@ import os
 import shutil
 
 import pytest
+from cli_runner import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -124,15 +125,6 @@ def test_the_redactor_holds_back_a_bounded_amount():
 
 
 # --- everything the CLI prints and writes -----------------------------------------------------
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as done:
-        code = done.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_demo_never_echoes_a_token_in_the_prompt(capsys):

@@ -17,7 +17,7 @@ like Llama 2 in every way a lesson can see. `build_tiny_llama` writes:
 It answers what it was taught (the T4, Llama 2's sizes and context, fp16 vs bf16...), follows a
 system prompt that asks for Japanese, and continues a raw prompt as a document. Anything else
 gets fluent, made-up text. It is a toy, not Llama 2: about 9 million parameters (Llama 2 7B has
-6.7 billion), and it has seen only the 1,300 or so tokens of its corpus.
+6.7 billion), and it has seen only the 1,549 tokens of its corpus.
 """
 
 from __future__ import annotations

@@ -68,7 +68,10 @@ QUOTES: dict[str, list[Quote]] = {
         Quote(r"1 / (?P<n>[\d,]+) =", r"Vocabulary: (?P<n>[\d,]+) tokens"),
         Quote(r"1 / [\d,]+ = (?P<n>[\d.]+) %", r"1/V = (?P<n>[\d.]+)%"),
         Quote(r"ln\(32,000\) = (?P<n>[\d.]+)", r"ln\(V\) = (?P<n>[\d.]+)"),
-        Quote(r"toy scores top-p 0\.9 keeps (?P<n>\w+) tokens", r"0\.9: (?P<n>\d+) tokens"),
+        Quote(
+            r"toy scores top-p 0\.9 keeps (?P<n>\w+) tokens",
+            r"toy scores, top_p=0\.9: (?P<n>\d+) tokens",
+        ),
         Quote(
             r"reads (?P<n>[\d.]+) GiB per token|add about \d+ MiB to (?P<n2>[\d.]+) GiB",
             r"(?P<n>[\d.]+) GiB of weights read per token",

@@ -188,7 +188,7 @@ def test_a_wrong_chat_encoding_costs_the_taught_answer(tiny_model_and_tokenizer)
     costs = encoding_costs(model, tok, "Answer in Japanese.")
     # Without [/INST] the model reads an unfinished question, not a turn to answer.
     assert min(costs["no [/INST]"]) > 5, costs
-    # A system prompt after the question is mostly not followed (here: answer in Japanese).
+    # A system prompt after the question lowers the answer's probability on most questions.
     late = costs["system prompt after the question"]
     assert sum(late) / len(late) > 0.3 and sum(c > 0 for c in late) >= 6, costs
     # A second <s> is off the trained format, but this toy barely notices it: under 0.5 nats

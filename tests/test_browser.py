@@ -350,19 +350,26 @@ class ChatUI:
         return self.root.locator(f"button:has-text('{label}')")
 
     def max_new_tokens(self):
-        return self.root.locator(".widget-slider:has-text('Max new tokens') .widget-readout")
+        return self.slider_readout("Max new tokens")
 
-    def set_max_new_tokens(self, n: int) -> None:
-        readout = self.max_new_tokens()
+    def slider_readout(self, label: str):
+        return self.root.locator(f".widget-slider:has-text('{label}') .widget-readout")
+
+    def set_slider(self, label: str, value: float, shown: str) -> None:
+        """Type a value into a slider's readout, as a user can, and wait until it shows."""
+        readout = self.slider_readout(label)
         readout.click()
         readout.press("Control+a")
-        readout.type(str(n))
+        readout.type(str(value))
         readout.press("Enter")
         self.p.page.wait_for_function(
-            "([el, n]) => el.textContent.trim() === String(n)",
-            arg=[readout.element_handle(), n],
+            "([el, shown]) => el.textContent.trim() === shown",
+            arg=[readout.element_handle(), shown],
             timeout=10_000,
         )
+
+    def set_max_new_tokens(self, n: int) -> None:
+        self.set_slider("Max new tokens", n, str(n))
 
     def wait_status(self, part: str) -> None:
         """Wait until the status line says part (it is redrawn as a new element each time)."""
@@ -425,6 +432,25 @@ def test_the_chat_app_in_a_browser(browser, server):
         page.close()
 
 
+def _press_stop_mid_reply(ui: ChatUI, label: str) -> tuple[str, str]:
+    """Start a reply with label's button, press Stop while it streams; the text shown, the status."""
+    ui.watch()
+    ui.mark_status()
+    ui.button(label).click()
+    ui.p.page.wait_for_function(
+        f"(root) => window.__replies.some(r => r.length > 200) || ({DONE})(root)",
+        arg=ui.root.element_handle(),
+        timeout=60_000,
+    )
+    written = _reply_of(ui.replies_seen()[-1]).rstrip("…").strip()  # on screen as Stop is pressed
+    stop = ui.button("Stop")
+    if not stop.is_disabled():
+        ui.p.shot("app-streaming", ui.root)
+        stop.click(timeout=5_000, force=True)  # a reply that ends first leaves Stop disabled
+        ui.p.page.wait_for_function(DONE, arg=ui.root.element_handle(), timeout=120_000)
+    return written, ui.status_text()
+
+
 def _drive_chat_app(page: Page) -> None:
     page.run_all()
     ui = ChatUI(page)
@@ -473,30 +499,25 @@ def _drive_chat_app(page: Page) -> None:
     assert 0 < used <= limit
     page.shot("app-reply", ui.root)
 
-    # Stop mid-reply: a long reply is cut, and the part already written stays.
+    # Stop mid-reply: a long reply is cut, and the part already written stays. The toy was
+    # taught short answers and ends them itself; at temperature 5 it rambles on, which gives Stop
+    # something to cut. A reply may still end on its own as Stop is pressed: then try again.
+    ui.set_slider("Temperature", 5, "5.00")
+    ui.set_slider("Top p", 1, "1.00")
     ui.set_max_new_tokens(3000)
     ui.message.fill("Tell me a very long story.")
-    for label in ("Send", "Regenerate", "Regenerate"):  # a short reply may end before Stop
-        ui.watch()
-        ui.mark_status()
-        ui.button(label).click()
-        page.page.wait_for_function(
-            f"(root) => window.__replies.some(r => r.length > 40) || ({DONE})(root)",
-            arg=ui.root.element_handle(),
-            timeout=60_000,
-        )
-        if not ui.button("Stop").is_disabled():
+    for label in ("Send",) + ("Regenerate",) * 7:
+        written, status = _press_stop_mid_reply(ui, label)
+        if "stopped early" in status:
             break
-    page.shot("app-streaming", ui.root)
-    written = _reply_of(ui.replies_seen()[-1]).rstrip("…").strip()  # on screen as Stop is pressed
-    ui.press_and_wait("Stop")
-    status = ui.status_text()
+    page.shot("app-stopped", ui.root)
     assert "stopped early" in status, status
     stopped = _reply_of(ui.bot_texts()[-1])
     _assert_streamed(ui.replies_seen(), stopped)
     assert written and stopped.startswith(written)  # what was written when you pressed Stop stays
     assert int(re.search(r"(\d+) tokens?", status).group(1)) < 3000
-    page.shot("app-stopped", ui.root)
+    ui.set_slider("Temperature", 0.6, "0.60")
+    ui.set_slider("Top p", 0.9, "0.90")
 
     # Regenerate: a new reply to the same message; no message is doubled.
     ui.set_max_new_tokens(60)

@@ -433,7 +433,7 @@ def test_the_chat_app_in_a_browser(browser, server):
 
 
 def _press_stop_mid_reply(ui: ChatUI, label: str) -> tuple[str, str]:
-    """Start a reply with label's button, press Stop while it streams; the text shown, the status."""
+    """Start a reply with a button, press Stop while it streams: the text shown, the status."""
     ui.watch()
     ui.mark_status()
     ui.button(label).click()

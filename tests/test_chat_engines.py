@@ -411,7 +411,8 @@ def test_the_app_streams_a_reply_and_shows_the_context_used(engine, cpu_models):
     app.wait(60)
     assert app.state is AppState.IDLE and app.message.value == ""
     reply = app.session.history[-1]["content"]
-    assert app.conversation_text() == f"You: Hello, Llama!\nLlama 2: {reply}"
+    # The replies are named for what answers: the offline toy, never "Llama 2".
+    assert app.conversation_text() == f"You: Hello, Llama!\ntiny Llama 2 (toy): {reply}"
     assert len(shown) >= 2  # the exchange showed before the reply was complete
     assert "first token after" in app.status_text() and "context used" in app.status_text()
     assert not app.send_button.disabled and app.stop_button.disabled

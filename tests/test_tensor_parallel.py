@@ -131,7 +131,7 @@ def test_two_processes_give_the_single_process_reply_token_for_token():
     single = _demo([sys.executable])
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     split = _demo(torchrun)
-    reply = re.compile(r"^Llama 2: (.*)$", re.MULTILINE)
+    reply = re.compile(r"^tiny Llama 2 \(toy\): (.*)$", re.MULTILINE)
     assert len(reply.findall(split)) == 1  # rank 0 alone prints
     assert reply.findall(split) == reply.findall(single) and reply.findall(single)[0].strip()
     found = re.search(r"each process holds ([\d,]+) of the ([\d,]+) parameters", split)

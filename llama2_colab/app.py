@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import html
+import math
 import re
 import threading
 import time
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import NamedTuple
 
+from .catalog import speaker_name
 from .chat import Message, encode_dialog
 from .chat_layout import AppState, ChatLayout, conversation_html
 from .endpoint import Endpoint
@@ -119,6 +121,7 @@ class ChatApp:
         self._stop_event: threading.Event | None = None
         self._loading: str | None = None  # the model being loaded
         self._worker: threading.Thread | None = None
+        self._following = False  # showing a reply your code started on the session
         # While streaming: the exchange being written (see _Pending).
         self._pending: _Pending | None = None
         self._redactor = StreamRedactor()
@@ -167,6 +170,8 @@ class ChatApp:
         ui.model.observe(self._on_pick, names="value")
         ui.system.observe(lambda _: self._bound_max_new_tokens(), names="value")
         ui.max_new_tokens.observe(self._on_max_new_tokens, names="value")
+        ui.temperature.observe(self._on_sampling_slider, names="value")
+        ui.top_p.observe(self._on_sampling_slider, names="value")
 
     # -- display --------------------------------------------------------------------------------
     def _ipython_display_(self) -> None:
@@ -190,12 +195,22 @@ class ChatApp:
             self._worker.join(timeout)
 
     def conversation_text(self) -> str:
-        """Return the conversation as plain text, one `You:`/`Llama 2:` line per message."""
+        """Return the conversation as plain text, one line per message, each named by its speaker.
+
+        You write as "You"; the replies are named for what really answers (`speaker`): "Llama 2"
+        for a real Llama 2, "tiny Llama 2 (toy)" for the offline tiny model.
+        """
         lines = []
         for msg in self._messages():
-            who = "You" if msg["role"] == "user" else "Llama 2"
+            who = "You" if msg["role"] == "user" else self.speaker
             lines.append(f"{who}: {msg['content']}")
         return "\n".join(lines)
+
+    @property
+    def speaker(self) -> str:
+        """What the replies come from, as the conversation names it (`catalog.speaker_name`)."""
+        endpoint = self.session.endpoint
+        return speaker_name(endpoint.model if endpoint is not None else self.model_name)
 
     def refresh(self) -> None:
         """Show the session as it is now (after you changed its history or prompt in code)."""
@@ -236,7 +251,7 @@ class ChatApp:
         if not force and now - self._last_render < 0.05:  # at most 20 updates a second
             return
         self._last_render = now
-        self.layout.conversation.value = conversation_html(self._messages())
+        self.layout.conversation.value = conversation_html(self._messages(), self.speaker)
 
     def _show(self, text: str, error: bool = False) -> None:
         self.layout.show(text, error)
@@ -283,6 +298,18 @@ class ChatApp:
         if not self._capping:
             self._wanted_max_new_tokens = int(change["new"])
 
+    def _on_sampling_slider(self, change) -> None:
+        """A slider set to NaN or infinity (from code) goes back at once, and the app says why."""
+        slider, value = change["owner"], change["new"]
+        if isinstance(value, int | float) and math.isfinite(value):
+            return
+        slider.value = change["old"]
+        self._show(
+            f"{slider.description} must be a number from {slider.min:g} to {slider.max:g}, not "
+            f"{value}; it stays {change['old']:g}.",
+            error=True,
+        )
+
     # -- the state machine ----------------------------------------------------------------------
     def _refusal(self, doing: str) -> str | None:
         """Why nothing new can start now, in the user's words (None: it can). Hold the lock."""
@@ -293,8 +320,26 @@ class ChatApp:
         if self._state is AppState.LOADING:
             return f"Loading {self._loading}; {doing} once it has loaded."
         if self.session.busy:
+            self._follow_session()  # the buttons show it, and Stop works on it
             return f"The session is answering a call from your code; {doing} once it ends."
         return None
+
+    def _follow_session(self) -> None:
+        """Show a reply your code started on the session until it ends (with the lock held)."""
+        if self._following:
+            return
+        self._following = True
+        self.layout.show_state(AppState.REPLYING)  # only Stop works, as for the app's own reply
+        threading.Thread(target=self._wait_for_session, daemon=True).start()
+
+    def _wait_for_session(self) -> None:
+        while self.session.busy:
+            time.sleep(0.05)
+        with self._lock:
+            self._following = False
+            if self._state is AppState.IDLE:  # the buttons show the app's own state again
+                self.layout.show_state(AppState.IDLE)
+                self._render(force=True)  # the reply your code got is in the history now
 
     def _enter(self, state: AppState) -> None:
         """Move to state (with the lock held) and show it on the buttons."""
@@ -358,7 +403,8 @@ class ChatApp:
             self._pending = _Pending(text, "", replaces=False)
             self._redactor = StreamRedactor()  # a token split across pieces is never shown
             self._render(force=True)
-            self._show("Generating..." + (f" ({fit.describe()})" if fit.dropped else ""))
+            note = f" ({fit.describe()})" if fit.dropped else ""
+            self._show(f"Generating with {self.speaker}{self._not_loaded_note()}...{note}")
             stop = self._stop_event = threading.Event()
             send = self.session.send
             self._start(
@@ -417,6 +463,14 @@ class ChatApp:
                 self._stop_event = None
                 self._enter(AppState.IDLE)
 
+    def _not_loaded_note(self) -> str:
+        """` (you picked X, which is not loaded ...)` when the list shows another model."""
+        picked = self.layout.model.value
+        if picked is None or picked == self.model_name:
+            return ""
+        title = CHAT_MODELS.get(picked, picked)
+        return f" (you picked {title}, which is not loaded: press Load model to use it)"
+
     def _summary(self) -> str:
         s, fit = self.session.last_stats, self.session.last_fit
         if s is None or fit is None:
@@ -429,13 +483,23 @@ class ChatApp:
         ]
         if fit.dropped:
             parts.append(f"left out the {fit.dropped_turns} oldest exchange(s) to fit")
+        if self._not_loaded_note():
+            parts.append(f"answered by {self.speaker}{self._not_loaded_note()}")
         if self.session.last_stopped:
             parts.append("stopped early (the partial reply is kept; Regenerate for a new one)")
         return " · ".join(parts)
 
     def on_stop(self) -> None:
-        """End the reply being generated; what has arrived so far is kept."""
+        """End the reply being generated (the app's, or one your code asked for); keep what came."""
         with self._lock:
+            if self._state is AppState.IDLE and self.session.busy:  # your code's reply
+                stopped = self.session.stop()
+                self._follow_session()
+                return self._show(
+                    "Stopping the reply your code asked for; what has arrived is kept."
+                    if stopped
+                    else "Already stopping; the reply ends in a moment."
+                )
             if self._state is AppState.REPLYING:
                 self._stop_event.set()  # even if the reply has not begun yet
                 self.session.stop()

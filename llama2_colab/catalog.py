@@ -13,15 +13,20 @@ from importlib import resources
 
 __all__ = [
     "META_LLAMA_FORM",
+    "TINY_STEM",
     "CatalogEntry",
     "load_catalog",
     "find_entry",
     "suggest_names",
     "did_you_mean",
     "model_page_url",
+    "speaker_name",
 ]
 
 META_LLAMA_FORM = "https://ai.meta.com/resources/models-and-libraries/llama-downloads/"
+# How the offline tiny model's folders are named (`tiny.tiny_cache_dir`), and so how it is served.
+TINY_STEM = "tiny-llama-2"
+TINY_SPEAKER = "tiny Llama 2 (toy)"
 
 
 @dataclass(frozen=True)
@@ -87,3 +92,20 @@ def did_you_mean(name: str) -> str:
 def model_page_url(repo_id: str, endpoint: str = "https://huggingface.co") -> str:
     """Return the model's page on the Hub, where you request access to a gated model."""
     return f"{endpoint.rstrip('/')}/{repo_id}"
+
+
+def speaker_name(model: str | None) -> str:
+    """Return what to call a model's replies: what really answers, never the toy as Llama 2.
+
+    "Llama 2" (or "Code Llama") for a model of the catalog, or a mirror of one; "tiny Llama 2
+    (toy)" for the offline tiny model (by its name, "tiny", or its folder's); otherwise the
+    model's short name (a folder's or a repository's own name).
+    """
+    name = (model or "").strip().rstrip("/\\")
+    short = name.replace("\\", "/").rsplit("/", 1)[-1]
+    if short.lower() == "tiny" or short.lower().startswith(TINY_STEM):
+        return TINY_SPEAKER
+    entry = find_entry(name) if name else None
+    if entry is not None:
+        return entry.family
+    return short or "the model"

@@ -167,8 +167,14 @@ def _last_text(user: str) -> str:
 
 
 def _encode_segment(tokenizer, text: str) -> list[int]:
-    """Encode text as plain characters: no BOS/EOS added, and `<s>` or `</s>` typed literally."""
-    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    """Encode text as plain characters: no BOS/EOS added, and `<s>` or `</s>` typed literally.
+
+    `verbose=False`: this counts, and the budget refuses what does not fit, so transformers'
+    "sequence length is longer than the specified maximum" warning would only come first.
+    """
+    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True, verbose=False)[
+        "input_ids"
+    ]
     if tokenizer.bos_token_id in ids or tokenizer.eos_token_id in ids:
         raise RuntimeError(
             f"{type(tokenizer).__name__} turned text into BOS/EOS tokens even with "

@@ -34,11 +34,16 @@ _CSS = (
 )
 
 
-def conversation_html(messages: list[Message]) -> str:
-    """Return the conversation as the app shows it: one styled block per message."""
+def conversation_html(messages: list[Message], speaker: str = "Llama 2") -> str:
+    """Return the conversation as the app shows it: one styled block per message.
+
+    `speaker` names the replies: what really answers (the app passes "tiny Llama 2 (toy)" for
+    the offline tiny model, so it is never taken for Llama 2).
+    """
     parts = []
     for msg in messages:
-        cls, who = ("l2c-user", "You") if msg["role"] == "user" else ("l2c-bot", "Llama 2")
+        user = msg["role"] == "user"
+        cls, who = ("l2c-user", "You") if user else ("l2c-bot", html.escape(speaker))
         text = html.escape(redact_secrets(msg["content"])) or "&hellip;"  # tokens masked
         parts.append(f'<div class="l2c-msg {cls}"><b>{who}:</b> {text}</div>')
     if not parts:

@@ -28,7 +28,14 @@ from collections.abc import Sequence
 from .chat import SPECIAL_TAGS, Message, encode_dialog
 from .errors import UserFacingError
 
-__all__ = ["PROBE_DIALOGS", "reference_chat_template", "template_ids", "template_matches"]
+__all__ = [
+    "PROBE_DIALOGS",
+    "check_served_text",
+    "reference_chat_template",
+    "served_special_tokens",
+    "template_ids",
+    "template_matches",
+]
 
 # Dialogs on which a template must give encode_dialog's ids, token for token.
 PROBE_DIALOGS: tuple[tuple[Message, ...], ...] = (
@@ -161,15 +168,36 @@ def template_matches(tokenizer, template: str | None = None) -> bool:
     )
 
 
+def served_special_tokens(tokenizer) -> list[str]:
+    """Return the special tokens the reference template refuses in a message (`<s>`, `</s>`...)."""
+    return sorted(
+        {t for t in (tokenizer.bos_token, tokenizer.eos_token, tokenizer.unk_token) if t}
+        | set(getattr(tokenizer, "all_special_tokens", ()))
+    )
+
+
+def check_served_text(text: str, what: str, specials: Sequence[str]) -> None:
+    """Raise ValueError, in the template's words, if text holds one of the special tokens.
+
+    What a server's reference template would refuse (with a bare HTTP 500 from `transformers
+    serve`), refused before the request is sent, with the reason.
+    """
+    for token in specials:
+        if token in text:
+            raise ValueError(
+                f"{what} contains {token}, a special token of the tokenizer. The server "
+                "tokenizes the rendered prompt, so it would become a real token (a typed </s> "
+                "would end the turn and let a message forge the next one). Remove it, or write "
+                "it with spaces (< / s >)."
+            )
+
+
 def reference_chat_template(tokenizer) -> str:
     """Return a chat template that this tokenizer turns into encode_dialog's ids, token for token.
 
     Raises UserFacingError if neither form of Meta's format does (not a Llama 2 tokenizer).
     """
-    specials = sorted(
-        {t for t in (tokenizer.bos_token, tokenizer.eos_token, tokenizer.unk_token) if t}
-        | set(getattr(tokenizer, "all_special_tokens", ()))
-    )
+    specials = served_special_tokens(tokenizer)
     for bos_gap in (" ", ""):
         template = _template(bos_gap, specials)
         if template_matches(tokenizer, template):

@@ -99,6 +99,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .auth import find_token
+    from .catalog import speaker_name
     from .chat import ChatSession, check_message, read_context_window
     from .models import choose_model, oom_as_advice
     from .runtime import detect_runtime, format_report, recommend_settings
@@ -141,7 +142,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         session.plan_prompt(args.prompt)  # refuses forged turns, checks the budget
     except (ValueError, TypeError) as err:
         raise UserFacingError(str(err), "Reword the prompt and run the demo again.") from None
-    _emit(f"You: {args.prompt}\nLlama 2: ", end="")
+    _emit(f"You: {args.prompt}\n{speaker_name(choice.name)}: ", end="")
     show, finish = _stream_printer()
     with oom_as_advice(plan):
         session.send(args.prompt, on_text=show)

@@ -7,25 +7,50 @@ after fitting the context (counted here with Llama 2's own tokenizer, `vocab`), 
 applies the chat template. Replies stream; Stop closes the HTTP stream, which is how a client
 cancels a request (the server stops generating when it sees the connection close).
 
-The API key is a secret like the Hugging Face token: it is shown only masked, in a repr and in
-every error. A dead server, an HTTP error, a timeout or a stream that breaks off is an
-`EndpointError` (a `UserFacingError`) saying what happened and what to do; the session's history
-is untouched.
+Every argument is checked when the `Endpoint` is made (`endpoint_checks`). The API key is a
+secret like the Hugging Face token, and so are a password or a key in the URL: they are shown
+only masked, in a repr, in `describe()` and in every error, also where the server quoted them.
+Every failure of a request (a dead server, an HTTP error, a timeout, a stream that breaks off, a
+server that is not an OpenAI-compatible API) is an `EndpointError` (a `UserFacingError`) saying
+what happened and what to do (`endpoint_faults`); the session's history is untouched.
+
+The stream is read line by line (`data: {...}` events, then `data: [DONE]`): a reply that ended
+with `[DONE]` is complete even if the server gave no finish reason, and a server that sends more
+pieces than `max_tokens` asked for is cut off there, the reply kept. A connection that fails
+before any byte of the reply (a pooled connection the server had closed, as uvicorn does after an
+error) is tried once more; nothing is ever sent twice once the server has answered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from urllib.parse import urlsplit
+from dataclasses import dataclass
 
 from .auth import mask_token
-from .errors import UserFacingError, redact_secrets
+from .chat_template import check_served_text, served_special_tokens
+from .endpoint_checks import (
+    check_api_key,
+    check_context_window,
+    check_model_name,
+    check_timeout,
+    check_url,
+    mask_url,
+    url_secrets,
+)
+from .endpoint_faults import (
+    EndpointError,
+    NotAStream,
+    StreamError,
+    as_endpoint_error,
+    excerpt,
+)
+from .errors import redact_secrets
 from .generation import GenerationStats
 from .reply import EngineReply, ReplyRequest
 from .vocab import build_llama2_tokenizer
@@ -36,10 +61,7 @@ LLAMA2_CONTEXT_WINDOW = 4096  # Llama 2's max_position_embeddings (the paper, se
 _PIP = "pip install 'openai>=2.54'  (or: pip install 'llama2-colab[serve]'; Colab has it)"
 # Request fields the session sets itself: generate_kwargs must not send them again.
 _SESSION_SETS = ("model", "messages", "stream", "max_tokens", "temperature", "top_p")
-
-
-class EndpointError(UserFacingError):
-    """The endpoint could not give a reply (down, refused, too slow, broke off); nothing changed."""
+MODELS_TIMEOUT_S = 10.0  # asking which models are served, for an error's hint
 
 
 @functools.cache
@@ -59,23 +81,21 @@ def _import_openai():
     return openai
 
 
-def _check_url(url) -> str:
-    """Return url with /v1 added when it names only a server; ValueError unless it is http(s)."""
-    example = "such as http://127.0.0.1:8000/v1"
-    if not isinstance(url, str) or not url.strip():
-        raise ValueError(f"The endpoint URL must be text {example}, not {url!r}.")
-    url = url.strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"The endpoint URL {url!r} is not an http(s) URL; give one {example}.")
-    return url + "/v1" if parts.path in ("", "/") else url
+@dataclass(frozen=True)
+class _Delta:
+    """One piece of a streamed reply: its text, the finish reason if given, the usage if sent."""
+
+    text: str = ""
+    finish: str | None = None
+    usage: dict | None = None
 
 
 class Endpoint:
     """An OpenAI-compatible chat endpoint: its URL, the model it serves, an optional API key.
 
     `timeout_s` bounds every wait on the server (connecting, the first token, each next piece);
-    `context_window` is the served model's (4096 for Llama 2; the API does not say it).
+    `context_window` is the served model's (4096 for Llama 2; the API does not say it). `url` is
+    the URL as it may be shown: a password or a key in it is masked.
     """
 
     def __init__(
@@ -86,34 +106,26 @@ class Endpoint:
         timeout_s: float = 60.0,
         context_window: int = LLAMA2_CONTEXT_WINDOW,
     ):
-        self.url = _check_url(url)
-        if not isinstance(model, str) or not model.strip():
-            raise ValueError(
-                f"Name the model the endpoint serves (its /v1/models lists them), not {model!r}."
-            )
-        if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
-            raise ValueError("api_key must be the key as text, or None for a server without one.")
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0:
-            raise ValueError(f"timeout_s must be a number of seconds above 0, not {timeout_s!r}.")
-        if isinstance(context_window, bool) or not isinstance(context_window, int):
-            raise TypeError(
-                f"context_window must be a whole number of tokens, not {context_window!r}."
-            )
-        if context_window < 2:
-            raise ValueError(f"context_window={context_window} is too small; Llama 2 has 4096.")
-        self.model = model.strip()
-        self.timeout_s = float(timeout_s)
-        self._context_window = context_window
-        self._api_key = api_key.strip() if api_key else None
+        self._url = check_url(url)
+        self.model = check_model_name(model)
+        self._api_key = check_api_key(api_key)
+        self.timeout_s = check_timeout(timeout_s)
+        self._context_window = check_context_window(context_window)
+        self._secrets = [s for s in [self._api_key, *url_secrets(self._url)] if s]
         openai = _import_openai()
         # No retries: a reply is never sent twice behind your back. "EMPTY" (vLLM's convention)
         # when there is no key, so an OPENAI_API_KEY in the environment never goes to this server.
         self._client = openai.OpenAI(
-            base_url=self.url,
+            base_url=self._url,
             api_key=self._api_key or "EMPTY",
             timeout=self.timeout_s,
             max_retries=0,
         )
+
+    @property
+    def url(self) -> str:
+        """The API's base URL, as it may be shown (a password or key in it masked)."""
+        return mask_url(self._url)
 
     def __repr__(self) -> str:
         key = f", api_key={mask_token(self._api_key)!r}" if self._api_key else ""
@@ -129,15 +141,17 @@ class Endpoint:
         return self._context_window
 
     def describe(self) -> str:
-        """Return e.g. `tiny at http://127.0.0.1:8000/v1 (endpoint)`; the key never appears."""
+        """Return e.g. `tiny at http://127.0.0.1:8000/v1 (endpoint)`; no secret appears."""
         return self.redact(f"{self.model} at {self.url} (endpoint)")
 
     def redact(self, text: str) -> str:
-        """Return text with the API key (and any Hugging Face token) masked."""
-        text = redact_secrets(text)
-        return text.replace(self._api_key, mask_token(self._api_key)) if self._api_key else text
+        """Return text with the API key, the URL's secrets and any Hugging Face token masked."""
+        text = redact_secrets(str(text).replace(self._url, self.url))
+        for secret in self._secrets:
+            text = text.replace(secret, mask_token(secret))
+        return text
 
-    def check_options(self, options: dict) -> None:
+    def check_options(self, options: dict, do_sample: bool = True) -> None:
         """Raise TypeError/ValueError unless options can go into the request as extra fields."""
         if not isinstance(options, dict):
             raise TypeError(f"generate_kwargs must be a dict, not {type(options).__name__}.")
@@ -156,12 +170,26 @@ class Endpoint:
                 "such as a LogitsProcessor work only with a local model."
             ) from None
 
+    def check_text(self, text: str, what: str) -> None:
+        """Raise ValueError, as the served template would (with a bare 500), before sending.
+
+        The server tokenizes the rendered prompt, so a typed `</s>` (or `<s>`, `<unk>`) would
+        become a real token there: the reference template refuses it, and so does this.
+        """
+        check_served_text(text, what, served_special_tokens(self.tokenizer))
+
     def served_models(self) -> list[str]:
         """Return the ids of the models the endpoint serves (its /v1/models)."""
         try:
-            return [m.id for m in self._client.models.list()]
+            return self._ask_models()
         except Exception as err:  # noqa: BLE001 - every failure becomes an EndpointError
-            raise _as_endpoint_error(self, err, mid_reply=False) from None
+            # No hint here: it would ask /v1/models again, the request that just failed.
+            raise as_endpoint_error(self, err, False, _import_openai(), None) from None
+
+    def _ask_models(self) -> list[str]:
+        """The served model ids, as the client gets them (its own exceptions on failure)."""
+        client = self._client.with_options(timeout=min(self.timeout_s, MODELS_TIMEOUT_S))
+        return [m.id for m in client.models.list()]
 
     def reply(
         self, request: ReplyRequest, on_text: Callable[[str], None] | None, stop: threading.Event
@@ -171,33 +199,36 @@ class Endpoint:
         pieces: list[str] = []
         times: list[float] = []
         usage, finished = None, None
-        for chunk in self._chunks(request, stop, lambda: bool(pieces)):
-            usage = getattr(chunk, "usage", None) or usage
-            for choice in chunk.choices or []:
-                piece = getattr(choice.delta, "content", None)
-                if piece:
-                    pieces.append(piece)
-                    times.append(time.perf_counter())
-                    if on_text is not None:
-                        on_text(piece)
-                finished = choice.finish_reason or finished
+        for delta in self._deltas(request, stop, lambda: bool(pieces)):
+            usage = delta.usage or usage
+            if delta.text:
+                if len(pieces) >= request.fit.max_new_tokens:  # it ignores max_tokens: cut here
+                    finished = finished or "length"
+                    break
+                pieces.append(delta.text)
+                times.append(time.perf_counter())
+                if on_text is not None:
+                    on_text(delta.text)
+            finished = delta.finish or finished
         text = "".join(pieces)
         if finished is None and not stop.is_set():
             raise EndpointError(
-                f"The stream from {self.redact(self.url)} ended before the reply was finished "
+                f"The stream from {self.url} ended before the reply was finished "
                 "(the server closed it without saying why).",
                 "Your chat is unchanged. Check the server's log, then send again.",
             )
         return EngineReply(text, self._stats(request, text, usage, start, times), stop.is_set())
 
     def _stats(
-        self, request: ReplyRequest, text: str, usage, start: float, times
+        self, request: ReplyRequest, text: str, usage: dict | None, start: float, times
     ) -> GenerationStats:
         """Timing as for a local reply; token counts from the server's usage when it gave them."""
-        prompt = getattr(usage, "prompt_tokens", None) or request.fit.prompt_tokens
-        new = getattr(usage, "completion_tokens", None)
+        usage = usage or {}
+        prompt = _count(usage.get("prompt_tokens")) or request.fit.prompt_tokens
+        new = _count(usage.get("completion_tokens"))
         if new is None:  # stopped, or a server that sends no usage: count with Llama 2's pieces
-            new = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+            new = len(ids)
         return GenerationStats(
             prompt_tokens=int(prompt),
             new_tokens=int(new),
@@ -219,17 +250,102 @@ class Endpoint:
             body["temperature"] = 0.0  # greedy, in the API's words
         return body
 
-    def _chunks(self, request: ReplyRequest, stop: threading.Event, mid_reply) -> Iterator:
-        """The reply's chunks as they arrive, until stop is set; failures as EndpointError."""
-        body, extra = self._body(request), dict(request.options)
-        for kind, value in _read_in_background(self._client, body, extra, stop):
+    def _deltas(self, request: ReplyRequest, stop: threading.Event, mid_reply) -> Iterator[_Delta]:
+        """The reply's pieces as they arrive, until stop is set; failures as EndpointError."""
+        body, extra, openai = self._body(request), dict(request.options), _import_openai()
+        for kind, value in _read_in_background(self._client, body, extra, stop, openai):
             if kind == "error":
-                raise _as_endpoint_error(self, value, mid_reply=mid_reply()) from None
+                raise as_endpoint_error(
+                    self, value, mid_reply(), openai, self._ask_models
+                ) from None
             yield value
 
 
-def _read_in_background(client, body: dict, extra: dict, stop: threading.Event) -> Iterator:
-    """Yield ("chunk", c) and ("error", e) from a stream read on its own thread, until stop.
+def _count(value) -> int | None:
+    """A token count the server sent, or None if it sent none (or not a count)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+@contextlib.contextmanager
+def _opened(client, body: dict, extra: dict, openai) -> Iterator:
+    """The streaming response to one request, open while inside.
+
+    A connection that fails before any byte of the reply (no status line yet) is tried once
+    more: the request never reached a server that answered it. A timeout is not retried.
+    """
+    for attempt in (1, 2):
+        manager = client.chat.completions.with_streaming_response.create(
+            **body, extra_body=extra or None
+        )
+        try:
+            response = manager.__enter__()
+        except openai.APITimeoutError:
+            raise
+        except openai.APIConnectionError:
+            if attempt == 2:
+                raise
+            continue
+        break
+    try:
+        yield response
+    finally:
+        manager.__exit__(None, None, None)
+
+
+def _what_came(kind: str, response) -> str:
+    """Name what a server sent instead of an event stream, with a short excerpt of it."""
+    try:
+        first = next(iter(response.iter_bytes()), b"").decode("utf-8", errors="replace")
+    except Exception:  # noqa: BLE001 - a body that cannot be read is named by its type alone
+        first = ""
+    if "html" in kind.lower() or first.lstrip()[:15].lower().startswith(("<!doctype", "<html")):
+        return f"an HTML page ({excerpt(first)})"
+    return f"{kind or 'a reply with no content type'} ({excerpt(first) or 'empty'})"
+
+
+def _parse_event(data: str) -> list[_Delta]:
+    """The pieces of one `data:` event; NotAStream or StreamError when it is not a chunk."""
+    try:
+        event = json.loads(data)
+    except ValueError:
+        raise NotAStream(f"a line that is not JSON ({excerpt(data)!r})") from None
+    if not isinstance(event, dict):
+        raise NotAStream(f"JSON that is not a completion chunk ({excerpt(data)!r})")
+    if event.get("error"):
+        error = event["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        raise StreamError(str(message or "an error with no message"))
+    choices = event.get("choices") or []
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise NotAStream(f"JSON that is not a completion chunk ({excerpt(data)!r})")
+    usage = event.get("usage") if isinstance(event.get("usage"), dict) else None
+    deltas = [_Delta(usage=usage)] if usage else []
+    for choice in choices:
+        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        text = delta.get("content")
+        deltas.append(_Delta(text if isinstance(text, str) else "", choice.get("finish_reason")))
+    return deltas
+
+
+def _stream_deltas(response) -> Iterator[_Delta]:
+    """The pieces of an OpenAI event stream, then one that finishes it at `data: [DONE]`."""
+    kind = response.headers.get("content-type", "")
+    if not kind.lower().startswith("text/event-stream"):
+        raise NotAStream(_what_came(kind, response))
+    for line in response.iter_lines():
+        if not line.startswith("data:"):
+            continue  # blank lines between events, comments, event names
+        data = line[5:].strip()
+        if data == "[DONE]":  # the server says the reply is complete
+            yield _Delta(finish="stop")
+            return
+        yield from _parse_event(data)
+
+
+def _read_in_background(
+    client, body: dict, extra: dict, stop: threading.Event, openai
+) -> Iterator[tuple[str, object]]:
+    """Yield ("delta", d) and ("error", e) from a stream read on its own thread, until stop.
 
     A blocked socket read cannot be interrupted from another thread, so the request runs on a
     thread of its own: Stop returns at once (within 50 ms) even while the server is silent, and
@@ -242,11 +358,11 @@ def _read_in_background(client, body: dict, extra: dict, stop: threading.Event) 
 
     def read() -> None:
         try:
-            with client.chat.completions.create(**body, extra_body=extra or None) as stream:
-                for chunk in stream:
+            with _opened(client, body, extra, openai) as response:
+                for delta in _stream_deltas(response):
                     if abandoned.is_set():
                         return  # leaving the `with` closes the stream: the server stops
-                    events.put(("chunk", chunk))
+                    events.put(("delta", delta))
             events.put(("end", None))
         except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
             events.put(("error", err))
@@ -265,98 +381,3 @@ def _read_in_background(client, body: dict, extra: dict, stop: threading.Event) 
                 return
     finally:
         abandoned.set()
-
-
-def _status_error(endpoint: Endpoint, err) -> EndpointError:
-    """An HTTP error status, as what happened and what to do."""
-    status = err.status_code
-    said = _server_said(err)
-    where = endpoint.redact(endpoint.url)
-    if status in (401, 403):
-        return EndpointError(
-            f"The endpoint at {where} refused the API key (HTTP {status}): {said}",
-            "Pass the right key: Endpoint(url, model, api_key=...). It is only ever shown masked.",
-        )
-    if status in (400, 404, 422):
-        return EndpointError(
-            f"The endpoint at {where} refused the request for model {endpoint.model!r} "
-            f"(HTTP {status}): {said}",
-            f"Check the model name{_served_hint(endpoint)} and the URL (it usually ends in /v1). "
-            "Your chat is unchanged.",
-        )
-    return EndpointError(
-        f"The endpoint at {where} failed (HTTP {status}): {said}",
-        "Your chat is unchanged. Check the server's log, then send again.",
-    )
-
-
-def _served_hint(endpoint: Endpoint) -> str:
-    """`: it serves 'x'` when the endpoint says what it serves, else nothing."""
-    try:
-        served = endpoint.served_models()
-    except EndpointError:
-        return ""
-    return f" (it serves {', '.join(repr(m) for m in served[:5])})" if served else ""
-
-
-def _server_said(err) -> str:
-    """The server's own words from an HTTP error, shortened."""
-    body = getattr(err, "body", None)
-    said = body.get("detail") or body.get("message") if isinstance(body, dict) else None
-    said = str(said or getattr(err, "message", "") or err)
-    return said if len(said) <= 300 else said[:297] + "..."
-
-
-def _as_endpoint_error(endpoint: Endpoint, err: BaseException, mid_reply: bool) -> BaseException:
-    """The failure of a request as an EndpointError; anything else (a bug, Ctrl-C) as it is."""
-    openai = _import_openai()
-    if isinstance(err, EndpointError) or not isinstance(err, Exception):
-        return err
-    if isinstance(err, openai.APIStatusError):
-        return _status_error(endpoint, err)
-    where = endpoint.redact(endpoint.url)
-    name = type(err).__name__
-    if isinstance(err, openai.APITimeoutError) or "Timeout" in name:
-        return EndpointError(
-            f"The endpoint at {where} did not answer within {endpoint.timeout_s:g} s.",
-            "Your chat is unchanged. Check that the server is up and not stuck; a server that "
-            "loads the model on the first request may need a longer timeout_s.",
-        )
-    transport = isinstance(err, openai.APIConnectionError) or type(err).__module__.startswith(
-        ("httpx", "httpcore")
-    )
-    if transport:
-        return _connection_error(where, err, mid_reply)
-    if isinstance(err, openai.APIError):  # an error the server sent inside the stream
-        return EndpointError(
-            f"The endpoint at {where} reported an error: {endpoint.redact(str(err))[:300]}",
-            "Your chat is unchanged. Check the server's log, then send again.",
-        )
-    return err
-
-
-def _connection_error(where: str, err: BaseException, mid_reply: bool) -> EndpointError:
-    """A connection that failed: never made, closed before the reply, or broken off in it."""
-    causes, seen = [], err
-    while seen is not None and len(causes) < 10:
-        causes.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    refused = any(
-        isinstance(e, ConnectionRefusedError | socket.gaierror)
-        or type(e).__name__ == "ConnectError"
-        for e in causes
-    )
-    if mid_reply:
-        what = (
-            f"The connection to the endpoint at {where} broke off in the middle of the reply "
-            "(the server stopped, or the network dropped)."
-        )
-    elif refused:
-        what = f"Could not reach the endpoint at {where}: is the server running?"
-    else:
-        what = f"The endpoint at {where} closed the connection before replying (did it stop?)."
-    return EndpointError(
-        what,
-        "Your chat is unchanged. Start the server (python -m llama2_colab serve) or check the "
-        "URL and port, then send again.",
-    )

@@ -225,6 +225,8 @@ def stream_generate(
     attention_mask = torch.ones_like(input_ids)
     streamer = ReplyStreamer(tokenizer, on_text)
     generate_kwargs.setdefault("pad_token_id", tokenizer.eos_token_id)
+    if generate_kwargs.get("stop_strings"):  # generate() finds stop strings with the tokenizer
+        generate_kwargs.setdefault("tokenizer", tokenizer)
     start = time.perf_counter()
     with torch.inference_mode(), _without_length_warning():
         output = model.generate(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -77,15 +78,109 @@ _SESSION_SETS = {
 }
 
 
+# Settings that make generate() return more than one streamed text: the session streams one.
+_ONE_REPLY = {
+    "num_beams": "beam search does not stream in transformers",
+    "num_return_sequences": "it keeps one reply; regenerate() gives another",
+}
+_EXTRA_OUTPUTS = (
+    "return_dict_in_generate",
+    "output_scores",
+    "output_logits",
+    "output_attentions",
+    "output_hidden_states",
+)
+
+
 @functools.cache
 def _generate_names() -> frozenset[str]:
     """Every name generate() takes: its own arguments and every GenerationConfig setting."""
     own = set(inspect.signature(GenerationMixin.generate).parameters) - {"self", "kwargs"}
-    return frozenset(own | set(GenerationConfig().to_dict()))
+    return frozenset(own | _config_names())
 
 
-def check_generate_kwargs(kwargs: dict) -> None:
-    """Raise TypeError/ValueError, saying what to fix, unless kwargs can go to generate()."""
+@functools.cache
+def _config_names() -> frozenset[str]:
+    """The settings of a GenerationConfig (what goes into one, not generate()'s own arguments)."""
+    return frozenset(GenerationConfig().to_dict()) | frozenset(_documented_types())
+
+
+@functools.cache
+def _documented_types() -> dict[str, str]:
+    """Each generation setting's type as transformers documents it, where it is a plain one."""
+    doc = GenerationConfig.__doc__ or ""
+    return dict(re.findall(r"^\s*(\w+) \(`(int|float|bool|str)`[,)]", doc, re.MULTILINE))
+
+
+def _check_value(key: str, value) -> None:
+    """Raise TypeError unless value has the type transformers documents for the setting key."""
+    if key in ("logits_processor", "stopping_criteria") and value is not None:
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise TypeError(f"generate_kwargs[{key!r}] must be a list, not {type(value).__name__}.")
+        for item in value:
+            if not callable(item):
+                kind = "LogitsProcessor" if "logits" in key else "StoppingCriteria"
+                raise TypeError(
+                    f"generate_kwargs[{key!r}] holds {type(item).__name__} {item!r}: each item "
+                    f"must be a transformers {kind}."
+                )
+    kind = _documented_types().get(key)
+    if value is None or kind is None:
+        return
+    ok = {
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, int | float) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+    }[kind]
+    if not ok:
+        named = {"int": "a whole number", "float": "a number", "bool": "True or False"}
+        raise TypeError(
+            f"generate_kwargs[{key!r}] must be {named.get(kind, 'text')}, not "
+            f"{type(value).__name__} {value!r}."
+        )
+
+
+def _check_one_reply(kwargs: dict) -> None:
+    """Raise ValueError for settings that would give more than one streamed text reply."""
+    for key, why in _ONE_REPLY.items():
+        if kwargs.get(key) not in (None, 1):
+            raise ValueError(
+                f"generate_kwargs sets {key}={kwargs[key]!r}, but a ChatSession streams one "
+                f"reply ({why}). Leave {key} out."
+            )
+    for key in _EXTRA_OUTPUTS:
+        if kwargs.get(key):
+            raise ValueError(
+                f"generate_kwargs sets {key}, but a ChatSession keeps only the reply's text. "
+                "Leave it out; for scores or hidden states, call model.generate() yourself."
+            )
+
+
+def _validate_config(kwargs: dict, do_sample: bool) -> None:
+    """Raise ValueError with transformers' own reason if GenerationConfig.validate refuses them."""
+    settings = {k: v for k, v in kwargs.items() if k in _config_names()}
+    config = GenerationConfig()
+    try:
+        for key, value in (settings | {"do_sample": do_sample}).items():
+            setattr(config, key, value)
+        config.validate(strict=True, user_set_attributes=set(settings))
+    except Exception as err:  # noqa: BLE001 - whatever transformers refuses is said, in its words
+        said = str(err).replace("GenerationConfig is invalid:", "").split("\nIf you're using")[0]
+        mode = "sampling" if do_sample else "greedy decoding (do_sample=False)"
+        raise ValueError(
+            f"generate_kwargs {settings} cannot be used with {mode}: {' '.join(said.split())}"
+        ) from None
+
+
+def check_generate_kwargs(kwargs: dict, do_sample: bool = True) -> None:
+    """Raise TypeError/ValueError, saying what to fix, unless kwargs can go to generate().
+
+    Names are checked against generate()'s arguments and transformers' settings, values against
+    the types transformers documents, and the settings with `do_sample` by
+    `GenerationConfig.validate(strict=True)`: a setting generate() would refuse, or silently
+    ignore, is refused now, with transformers' reason.
+    """
     if not isinstance(kwargs, dict):
         raise TypeError(
             f"generate_kwargs must be a dict such as {{'top_k': 20}}, not {type(kwargs).__name__}."
@@ -105,6 +200,9 @@ def check_generate_kwargs(kwargs: dict) -> None:
                 f"argument of generate().{hint} The settings are transformers' GenerationConfig "
                 "fields (top_k, repetition_penalty, min_new_tokens, ...)."
             )
+        _check_value(key, kwargs[key])
+    _check_one_reply(kwargs)
+    _validate_config(kwargs, bool(do_sample))
 
 
 def _check_model(model, tokenizer) -> None:
@@ -113,6 +211,11 @@ def _check_model(model, tokenizer) -> None:
         "Load them first, e.g. model, tokenizer = load_with_plan(make_plan(name, facts)), then "
         "pass ChatSession(model, tokenizer); or pass endpoint=Endpoint(url, model_name)."
     )
+    if isinstance(model, str):
+        raise TypeError(
+            f"ChatSession got the text {str(model)[:80]!r} where a loaded transformers model "
+            f"belongs: a model's name is not the model. {how}"
+        )
     if model is None or tokenizer is None:
         missing = (
             "a model and its tokenizer"
@@ -148,9 +251,12 @@ class LocalModel:
         """Return the model's context window (max_position_embeddings)."""
         return read_context_window(self.model)
 
-    def check_options(self, options: dict) -> None:
+    def check_options(self, options: dict, do_sample: bool = True) -> None:
         """Raise TypeError/ValueError unless options are generate() kwargs the session allows."""
-        check_generate_kwargs(options)
+        check_generate_kwargs(options, do_sample)
+
+    def check_text(self, text: str, what: str) -> None:
+        """Accept any text `encode_dialog` accepts: a typed `</s>` is encoded as characters."""
 
     def describe(self) -> str:
         """Return e.g. `LlamaForCausalLM on cpu (this process)`."""

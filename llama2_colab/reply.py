@@ -60,8 +60,15 @@ class ReplyEngine(Protocol):
         """Return how many tokens the prompt and the reply may take together."""
         ...
 
-    def check_options(self, options: dict) -> None:
-        """Raise TypeError/ValueError, saying what to fix, unless options suit this engine."""
+    def check_options(self, options: dict, do_sample: bool = True) -> None:
+        """Raise TypeError/ValueError, saying what to fix, unless options suit this engine.
+
+        `do_sample`: whether the reply samples (an option may suit one mode, not the other).
+        """
+        ...
+
+    def check_text(self, text: str, what: str) -> None:
+        """Raise ValueError, saying what to fix, unless this engine can send text (named what)."""
         ...
 
     def describe(self) -> str:

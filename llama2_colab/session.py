@@ -9,13 +9,23 @@ It is a small state machine behind one lock: `idle`, `replying` (a reply is bein
 `stopping` (Stop was pressed and the reply is ending). One operation at a time: while a reply is
 being written, every other change (a second send, regenerate, undo, clear, import, assigning
 `history`, switching the model) is refused with a `SessionBusyError` that says why, and changes
-nothing. The history changes only when a turn completes.
+nothing. The history changes only when a turn completes, and only through the session: reading
+`history` gives a copy that refuses changes in place (`HistoryView`), so no list method can
+slip past the lock.
+
+What reaches the engine is checked here first, with a TypeError or ValueError that says what
+to pass: the settings (`do_sample` a bool, a `context_window` within the model's own), the
+arguments of `send` (`on_text` a function, `stop_event` an Event, `stopping_criteria` a list of
+criteria), `generate_kwargs` by the engine (`LocalModel`: transformers' documented types and
+`GenerationConfig.validate`), and every message by the engine's own rules as well (an endpoint's
+template refuses typed special tokens such as `</s>`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,7 +49,7 @@ from .local_model import LocalModel
 from .renames import renamed_attribute, renamed_keywords, warn_renamed
 from .reply import ReplyEngine, ReplyRequest
 
-__all__ = ["ChatSession", "SessionBusyError", "SessionState"]
+__all__ = ["ChatSession", "HistoryView", "SessionBusyError", "SessionState"]
 
 
 class SessionState(StrEnum):
@@ -52,6 +62,29 @@ class SessionState(StrEnum):
 
 class SessionBusyError(RuntimeError):
     """An action refused because the session is writing a reply; nothing was changed."""
+
+
+class HistoryView(list):
+    """The conversation as it was when read: a copy, which refuses changes in place.
+
+    It compares, iterates, indexes and serializes as a list of message dicts. Changing it in
+    place (`append`, `clear`, `del h[0]`, ...) raises TypeError saying what to do instead, since
+    a change to a copy would change nothing, and a change to the session's own list would slip
+    past its lock (mid-reply, the reply being recorded would silently undo it).
+    """
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError(
+            "session.history is a copy of the conversation, so changing it in place would change "
+            "nothing. Use session.undo() (the last exchange) or session.clear(), or assign "
+            "session.history = [...] to replace it (checked, and refused mid-reply)."
+        )
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+
+    def __reduce__(self):
+        return (list, (list(self),))  # a copy or a pickle is a plain list
 
 
 @dataclass(frozen=True)
@@ -130,17 +163,31 @@ class ChatSession:
         self.temperature, self.top_p, self.do_sample = temperature, top_p, do_sample
         self.generate_kwargs = {} if generate_kwargs is None else generate_kwargs
         self.last_stats, self.last_fit, self.last_stopped = last_stats, last_fit, last_stopped
-        _check_history(history, self.system_prompt)
+        _check_text(self._system_text(), "The system prompt")
+        _check_history(history)
         self._check_settings()
         self._history: list[Message] = [dict(m) for m in history]
 
     def _check_settings(self) -> None:
         """Raise TypeError/ValueError, saying what to fix, unless the settings can be used."""
         _check_count(self.max_new_tokens, "max_new_tokens", 1, "a few hundred is typical")
-        if self.context_window is not None:
-            _check_count(self.context_window, "context_window", 2, "None uses the model's own")
+        self._check_window()
         _check_sampling(self.do_sample, self.temperature, self.top_p)
-        self._need_engine().check_options(self.generate_kwargs)
+        self._need_engine().check_options(self.generate_kwargs, self.do_sample)
+
+    def _check_window(self) -> None:
+        """Raise TypeError/ValueError unless context_window is None or within the model's own."""
+        if self.context_window is None:
+            return
+        _check_count(self.context_window, "context_window", 2, "None uses the model's own")
+        own = self._need_engine().context_window()
+        if self.context_window > own:
+            raise ValueError(
+                f"context_window={self.context_window:,} is more than the model's own {own:,} "
+                "positions: past them a Llama model produces garbage, so the budget would let "
+                f"a long chat fail instead of trimming it. Give at most {own}, or None for the "
+                "model's own."
+            )
 
     def __repr__(self) -> str:
         engine = self._engine.describe() if self._engine is not None else "no model"
@@ -249,11 +296,11 @@ class ChatSession:
         """Return the prompt that send(text) would use, fitted to the context window."""
         check_message(text)
         _check_text(self._system_text(), "The system prompt")
-        if self.context_window is not None:
-            _check_count(self.context_window, "context_window", 2, "None uses the model's own")
+        self._check_window()
         messages = self.build_messages(text, history)
-        tokenizer = self._need_engine().tokenizer
-        return fit_dialog(tokenizer, messages, self.window_in_use(), self.max_new_tokens)
+        engine = self._need_engine()
+        _check_for_engine(engine, messages)
+        return fit_dialog(engine.tokenizer, messages, self.window_in_use(), self.max_new_tokens)
 
     def _system_text(self) -> str:
         """The system prompt as text ("" for None); TypeError for anything else."""
@@ -285,9 +332,13 @@ class ChatSession:
         return self._state is not SessionState.IDLE
 
     @property
-    def history(self) -> list[Message]:
-        """The finished exchanges, user and assistant in turn (the system prompt is apart)."""
-        return self._history
+    def history(self) -> HistoryView:
+        """A copy of the finished exchanges, user and assistant in turn (system prompt apart).
+
+        The copy refuses changes in place (TypeError): change the conversation with `undo()`,
+        `clear()`, `import_json()` or by assigning `history`, which the session checks.
+        """
+        return HistoryView(dict(m) for m in self._history)
 
     @history.setter
     def history(self, messages: Sequence[Message]) -> None:
@@ -342,7 +393,7 @@ class ChatSession:
     def _generate(self, engine: ReplyEngine, history, text, on_text, criteria, stop) -> _Turn:
         """One reply to text after history, written by engine; the settings are read now."""
         _check_sampling(self.do_sample, self.temperature, self.top_p)
-        engine.check_options(self.generate_kwargs)
+        engine.check_options(self.generate_kwargs, self.do_sample)
         if criteria and not isinstance(engine, LocalModel):
             raise TypeError(
                 "stopping_criteria are transformers objects: they work with a local model only. "
@@ -383,6 +434,7 @@ class ChatSession:
         `stop_event`: your own Event that ends this reply when set, even before it begins (the
         chat app's Stop); by default a fresh one, which `stop()` sets.
         """
+        _check_reply_arguments(self._engine, on_text, stopping_criteria, stop_event)
         with self._replying("send a message", stop_event) as (engine, stop):
             history = list(self._history)
             turn = self._generate(engine, history, text, on_text, stopping_criteria, stop)
@@ -395,6 +447,7 @@ class ChatSession:
         stop_event: threading.Event | None = None,
     ) -> str:
         """Replace the last reply with a fresh one and return it (a failure keeps the old one)."""
+        _check_reply_arguments(self._engine, on_text, stopping_criteria, stop_event)
         with self._replying("regenerate", stop_event) as (engine, stop):
             if not self._history:
                 raise ValueError("There is no reply to regenerate yet; send a message first.")
@@ -421,8 +474,10 @@ class ChatSession:
 
     # -- saving --------------------------------------------------------------------------------
     def export_json(self) -> str:
-        """Return the system prompt and the history as a JSON string."""
-        data = {"system_prompt": self._system_text(), "messages": self._history}
+        """Return the system prompt and the history as a JSON string (UTF-8 text, always)."""
+        system = self._system_text()
+        _check_text(system, "The system prompt")  # a lone surrogate cannot be written to a file
+        data = {"system_prompt": system, "messages": self._history}
         return json.dumps(data, ensure_ascii=False, indent=1)
 
     def import_json(self, text: str) -> None:
@@ -444,6 +499,12 @@ def _read_export(text, system_now) -> tuple[str, list[Message]]:
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        if _looks_like_a_path(text):
+            raise ValueError(
+                f"import_json takes the JSON text, and {text.strip()!r} looks like a file's "
+                "path. Read the file first: session.import_json(open(path, encoding='utf-8')"
+                ".read())."
+            ) from None
         raise ValueError(
             f"That is not a chat export (not valid JSON: {err}). Paste the text that "
             "export_json() produced."
@@ -466,29 +527,95 @@ def _read_export(text, system_now) -> tuple[str, list[Message]]:
         system = messages.pop(0).get("content")
     if not isinstance(system, str):
         raise ValueError("The export's system prompt must be a string.")
-    _check_history(messages, system)
+    _check_text(system, "The export's system prompt")
+    _check_history(messages)
     return system, messages
 
 
-def _check_history(messages, system: str = "") -> None:
-    """Raise ValueError unless messages are finished user/assistant pairs (plus system text)."""
+def _looks_like_a_path(text) -> bool:
+    """True for one short line that names a file (as `/tmp/chat.json`), not JSON text."""
+    if not isinstance(text, str) or "\n" in text.strip() or len(text) > 4096:
+        return False
+    name = text.strip()
+    return (
+        bool(name)
+        and name[0] not in "{["
+        and (os.path.exists(os.path.expanduser(name)) or name.lower().endswith(".json"))
+    )
+
+
+def _check_history(messages) -> None:
+    """Raise ValueError unless messages are finished user/assistant pairs."""
     if not isinstance(messages, (list, tuple)):
         raise ValueError(
             f"This chat history cannot be used: it must be a list of messages, not "
             f"{type(messages).__name__}."
         )
     try:
-        if not isinstance(system, str):
-            raise ValueError(f"the system prompt must be a string, not {type(system).__name__}")
-        _check_text(system, "The system prompt")
         # A history is a dialog that is still waiting for its next user message.
         check_dialog(list(messages) + [{"role": "user", "content": "next"}])
     except ValueError as err:
-        raise ValueError(f"This chat history cannot be used: {err}") from None
+        raise ValueError(
+            f"This chat history cannot be used: {err} A history holds finished exchanges (a "
+            "user message, then the assistant's reply); leave out a message without its reply "
+            "and send it with send()."
+        ) from None
+
+
+def _check_for_engine(engine: ReplyEngine, messages: Sequence[Message]) -> None:
+    """Raise ValueError if the engine cannot send one of the messages (its own rules)."""
+    last = len(messages) - 1
+    for i, message in enumerate(messages):
+        if message["role"] == "system":
+            what = "The system prompt"
+        elif i == last:
+            what = "Your message"
+        else:
+            what = f"Message {i} of the history ({message['role']})"
+        engine.check_text(message["content"], what)
+
+
+def _check_reply_arguments(engine, on_text, stopping_criteria, stop_event) -> None:
+    """Raise TypeError, saying what to pass, unless send()'s arguments can be used."""
+    if on_text is not None and not callable(on_text):
+        raise TypeError(
+            f"on_text must be a function that takes each piece of the reply (such as print, "
+            f"or a list's append), or None, not {type(on_text).__name__} {on_text!r}."
+        )
+    if stop_event is not None and not (
+        callable(getattr(stop_event, "is_set", None)) and callable(getattr(stop_event, "set", None))
+    ):
+        raise TypeError(
+            f"stop_event must be a threading.Event (set it to end the reply), or None, not "
+            f"{type(stop_event).__name__} {stop_event!r}."
+        )
+    if not stopping_criteria:
+        return
+    if not isinstance(engine, LocalModel | None):
+        raise TypeError(
+            "stopping_criteria are transformers objects: they work with a local model only. "
+            "Use stop() to end an endpoint's reply."
+        )
+    if isinstance(stopping_criteria, str) or not isinstance(stopping_criteria, Sequence):
+        raise TypeError(
+            "stopping_criteria must be a list of transformers StoppingCriteria, not "
+            f"{type(stopping_criteria).__name__}."
+        )
+    for i, criterion in enumerate(stopping_criteria):
+        if not callable(criterion):
+            raise TypeError(
+                f"stopping_criteria[{i}] must be a transformers StoppingCriteria (called with "
+                f"the ids and scores at each step), not {type(criterion).__name__} {criterion!r}."
+            )
 
 
 def _check_sampling(do_sample: bool, temperature, top_p) -> None:
-    """Raise ValueError, saying the usual values, if sampling settings cannot work."""
+    """Raise TypeError/ValueError, saying the usual values, if sampling settings cannot work."""
+    if not isinstance(do_sample, bool):
+        raise TypeError(
+            f"do_sample must be True (sample) or False (greedy: the same reply every time), not "
+            f"{type(do_sample).__name__} {do_sample!r}."
+        )
     if not do_sample:
         return
     for name, value, ok, usual in (

@@ -54,17 +54,48 @@ class DistributedEnv:
 
 
 def distributed_env(env: Mapping[str, str] | None = None) -> DistributedEnv:
-    """Return this process's rank, local rank and world size from torchrun's variables."""
+    """Return this process's rank, local rank and world size from torchrun's variables.
+
+    UserFacingError when they cannot come from torchrun: not whole numbers, a rank not below the
+    world size (a stale RANK left in the environment), or a world of several processes without
+    MASTER_ADDR and MASTER_PORT (torchrun always sets them; without them every process would wait
+    for the others in vain, or fail inside torch.distributed).
+    """
     env = os.environ if env is None else env
+    names = "RANK, LOCAL_RANK or WORLD_SIZE"
     try:
-        return DistributedEnv(
+        world = DistributedEnv(
             int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1))
         )
     except ValueError:
         raise UserFacingError(
-            "RANK, LOCAL_RANK or WORLD_SIZE is not a whole number.",
+            f"{names} is not a whole number.",
             "Start the processes with torchrun, which sets them.",
         ) from None
+    _check_world(world, env)
+    return world
+
+
+def _check_world(world: DistributedEnv, env: Mapping[str, str]) -> None:
+    """Raise UserFacingError unless torchrun could have set these variables."""
+    unset = "Unset RANK, LOCAL_RANK and WORLD_SIZE to run as one process, or start it with torchrun"
+    size = max(world.world_size, 1)  # WORLD_SIZE=0 is read as one process
+    if not 0 <= world.rank < size or world.local_rank < 0:
+        raise UserFacingError(
+            f"This process has RANK={world.rank} and LOCAL_RANK={world.local_rank} in a world "
+            f"of WORLD_SIZE={world.world_size}: a rank runs from 0 to WORLD_SIZE - 1, so these "
+            "variables were not set by torchrun (a stale environment, from a cluster job?).",
+            f"{unset} (`torchrun --nproc-per-node N -m llama2_colab demo ...`).",
+        )
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if size > 1 and not env.get(name)]
+    if missing:
+        raise UserFacingError(
+            f"WORLD_SIZE={world.world_size} says this is one of several processes, but "
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set, so it cannot "
+            "find the others: the variables were not set by torchrun.",
+            f"{unset}, which sets them all: "
+            f"`torchrun --nproc-per-node {world.world_size} -m llama2_colab demo ...`.",
+        )
 
 
 def _check_tp_plan(plan: TensorParallelPlan, world: DistributedEnv) -> None:

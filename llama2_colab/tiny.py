@@ -31,6 +31,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from .catalog import TINY_STEM
 from .checks import check_model_dir
 from .errors import UserFacingError
 from .faults import expand_user, fault_boundary, home_folder, refuse_dangling_link
@@ -111,7 +112,7 @@ def tiny_cache_dir() -> Path:
         weights = json.loads(info)["sha256"][:8]
     except (OSError, ValueError, KeyError, TypeError):
         weights = "missing"  # building there says what is wrong
-    name = f"tiny-llama-2-v{TINY_VERSION}-{weights}-transformers-{transformers.__version__}"
+    name = f"{TINY_STEM}-v{TINY_VERSION}-{weights}-transformers-{transformers.__version__}"
     return root / name
 
 

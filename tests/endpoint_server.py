@@ -8,11 +8,15 @@
   a `RunningServer` (its URL, the model name to ask for, `stop()`, `kill()`, `pause()`,
   `resume()`, each for the whole group).
 - `silent_server()` is a TCP server that accepts connections and never answers: a hung server.
+- `scripted_server(answer)` is an HTTP server whose every answer the test writes (`reply_with`,
+  `start_event_stream`, `send_event`, `chunk`): a server that misbehaves (a wrong URL's 404, an
+  error page, a key quoted back, garbage in the stream, a redirect, a dropped connection).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -154,3 +158,82 @@ def silent_server() -> Iterator[SilentServer]:
         listener.close()
         for connection in held:
             connection.close()
+
+
+@dataclass
+class ScriptedServer:
+    """A real HTTP server whose answers a test writes: its URL and the requests it got."""
+
+    url: str  # the base URL, ending in /v1
+    requests: list  # (method, path, headers) of every request, in order
+
+
+@contextlib.contextmanager
+def scripted_server(answer) -> Iterator[ScriptedServer]:
+    """An HTTP server on 127.0.0.1 that answers every request with `answer(handler)`.
+
+    `answer` gets the request's `http.server.BaseHTTPRequestHandler` (its `path`, `headers`,
+    `body`, `wfile`) and writes the reply itself: an error page, a stream, garbage, nothing. It
+    is how a server that misbehaves is played: what the client does with it is what is tested.
+    Each reply closes its connection (HTTP/1.0).
+    """
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    server = ScriptedServer("", [])
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.body = b""
+            server.requests.append(("GET", self.path, dict(self.headers)))
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client left
+                answer(self)
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            server.requests.append(("POST", self.path, dict(self.headers)))
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client left
+                answer(self)
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    http.daemon_threads = True
+    server.url = f"http://127.0.0.1:{http.server_port}/v1"
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        http.shutdown()
+        http.server_close()
+        thread.join(15)
+
+
+def reply_with(handler, status: int, body: str, content_type: str = "application/json") -> None:
+    """Write one whole HTTP reply (status, content type, body) to a scripted server's request."""
+    data = body.encode("utf-8")
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def start_event_stream(handler) -> None:
+    """Begin a streamed reply (status 200, text/event-stream); events follow, then a close."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.end_headers()
+
+
+def send_event(handler, data: str) -> None:
+    """Write one server-sent event (`data: ...`) and flush it."""
+    handler.wfile.write(f"data: {data}\n\n".encode())
+    handler.wfile.flush()
+
+
+def chunk(text: str = "", finish: str | None = None) -> str:
+    """One chat completion chunk as JSON: a piece of text, and the finish reason if any."""
+    choice = {"index": 0, "delta": {"content": text}, "finish_reason": finish}
+    return json.dumps({"id": "x", "object": "chat.completion.chunk", "choices": [choice]})

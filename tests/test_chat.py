@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 
 import pytest
@@ -517,3 +518,46 @@ def test_forty_turns_never_exceed_the_context_and_keep_the_system_prompt(tiny_di
         dropped.append(fit.dropped_turns)
     assert len(session.history) == 80  # the full history stays; only the prompt is trimmed
     assert dropped[0] == 0 and dropped[-1] > 30 and dropped == sorted(dropped)
+
+
+def test_stop_strings_end_the_reply_there(session):
+    session.do_sample, session.max_new_tokens = False, 40
+    session.generate_kwargs = {"stop_strings": ["."]}  # generate() needs the tokenizer for them
+    reply = session.send("What GPU does a free Colab runtime give you?")
+    assert "." not in reply[:-1] and len(session.history) == 2
+
+
+def test_a_message_too_long_is_refused_without_transformers_warning_first(
+    tiny_model_and_tokenizer, tiny_dir
+):
+    from transformers import AutoTokenizer
+
+    model, _ = tiny_model_and_tokenizer
+    fresh = AutoTokenizer.from_pretrained(tiny_dir)  # it warns once per tokenizer: a new one
+    said: list[str] = []
+    recorder = logging.Handler()
+    recorder.emit = lambda record: said.append(record.getMessage())
+    hf_logger = logging.getLogger("transformers.tokenization_utils_base")
+    hf_logger.addHandler(recorder)
+    try:
+        with pytest.raises(UserFacingError, match="20008 tokens: more than the model's whole"):
+            ChatSession(model, fresh).send("word " * 20000)
+    finally:
+        hf_logger.removeHandler(recorder)
+    assert not [m for m in said if "sequence length is longer" in m]
+
+
+def test_import_json_given_a_path_says_to_read_the_file_first(session, tmp_path):
+    path = tmp_path / "chat.json"
+    path.write_text(session.export_json(), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"looks like a file's path. Read the file first"):
+        session.import_json(str(path))
+    session.import_json(path.read_text(encoding="utf-8"))  # what it says works
+
+
+def test_export_refuses_a_system_prompt_no_file_can_hold(session, tmp_path):
+    session.system_prompt = "be \ud800 nice"  # a lone surrogate, from a damaged paste
+    with pytest.raises(ValueError, match=r"The system prompt contains '\\ud800' at position 3"):
+        session.export_json()
+    session.system_prompt = "be nice"
+    (tmp_path / "chat.json").write_text(session.export_json(), encoding="utf-8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -52,7 +53,9 @@ def test_send_streams_into_the_conversation_and_reports_speed(app):
     history = app.session.history
     assert [m["role"] for m in history] == ["user", "assistant"]
     assert history[0]["content"] == "Hello, Llama!"
-    assert app.conversation_text() == f"You: Hello, Llama!\nLlama 2: {history[1]['content']}"
+    reply = history[1]["content"]  # named for what answers: the offline toy, never "Llama 2"
+    assert app.conversation_text() == f"You: Hello, Llama!\ntiny Llama 2 (toy): {reply}"
+    assert "<b>tiny Llama 2 (toy):</b>" in app.conversation.value
     assert "<b>You:</b> Hello, Llama!" in app.conversation.value
     assert "tokens/s" in app.status_text() and "context used" in app.status_text()
     s = app.session
@@ -414,3 +417,58 @@ def test_a_reply_holding_a_token_is_shown_masked():
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": f"use {token}"}]
     )
     assert token not in html and "hf_...5432" in html
+
+
+def test_the_replies_are_named_for_what_really_answers():
+    from llama2_colab.catalog import speaker_name
+
+    assert speaker_name("meta-llama/Llama-2-7b-chat-hf") == "Llama 2"
+    assert speaker_name("TheBloke/Llama-2-13b-chat-hf") == "Llama 2"  # a mirror: the same model
+    assert speaker_name("codellama/CodeLlama-7b-Instruct-hf") == "Code Llama"
+    assert speaker_name("tiny") == "tiny Llama 2 (toy)"
+    assert speaker_name("/cache/tiny-llama-2-v5-abc-transformers-5.24.0") == "tiny Llama 2 (toy)"
+    assert speaker_name("./my-finetune/") == "my-finetune"
+
+
+def test_send_with_a_model_picked_but_not_loaded_says_which_model_answers(app):
+    app.model.value = "meta-llama/Llama-2-7b-chat-hf"  # picked, Load not pressed
+    send(app, "What GPU does a free Colab runtime give you?")
+    status = app.status_text()
+    assert "answered by tiny Llama 2 (toy)" in status
+    assert "you picked Llama 2 7B chat, which is not loaded: press Load model" in status
+    assert app.conversation_text().splitlines()[-1].startswith("tiny Llama 2 (toy): ")
+
+
+def test_a_slider_set_to_nan_goes_back_and_says_why(app):
+    bad = float("nan")  # infinity the slider clamps itself; NaN it lets through
+    app.temperature.value = 0.7
+    app.temperature.value = bad  # from code (a form, a computed value)
+    assert app.temperature.value == 0.7
+    assert "Temperature must be a number from 0.01 to 5" in app.status_text()
+    app.top_p.value = bad
+    assert app.top_p.value == app.session.top_p and "Top p must be" in app.status_text()
+    send(app, "hello")
+    assert len(app.session.history) == 2  # nothing stuck: the next Send works
+
+
+def test_stop_in_the_app_ends_a_reply_your_code_asked_for(app):
+    gate = Gate()
+    app.session.generate_kwargs = {"logits_processor": LogitsProcessorList([gate])}
+    app.session.max_new_tokens = 50
+    thread = threading.Thread(target=lambda: app.session.send("Tell me a long story"))
+    thread.start()
+    assert gate.reached.wait(30)
+    app.message.value = "hello"
+    app.on_send()  # refused: the buttons now show the reply your code is getting
+    assert "answering a call from your code" in app.status_text()
+    assert app.send_button.disabled and not app.stop_button.disabled
+    app.stop_button.click()
+    assert "Stopping the reply your code asked for" in app.status_text()
+    gate.go.set()
+    thread.join(30)
+    assert app.session.last_stopped and app.session.last_stats.new_tokens < 50
+    deadline = time.monotonic() + 30
+    while app.send_button.disabled:  # back to idle once that reply ended
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert app.stop_button.disabled and "Tell me a long story" in app.conversation_text()

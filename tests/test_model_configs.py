@@ -97,7 +97,7 @@ def test_the_files_beside_the_config_are_checked_too(tiny_dir, tmp_path, capsys,
     damage(folder)
     code, out, err = run_cli(capsys, "demo", "--model", str(folder), "--max-new-tokens", "2")
     assert code == 1 and re.search(message, err), err
-    assert "What to do:" in err and "Traceback" not in err and "Llama 2: " not in out
+    assert "What to do:" in err and "Traceback" not in err and "You: " not in out
 
 
 def test_200000_layers_are_refused_not_built(bad_configs):

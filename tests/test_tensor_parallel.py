@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from cli_runner import run_cli
 
 from llama2_colab import UserFacingError, preset_runtime
 from llama2_colab.plan import (
@@ -99,9 +100,32 @@ def test_loading_refuses_a_plan_this_launch_cannot_run(monkeypatch):
     with pytest.raises(UserFacingError, match="torchrun --nproc-per-node 2"):
         load_tensor_parallel(make_tp_plan("tiny", preset_runtime("cpu"), 2))
     monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # as torchrun sets them
+    monkeypatch.setenv("MASTER_PORT", "29500")
     with pytest.raises(UserFacingError, match="16-bit weights only"):
         load_tensor_parallel(make_tp_plan(CHAT_70B, T4, 4))
     assert shared_seed(1234) == 1234  # one process: the seed as given
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, "MASTER_ADDR and MASTER_PORT are"),
+        ({"RANK": "1", "WORLD_SIZE": "1"}, "RANK=1 and LOCAL_RANK=0 in a world of WORLD_SIZE=1"),
+        ({"RANK": "-1"}, "a rank runs from 0 to WORLD_SIZE - 1"),
+    ],
+    ids=["a world without torchrun", "a stale rank", "a negative rank"],
+)
+def test_torchruns_variables_without_torchrun_are_refused_before_loading(
+    monkeypatch, capsys, env, message
+):
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run_cli(capsys, "demo", "hi", "--model", "tiny", "--greedy")
+    assert code == 1 and message in err and "Unset RANK, LOCAL_RANK and WORLD_SIZE" in err, err
+    assert "Traceback" not in err and "Model   :" not in out  # refused before anything loaded
 
 
 def _demo(launcher: list[str]) -> str:
@@ -131,7 +155,7 @@ def test_two_processes_give_the_single_process_reply_token_for_token():
     single = _demo([sys.executable])
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     split = _demo(torchrun)
-    reply = re.compile(r"^Llama 2: (.*)$", re.MULTILINE)
+    reply = re.compile(r"^tiny Llama 2 \(toy\): (.*)$", re.MULTILINE)
     assert len(reply.findall(split)) == 1  # rank 0 alone prints
     assert reply.findall(split) == reply.findall(single) and reply.findall(single)[0].strip()
     found = re.search(r"each process holds ([\d,]+) of the ([\d,]+) parameters", split)

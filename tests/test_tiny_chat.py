@@ -207,7 +207,7 @@ def test_the_demo_gives_a_taught_answer_end_to_end(tmp_path):
         env=env,
     )
     assert out.returncode == 0, out.stderr
-    assert "T4" in out.stdout.split("Llama 2:", 1)[1], out.stdout
+    assert "T4" in out.stdout.split("\ntiny Llama 2 (toy): ", 1)[1], out.stdout
 
 
 def test_the_chat_app_shows_a_taught_answer(tiny_model_and_tokenizer):

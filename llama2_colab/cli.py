@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable
 
 from .checks import MAX_REPEATS, MAX_WARMUP, MIN_NEW_TOKENS, MIN_PROMPT_TOKENS
-from .errors import StreamRedactor, UserFacingError, redact_secrets
+from .errors import StreamRedactor, UserFacingError, redact_log_records, redact_secrets
 from .faults import describe_fault
 
 __all__ = ["main", "build_parser"]
@@ -534,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     (as a shell reports SIGPIPE) when it cut the output short.
     """
     _tolerant_console()
+    redact_log_records()  # transformers' and huggingface_hub's own log lines quote paths too
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():  # a warning quotes paths too: it is said redacted
         warnings.showwarning = _show_warning

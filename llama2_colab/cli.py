@@ -211,6 +211,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         engine=args.engine,
         gpus=args.gpus,
         continuous_batching=args.continuous_batching,
+        say=_emit,  # the CLI's one output channel
     )
 
 

@@ -229,6 +229,36 @@ def test_a_read_only_disk_is_named_read_only_not_full(meta_folder, tmp_path, com
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.skipif(not _read_only_mount_works(), reason="no user namespaces to mount in")
+def test_serve_names_a_read_only_cache_as_the_cache_setting(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    script = (
+        f"mount -t tmpfs -o ro tmpfs {ro} && exec {sys.executable} -m llama2_colab serve "
+        f"--model tiny --port {_free_port()}"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLAMA2_COLAB_CACHE": f"{ro}/cache"}
+    run = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=GUARD_S,
+    )
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert f"Cannot make the serving folder under '{ro}/cache/serve'" in run.stderr
+    assert "read-only file system" in run.stderr and "LLAMA2_COLAB_CACHE" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 # --- permission denied, as a user who is not root ---------------------------------------------
 
 

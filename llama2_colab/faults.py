@@ -104,6 +104,10 @@ _ADVICE: dict[int, tuple[str, str]] = {
         "Close other programs or notebooks (on Colab: Runtime > Restart session) and run again.",
     ),
 }
+_NO_SUCH_USER_TODO = (
+    "Write the path in full (e.g. /content/models/...), or start it with ~/ for your own home "
+    "folder."
+)
 # How Rust libraries (safetensors, tokenizers) and Python print an OS error code.
 _ERRNO_IN_TEXT = re.compile(r"\(os error (\d+)\)|\[Errno (\d+)\]|\bcode: (\d+)\b")
 _PATH_IN_TEXT = re.compile(r'at path "([^"]+)"')
@@ -201,6 +205,12 @@ def describe_fault(err: BaseException, failed: str = "Could not finish") -> User
         )
     if isinstance(err, MemoryError):
         return UserFacingError(f"{failed}: {_ADVICE[errno.ENOMEM][0]}.", _ADVICE[errno.ENOMEM][1])
+    if isinstance(err, RuntimeError) and str(err) == "Could not determine home directory.":
+        return UserFacingError(  # pathlib's expanduser(): "~name/..." for a user that is not here
+            f"{failed}: a path starts with ~ and a name, the home folder of a user this machine "
+            "does not have.",
+            _NO_SUCH_USER_TODO,
+        )
     return None
 
 
@@ -304,21 +314,52 @@ def refuse_dangling_link(path: str | os.PathLike, what: str, todo: str) -> None:
         )
 
 
+def _home_text() -> str:
+    """$HOME; when it is unset or empty, the home folder the user database gives."""
+    if (os.environ.get("HOME") or "").strip():
+        return os.path.expanduser("~")
+    try:  # an empty HOME would make "~" the root folder, "/"
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except (ImportError, KeyError):  # no user database (Windows), or no entry for this user
+        return os.path.expanduser("~")
+
+
 def home_folder() -> Path:
-    """Return your home folder; UserFacingError if $HOME names a folder that does not exist."""
-    home = Path(os.path.expanduser("~"))
+    """Return your home folder; UserFacingError if $HOME names no folder (missing, or a file).
+
+    An empty HOME counts as unset (the user database names the home), never as "/".
+    """
+    home = Path(_home_text())
     if not home.is_dir():
+        state = "is a file, not a folder" if home.exists() else "does not exist"
         raise UserFacingError(
-            f"Your home folder {str(home)!r} (HOME) does not exist, so nothing can be kept in it.",
+            f"Your home folder {str(home)!r} (HOME) {state}, so nothing can be kept in it.",
             "Set HOME to a folder that exists, or set LLAMA2_COLAB_CACHE to a folder you can "
             "write to for the tiny model's cache (and HF_HOME for the Hub's).",
         )
     return home
 
 
+def _no_such_user(path: str) -> UserFacingError:
+    """The message for a path that starts with `~name` and no user of that name exists."""
+    user = path[1:].replace(os.sep, "/").split("/", 1)[0]
+    return UserFacingError(
+        f"{path!r} starts with ~{user}, the home folder of a user named {user!r}, and this "
+        "machine has no such user.",
+        _NO_SUCH_USER_TODO,
+    )
+
+
 def expand_user(path: str | os.PathLike) -> Path:
-    """Return path with a leading `~` expanded; UserFacingError if that home does not exist."""
+    """Return path with a leading `~` or `~name` expanded; UserFacingError if no such home."""
     text = os.fspath(path)
     if text == "~" or text.startswith(("~/", "~" + os.sep)):
         return home_folder() / text[2:]
-    return Path(text).expanduser()
+    if not text.startswith("~"):
+        return Path(text)
+    expanded = os.path.expanduser(text)
+    if expanded.startswith("~"):  # left as it was: no user of that name
+        raise _no_such_user(text)
+    return Path(expanded)

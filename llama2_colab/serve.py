@@ -48,7 +48,7 @@ from .auth import explain_hub_error, find_hub_error, find_token, hub_endpoint
 from .chat_template import reference_chat_template, template_matches
 from .checks import check_model_dir, looks_like_local_path
 from .errors import UserFacingError, redact_secrets
-from .faults import fault_boundary
+from .faults import expand_user, fault_boundary
 from .models import ModelChoice, choose_model, cpu_threads_for
 from .plan import GPU_RESERVE_BYTES, LoadPlan, TensorParallelPlan, make_plan, make_tp_plan
 from .runtime import ATTENTION, RuntimeFacts, detect_runtime
@@ -128,7 +128,7 @@ def served_name(model: str) -> str:
     if name.lower() == "tiny":
         return "tiny"
     if looks_like_local_path(name):
-        name = Path(name).expanduser().resolve().name
+        name = expand_user(name).resolve().name
     # A token in a folder's name is masked: the name is shown, and every client sends it.
     # transformers 5.15 reads "name@rev" as a revision of name.
     return re.sub(r"[^A-Za-z0-9._/-]", "-", redact_secrets(name)).strip("/") or "model"
@@ -300,7 +300,7 @@ def _model_files(choice: ModelChoice, token: str | None) -> Path:
         return ensure_tiny_llama()
     if looks_like_local_path(choice.name):
         check_model_dir(choice.name)
-        return Path(choice.name).expanduser().resolve()
+        return expand_user(choice.name).resolve()
     try:
         return Path(
             snapshot_download(

@@ -24,6 +24,7 @@ import pytest
 from cli_runner import run_cli
 from test_convert import make_params, write_meta_folder
 
+from llama2_colab.errors import UserFacingError
 from llama2_colab.faults import describe_fault, fault_errno
 
 GUARD_S = 300
@@ -353,6 +354,69 @@ def test_a_home_that_does_not_exist(tmp_path, monkeypatch, capsys, command, code
     else:
         assert "Disk    :" in out
     assert not (tmp_path / "no").exists()  # no home was made up
+
+
+NO_SUCH_USER = "no-such-user-l2c"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tiny", f"~{NO_SUCH_USER}/tiny"],
+        ["plan", f"~{NO_SUCH_USER}/model"],
+        ["demo", "--model", f"~{NO_SUCH_USER}/model"],
+        ["bench", "--model", f"~{NO_SUCH_USER}/model"],
+        ["convert", "META", f"~{NO_SUCH_USER}/hf"],
+        ["convert", f"~{NO_SUCH_USER}/llama-2-7b", "OUT"],
+        ["demo", "--model", "tiny", "CACHE"],  # LLAMA2_COLAB_CACHE=~no-such-user-l2c/cache
+    ],
+)
+def test_a_path_in_the_home_of_a_user_who_does_not_exist(
+    meta_folder, tmp_path, monkeypatch, capsys, argv
+):
+    if argv[-1] == "CACHE":
+        monkeypatch.setenv("LLAMA2_COLAB_CACHE", f"~{NO_SUCH_USER}/cache")
+        argv = argv[:-1]
+    argv = [{"META": str(meta_folder), "OUT": str(tmp_path / "hf")}.get(a, a) for a in argv]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 1 and "Traceback" not in err, err
+    assert f"starts with ~{NO_SUCH_USER}" in err and "no such user" in err
+    assert "start it with ~/ for your own home folder" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pathlibs_own_error_for_an_unknown_user_is_named():
+    # Code that expands a path itself (pathlib) meets the same fault: the boundary names it.
+    try:
+        Path(f"~{NO_SUCH_USER}/x").expanduser()
+    except RuntimeError as err:
+        found = describe_fault(err, "Cannot plan")
+    assert found is not None and "a user this machine does not have" in found.what
+
+
+def test_an_empty_home_is_not_the_root_folder(monkeypatch):
+    import pwd
+
+    from llama2_colab.faults import home_folder
+
+    monkeypatch.setenv("HOME", "")  # Python alone would expand "~" to "/"
+    expected = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    if expected.is_dir():
+        assert home_folder() == expected != Path("/")
+    else:
+        with pytest.raises(UserFacingError, match="does not exist"):
+            home_folder()
+
+
+def test_a_home_that_is_a_file_is_named_a_file(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "homefile"
+    home.write_text("not a folder\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("LLAMA2_COLAB_CACHE", raising=False)
+    code, _, err = run_cli(capsys, "demo", "--model", "tiny", "--max-new-tokens", "2")
+    assert code == 1 and "Traceback" not in err, err
+    assert f"Your home folder '{home}' (HOME) is a file, not a folder" in err
+    assert home.read_text() == "not a folder\n"
 
 
 def test_a_tilde_in_the_cache_setting_means_home(tmp_path, monkeypatch, tiny_dir):

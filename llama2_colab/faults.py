@@ -30,6 +30,11 @@ from typing import TypeVar
 
 from .errors import UserFacingError, shorten
 
+try:  # the user database, which names a home folder when $HOME is empty (none on Windows)
+    import pwd
+except ImportError:  # pragma: no cover - Windows
+    pwd = None
+
 __all__ = [
     "HUB_TIMEOUT_S",
     "TIMEOUT_ENV",
@@ -318,11 +323,11 @@ def _home_text() -> str:
     """$HOME; when it is unset or empty, the home folder the user database gives."""
     if (os.environ.get("HOME") or "").strip():
         return os.path.expanduser("~")
+    if pwd is None:  # no user database (Windows)
+        return os.path.expanduser("~")
     try:  # an empty HOME would make "~" the root folder, "/"
-        import pwd
-
         return pwd.getpwuid(os.getuid()).pw_dir
-    except (ImportError, KeyError):  # no user database (Windows), or no entry for this user
+    except KeyError:  # no entry for this user
         return os.path.expanduser("~")
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from .checks import MAX_REPEATS, MAX_WARMUP, MIN_NEW_TOKENS, MIN_PROMPT_TOKENS
 from .errors import StreamRedactor, UserFacingError, redact_log_records, redact_secrets
-from .faults import describe_fault
+from .faults import check_hub_endpoint, describe_fault
 
 __all__ = ["main", "build_parser"]
 
@@ -550,6 +550,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; turn what went wrong into a message and an exit status."""
     try:
+        if args.command != "doctor":  # every other command imports huggingface_hub
+            check_hub_endpoint()
         return int(args.func(args) or 0)
     except UserFacingError as err:
         return _report(err)

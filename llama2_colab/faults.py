@@ -14,6 +14,9 @@ renames it into place, so a fault leaves nothing half-written, and nothing of yo
 
 The Hub's HTTP client waits forever for a server that accepts a connection and never answers,
 so every call to the Hub runs under `with_deadline` (`HUB_TIMEOUT_S`, or $LLAMA2_COLAB_HUB_TIMEOUT).
+
+Some faults are in the surroundings a command starts in, and are checked before it starts: an
+$HF_ENDPOINT that is no URL, which huggingface_hub fails on when imported (`check_hub_endpoint`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import importlib
 import os
 import re
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +42,7 @@ except ImportError:  # pragma: no cover - Windows
 __all__ = [
     "HUB_TIMEOUT_S",
     "TIMEOUT_ENV",
+    "check_hub_endpoint",
     "describe_fault",
     "expand_user",
     "fault_boundary",
@@ -368,3 +373,26 @@ def expand_user(path: str | os.PathLike) -> Path:
     if expanded.startswith("~"):  # left as it was: no user of that name
         raise _no_such_user(text)
     return Path(expanded)
+
+
+def check_hub_endpoint() -> None:
+    """Raise UserFacingError unless $HF_ENDPOINT, if set, is an http(s) URL with a host.
+
+    huggingface_hub reads it when it is imported, and one that is no URL ("http://[::1")
+    fails inside it, before any message could say which setting is wrong.
+    """
+    value = (os.environ.get("HF_ENDPOINT") or "").strip()
+    if not value:
+        return
+    why = "it needs http:// or https:// and a host name"
+    try:
+        parts = urllib.parse.urlsplit(value)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError as err:  # "Invalid IPv6 URL", a port that is no number
+        ok, why = False, str(err)
+    if not ok:
+        raise UserFacingError(
+            f"HF_ENDPOINT={value!r} is not the URL of a Hub ({why}).",
+            "Unset HF_ENDPOINT to use https://huggingface.co, or set it to your mirror's URL, "
+            "e.g. HF_ENDPOINT=https://hf-mirror.example.org.",
+        )

@@ -33,8 +33,9 @@ def _emit(text: str, end: str = "\n", result: bool = False) -> None:
     given, `demo` echoes the prompt, `convert` names folders), so it all passes through
     `redact_secrets`. A reader that went away (`| head`) ends a command that has more to say
     (BrokenPipeError: exit 141), but not one printing its whole `result` at once; a stdout
-    that cannot be written (`> /dev/full`) is a UserFacingError.
+    that cannot be written (`> /dev/full`) or is closed (`>&-`) is a UserFacingError.
     """
+    _check_stdout()
     try:
         sys.stdout.write(redact_secrets(text) + end)
         sys.stdout.flush()
@@ -48,6 +49,15 @@ def _emit(text: str, end: str = "\n", result: bool = False) -> None:
         raise (fault or UserFacingError(f"Cannot write the output to stdout: {err}.")) from None
 
 
+def _check_stdout() -> None:
+    """Raise UserFacingError if there is no stdout: Python starts so when `>&-` closed it."""
+    if sys.stdout is None:
+        raise UserFacingError(
+            "Cannot write the output: stdout is closed (as `>&-` closes it).",
+            "Send the output somewhere: a terminal, a file (`> out.txt`) or /dev/null.",
+        )
+
+
 def _stream_printer() -> tuple[Callable[[str], None], Callable[[], None]]:
     """Return (print a piece, finish) for streamed text: a token split across pieces is masked."""
     redactor = StreamRedactor()
@@ -59,7 +69,24 @@ def _stream_printer() -> tuple[Callable[[str], None], Callable[[], None]]:
 
 def _silence_stdout() -> None:
     # Point stdout at devnull so the interpreter's final flush does not print a traceback.
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if sys.stdout is not None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _hold_closed_descriptors() -> None:
+    """Open /dev/null on a closed stdin, stdout or stderr (`>&-`), so no file takes its number.
+
+    Otherwise the first file a command opens gets descriptor 1, and whatever a library writes
+    to "stdout" lands in it: in a model's weights, say.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd itself
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def _bounded_int(low: int, high: int | None = None, why: str = "") -> Callable[[str], int]:
@@ -534,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     (`... | head`) keeps the command's own status when its result was complete, and gives 141
     (as a shell reports SIGPIPE) when it cut the output short.
     """
+    _hold_closed_descriptors()
     _tolerant_console()
     redact_log_records()  # transformers' and huggingface_hub's own log lines quote paths too
     args = build_parser().parse_args(argv)
@@ -550,6 +578,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; turn what went wrong into a message and an exit status."""
     try:
+        _check_stdout()  # before the command does any work it could not report
         if args.command != "doctor":  # every other command imports huggingface_hub
             check_hub_endpoint()
         return int(args.func(args) or 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import resource
 import shutil
 import signal
@@ -439,6 +440,42 @@ def test_an_ascii_console_shows_escapes_not_a_traceback(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "You: \\u65e5\\u672c\\u8a9e" in run.stdout and "Traceback" not in run.stderr
+
+
+def test_a_closed_stdout_is_named_and_no_file_takes_its_place():
+    # `doctor >&-`: Python starts with sys.stdout None. The next file opened must not get
+    # descriptor 1, where a library writing to "stdout" would write into it.
+    script = (
+        "import os, sys\n"
+        "from llama2_colab.cli import main\n"
+        "code = main(['doctor'])\n"
+        "sys.stderr.write(f'exit {code}, next file {os.open(os.devnull, os.O_RDONLY)}\\n')\n"
+    )
+    run = subprocess.run(
+        ["sh", "-c", f'exec {sys.executable} -c "$0" >&-', script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=GUARD_S,
+    )
+    assert "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "Cannot write the output: stdout is closed" in run.stderr
+    found = re.search(r"exit (\d+), next file (\d+)", run.stderr)
+    assert found and found[1] == "1" and found[2] not in ("0", "1", "2"), run.stderr
+
+
+def test_a_closed_stdout_stops_a_command_before_it_works(tmp_path):
+    # `tiny t >&-`: refused before the build, so no folder is made that nothing reported.
+    run = subprocess.run(
+        ["sh", "-c", f"exec {sys.executable} -m llama2_colab tiny t >&-"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=GUARD_S,
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "stdout is closed" in run.stderr and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(("argv", "code"), [(["demo", "--max-new-tokens", "4"], 141)])

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from .checks import MAX_REPEATS, MAX_WARMUP, MIN_NEW_TOKENS, MIN_PROMPT_TOKENS
 from .errors import StreamRedactor, UserFacingError, redact_log_records, redact_secrets
-from .faults import check_hub_endpoint, describe_fault
+from .faults import check_hub_endpoint, check_working_folder, describe_fault, undecodable_text
 
 __all__ = ["main", "build_parser"]
 
@@ -131,6 +131,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .runtime import detect_runtime, format_report, recommend_settings
     from .tensor_parallel import distributed_env, finish_tensor_parallel
 
+    locale_fault = undecodable_text(args.prompt, "prompt")  # LANG=C: the locale, not the text
+    if locale_fault is not None:
+        raise locale_fault
     try:
         check_message(args.prompt)  # before anything loads
     except ValueError as err:
@@ -579,6 +582,7 @@ def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; turn what went wrong into a message and an exit status."""
     try:
         _check_stdout()  # before the command does any work it could not report
+        check_working_folder()  # before anything loads (torch's own loader aborts without one)
         if args.command != "doctor":  # every other command imports huggingface_hub
             check_hub_endpoint()
         return int(args.func(args) or 0)

@@ -15,16 +15,20 @@ renames it into place, so a fault leaves nothing half-written, and nothing of yo
 The Hub's HTTP client waits forever for a server that accepts a connection and never answers,
 so every call to the Hub runs under `with_deadline` (`HUB_TIMEOUT_S`, or $LLAMA2_COLAB_HUB_TIMEOUT).
 
-Some faults are in the surroundings a command starts in, and are checked before it starts: an
-$HF_ENDPOINT that is no URL, which huggingface_hub fails on when imported (`check_hub_endpoint`).
+Some faults are in the surroundings a command starts in, and are checked before it starts: a
+current folder that was deleted (`check_working_folder`), an $HF_ENDPOINT that is no URL, which
+huggingface_hub fails on when imported (`check_hub_endpoint`), and a command line decoded in a
+locale that is not UTF-8 (`undecodable_text`).
 """
 
 from __future__ import annotations
 
+import codecs
 import errno
 import importlib
 import os
 import re
+import sys
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -43,6 +47,7 @@ __all__ = [
     "HUB_TIMEOUT_S",
     "TIMEOUT_ENV",
     "check_hub_endpoint",
+    "check_working_folder",
     "describe_fault",
     "expand_user",
     "fault_boundary",
@@ -51,6 +56,7 @@ __all__ = [
     "hub_timeout_s",
     "refuse_dangling_link",
     "require_writable",
+    "undecodable_text",
     "with_deadline",
 ]
 
@@ -375,6 +381,19 @@ def expand_user(path: str | os.PathLike) -> Path:
     return Path(expanded)
 
 
+def check_working_folder() -> None:
+    """Raise UserFacingError if the current folder was deleted (every relative path fails)."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise UserFacingError(
+            "The current folder was deleted (or moved away) while your shell was in it, so "
+            "nothing can be found or written relative to it.",
+            "Go to a folder that exists (`cd ~`, or `cd /content` on Colab), then run the "
+            "command again.",
+        ) from None
+
+
 def check_hub_endpoint() -> None:
     """Raise UserFacingError unless $HF_ENDPOINT, if set, is an http(s) URL with a host.
 
@@ -396,3 +415,23 @@ def check_hub_endpoint() -> None:
             "Unset HF_ENDPOINT to use https://huggingface.co, or set it to your mirror's URL, "
             "e.g. HF_ENDPOINT=https://hf-mirror.example.org.",
         )
+
+
+def undecodable_text(text: str, what: str) -> UserFacingError | None:
+    """A UserFacingError if the locale could not decode text (None: nothing undecoded in it).
+
+    Python decodes the command line in the locale's encoding; in one that is not UTF-8
+    (LANG=C without Python's UTF-8 mode) each byte of a non-ASCII character arrives as a lone
+    surrogate ('\\udce6'). `what` names the text ("prompt").
+    """
+    if not any("\udc80" <= c <= "\udcff" for c in text):
+        return None
+    encoding = sys.getfilesystemencoding()
+    if codecs.lookup(encoding).name == "utf-8":  # bytes that are no UTF-8: a damaged paste
+        return None
+    return UserFacingError(
+        f"Your {what} holds characters that this console's locale ({encoding}) could not "
+        "read: Python runs in a locale that is not UTF-8 (such as LANG=C).",
+        "Run it in a UTF-8 locale: put LANG=C.UTF-8 (or PYTHONUTF8=1) before the command, "
+        'e.g. `LANG=C.UTF-8 python -m llama2_colab demo "..."`.',
+    )

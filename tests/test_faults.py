@@ -442,6 +442,41 @@ def test_an_ascii_console_shows_escapes_not_a_traceback(tmp_path):
     assert "You: \\u65e5\\u672c\\u8a9e" in run.stdout and "Traceback" not in run.stderr
 
 
+def test_a_prompt_a_c_locale_could_not_decode_names_the_locale():
+    # LANG=C without Python's UTF-8 mode: argv's Japanese arrives as lone surrogates.
+    run = subprocess.run(
+        [sys.executable, "-m", "llama2_colab", "demo", "日本語", "--max-new-tokens", "2"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "LANG": "C", "LC_ALL": "C"}
+        | {"PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"},
+        timeout=GUARD_S,
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "locale (ascii)" in run.stderr and "LANG=C.UTF-8" in run.stderr
+    assert "lone surrogate" not in run.stderr and "Loaded in" not in run.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["doctor"], ["tiny", "./t"], ["plan", "./model"], ["demo", "--model", "tiny"]],
+)
+def test_a_deleted_current_folder_is_named(tmp_path, argv):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    command = " ".join([sys.executable, "-m", "llama2_colab", *argv])
+    run = subprocess.run(  # the shell goes into the folder, which is then removed under it
+        ["sh", "-c", f"cd {gone} && rmdir {gone} && exec {command}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=GUARD_S,
+    )
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "The current folder was deleted" in run.stderr and "cd ~" in run.stderr
+    assert "FATAL" not in run.stderr and "Traceback" not in run.stderr
+
+
 def test_a_closed_stdout_is_named_and_no_file_takes_its_place():
     # `doctor >&-`: Python starts with sys.stdout None. The next file opened must not get
     # descriptor 1, where a library writing to "stdout" would write into it.

@@ -24,6 +24,7 @@ MAX_SEED = 2**32 - 1  # numpy's limit; transformers.set_seed seeds numpy too
 MAX_GPUS = 1024  # a tensor-parallel plan's N: far past any machine, a typo's guard
 # Exit status of a command whose output pipe was closed before it finished (128 + SIGPIPE).
 EXIT_PIPE_CLOSED = 141
+GPU_NAMES = "T4, V100, L4, A100-40GB, A100-80GB, H100 or cpu"
 
 
 def _emit(text: str, end: str = "\n", result: bool = False) -> None:
@@ -106,6 +107,13 @@ def _bounded_int(low: int, high: int | None = None, why: str = "") -> Callable[[
 
     parse.__name__ = "number"
     return parse
+
+
+def _gpu_name(text: str) -> str:
+    """argparse type of --gpu: a name, never empty (an empty one would plan for this machine)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"is empty: give {GPU_NAMES}, or leave --gpu out")
+    return text
 
 
 def _cpu_cap() -> int:
@@ -490,7 +498,7 @@ def _add_plan_and_access(sub) -> None:
     """The `plan` and `access` commands: will a model fit, and may your token download it."""
     p = sub.add_parser("plan", help="will MODEL fit this GPU: format, memory, context (exit 2: no)")
     p.add_argument("model", nargs="?", help="'tiny', a catalog name, or a local model directory")
-    p.add_argument("--gpu", default=None, help="T4, V100, L4, A100-40GB, A100-80GB, H100 or cpu")
+    p.add_argument("--gpu", type=_gpu_name, default=None, help=GPU_NAMES)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument(
         "--quantization",

@@ -4,6 +4,10 @@
 `HF_ENDPOINT` and `HF_HUB_OFFLINE`) whether your token may download a model, and turns each
 possible answer into one clear message: access OK; not logged in or invalid token; gated and not
 granted yet; no such repository; the Hub cannot be reached. The token never appears in a message.
+
+"Yes" needs the Hub's own answer: a repository id of the Hub's form, then the auth check and the
+model's information as the Hub's JSON. A network login page (a captive portal) or a proxy that
+answers 200 to everything is named as what it is, never taken for access.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from huggingface_hub.errors import (
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
 )
+from huggingface_hub.utils import validate_repo_id
 
 from .catalog import META_LLAMA_FORM, did_you_mean, find_entry, model_page_url
 from .errors import UserFacingError, mask_token
-from .faults import hub_timeout_s, with_deadline
+from .faults import check_hub_endpoint, hub_timeout_s, with_deadline
 
 __all__ = [
     "ACCESS_EXIT_CODES",
@@ -91,7 +96,12 @@ def describe_token(token: str | None = None) -> str:
 
 
 def hub_endpoint() -> str:
-    """Return the Hub URL in use: $HF_ENDPOINT if set now, else huggingface_hub's default."""
+    """Return the Hub URL in use: $HF_ENDPOINT if set now, else huggingface_hub's default.
+
+    UserFacingError if $HF_ENDPOINT is no http(s) URL ("http://[::1"), which the HTTP client
+    would otherwise fail on deep inside (httpx's InvalidURL).
+    """
+    check_hub_endpoint()
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
@@ -248,11 +258,42 @@ def _explain_http(repo_id: str, has_token: bool, code: int | None) -> tuple[str,
     )
 
 
+class _NotTheHub(Exception):
+    """The server answered 200, but not with the Hub's JSON (a captive portal, a proxy)."""
+
+
+def _ask_hub(endpoint: str, repo_id: str, token: str | None) -> None:
+    """Ask the Hub's auth check, then its model information; _NotTheHub if it is no Hub's JSON.
+
+    The auth check's answer is its HTTP status alone, which a login page that answers 200 to
+    everything imitates; the model information must be a JSON object with the repository's id.
+    """
+    api = HfApi(endpoint=endpoint)
+    api.auth_check(repo_id, token=token or False)
+    try:
+        info = api.model_info(repo_id, token=token or False)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:  # HTML, or JSON of no shape
+        raise _NotTheHub() from err
+    if not isinstance(getattr(info, "id", None), str) or not info.id:
+        raise _NotTheHub()
+
+
+def _not_an_id(repo_id: str) -> tuple[str, str, str]:
+    """(status, what, todo) for a text that is no Hub repository id ('../../etc/passwd')."""
+    return (
+        "not_found",
+        f"{repo_id!r} is not a valid Hub repository id.",
+        "Use owner/name with letters, digits, '-', '_' and '.', e.g. "
+        "meta-llama/Llama-2-7b-chat-hf.",
+    )
+
+
 def check_access(repo_id: str, token: str | None = None) -> AccessResult:
     """Ask the Hub whether the token (default: `find_token()`) may download `repo_id`.
 
-    TypeError for a repo_id that is not a string or a token that is neither a string nor None.
-    The Hub gets `faults.HUB_TIMEOUT_S` seconds to answer; a silence is reported as "offline".
+    TypeError for a repo_id that is not a string or a token that is neither a string nor None;
+    UserFacingError for an $HF_ENDPOINT that is no URL (`hub_endpoint`). The Hub gets
+    `faults.HUB_TIMEOUT_S` seconds to answer; a silence is reported as "offline".
     """
     if not isinstance(repo_id, str):
         raise TypeError(
@@ -283,29 +324,39 @@ def check_access(repo_id: str, token: str | None = None) -> AccessResult:
                 f"{did_you_mean(repo_id)}Give the full id, e.g. meta-llama/Llama-2-7b-chat-hf.",
             )
         repo_id = entry.id
+    try:  # before the Hub is asked, online or not: a path or a URL is no repository id
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return result(*_not_an_id(repo_id))
     if is_offline():
         status, what, todo = explain_hub_error(OfflineModeIsEnabled(), repo_id, bool(token))
         return result(status, what, todo)
+    return result(*_hub_answer(endpoint, repo_id, token))
 
-    def ask() -> None:
-        HfApi(endpoint=endpoint).auth_check(repo_id, token=token or False)
 
+def _hub_answer(endpoint: str, repo_id: str, token: str | None) -> tuple[str, str, str]:
+    """(status, what, todo) from asking the Hub at endpoint about repo_id, within the deadline."""
     seconds = hub_timeout_s()  # a setting that is no number is named as such, not as "offline"
     try:
-        with_deadline(ask, f"checking access to {repo_id}", seconds)
+        what = f"checking access to {repo_id}"
+        with_deadline(lambda: _ask_hub(endpoint, repo_id, token), what, seconds)
     except UserFacingError as err:  # no answer in time
-        return result("offline", err.what, err.todo)
+        return "offline", err.what, err.todo
     except (HfHubHTTPError, OfflineModeIsEnabled, *transport_errors()) as err:
-        return result(*explain_hub_error(err, repo_id, bool(token)))
+        return explain_hub_error(err, repo_id, bool(token))
     except HFValidationError:
-        return result(
-            "not_found",
-            f"{repo_id!r} is not a valid Hub repository id.",
-            "Use owner/name with letters, digits, '-', '_' and '.', e.g. "
-            "meta-llama/Llama-2-7b-chat-hf.",
+        return _not_an_id(repo_id)
+    except _NotTheHub:
+        return (
+            "offline",
+            f"The server at {endpoint} answered, but not as the Hugging Face Hub does (no JSON "
+            "about the model): a network login page (captive portal), a proxy, or an "
+            "HF_ENDPOINT that is no Hub.",
+            "Log in to the network in a browser, or check HF_ENDPOINT (unset it for "
+            "https://huggingface.co), then run this again.",
         )
     who = "your token" if token else "anonymous access (no token)"
-    return result("ok", f"Access to {repo_id} confirmed for {who} on {endpoint}.", "")
+    return "ok", f"Access to {repo_id} confirmed for {who} on {endpoint}.", ""
 
 
 def format_access(result: AccessResult) -> str:

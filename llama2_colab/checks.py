@@ -24,7 +24,7 @@ from pathlib import Path
 from huggingface_hub.errors import StrictDataclassError
 
 from .errors import UserFacingError
-from .faults import refuse_dangling_link
+from .faults import expand_user, refuse_dangling_link
 from .renames import renamed_keywords
 
 __all__ = [
@@ -108,7 +108,7 @@ def looks_like_local_path(name: str) -> bool:
 
 
 def _folder(path: str | os.PathLike) -> Path:
-    folder = Path(path).expanduser()
+    folder = expand_user(path)  # "~nosuchuser/x" is a message, not pathlib's RuntimeError
     refuse_dangling_link(folder, repr(str(folder)), "give the model folder itself")
     if not path_exists(folder):
         raise UserFacingError(

@@ -12,8 +12,8 @@ import warnings
 from collections.abc import Callable
 
 from .checks import MAX_REPEATS, MAX_WARMUP, MIN_NEW_TOKENS, MIN_PROMPT_TOKENS
-from .errors import StreamRedactor, UserFacingError, redact_secrets
-from .faults import describe_fault
+from .errors import StreamRedactor, UserFacingError, redact_log_records, redact_secrets
+from .faults import check_hub_endpoint, check_working_folder, describe_fault, undecodable_text
 
 __all__ = ["main", "build_parser"]
 
@@ -24,6 +24,7 @@ MAX_SEED = 2**32 - 1  # numpy's limit; transformers.set_seed seeds numpy too
 MAX_GPUS = 1024  # a tensor-parallel plan's N: far past any machine, a typo's guard
 # Exit status of a command whose output pipe was closed before it finished (128 + SIGPIPE).
 EXIT_PIPE_CLOSED = 141
+GPU_NAMES = "T4, V100, L4, A100-40GB, A100-80GB, H100 or cpu"
 
 
 def _emit(text: str, end: str = "\n", result: bool = False) -> None:
@@ -33,8 +34,9 @@ def _emit(text: str, end: str = "\n", result: bool = False) -> None:
     given, `demo` echoes the prompt, `convert` names folders), so it all passes through
     `redact_secrets`. A reader that went away (`| head`) ends a command that has more to say
     (BrokenPipeError: exit 141), but not one printing its whole `result` at once; a stdout
-    that cannot be written (`> /dev/full`) is a UserFacingError.
+    that cannot be written (`> /dev/full`) or is closed (`>&-`) is a UserFacingError.
     """
+    _check_stdout()
     try:
         sys.stdout.write(redact_secrets(text) + end)
         sys.stdout.flush()
@@ -48,6 +50,15 @@ def _emit(text: str, end: str = "\n", result: bool = False) -> None:
         raise (fault or UserFacingError(f"Cannot write the output to stdout: {err}.")) from None
 
 
+def _check_stdout() -> None:
+    """Raise UserFacingError if there is no stdout: Python starts so when `>&-` closed it."""
+    if sys.stdout is None:
+        raise UserFacingError(
+            "Cannot write the output: stdout is closed (as `>&-` closes it).",
+            "Send the output somewhere: a terminal, a file (`> out.txt`) or /dev/null.",
+        )
+
+
 def _stream_printer() -> tuple[Callable[[str], None], Callable[[], None]]:
     """Return (print a piece, finish) for streamed text: a token split across pieces is masked."""
     redactor = StreamRedactor()
@@ -59,7 +70,24 @@ def _stream_printer() -> tuple[Callable[[str], None], Callable[[], None]]:
 
 def _silence_stdout() -> None:
     # Point stdout at devnull so the interpreter's final flush does not print a traceback.
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if sys.stdout is not None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _hold_closed_descriptors() -> None:
+    """Open /dev/null on a closed stdin, stdout or stderr (`>&-`), so no file takes its number.
+
+    Otherwise the first file a command opens gets descriptor 1, and whatever a library writes
+    to "stdout" lands in it: in a model's weights, say.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd itself
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def _bounded_int(low: int, high: int | None = None, why: str = "") -> Callable[[str], int]:
@@ -79,6 +107,13 @@ def _bounded_int(low: int, high: int | None = None, why: str = "") -> Callable[[
 
     parse.__name__ = "number"
     return parse
+
+
+def _gpu_name(text: str) -> str:
+    """argparse type of --gpu: a name, never empty (an empty one would plan for this machine)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"is empty: give {GPU_NAMES}, or leave --gpu out")
+    return text
 
 
 def _cpu_cap() -> int:
@@ -105,6 +140,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .runtime import detect_runtime, format_report, recommend_settings
     from .tensor_parallel import distributed_env, finish_tensor_parallel
 
+    locale_fault = undecodable_text(args.prompt, "prompt")  # LANG=C: the locale, not the text
+    if locale_fault is not None:
+        raise locale_fault
     try:
         check_message(args.prompt)  # before anything loads
     except ValueError as err:
@@ -212,6 +250,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         engine=args.engine,
         gpus=args.gpus,
         continuous_batching=args.continuous_batching,
+        say=_emit,  # the CLI's one output channel
     )
 
 
@@ -460,7 +499,7 @@ def _add_plan_and_access(sub) -> None:
     """The `plan` and `access` commands: will a model fit, and may your token download it."""
     p = sub.add_parser("plan", help="will MODEL fit this GPU: format, memory, context (exit 2: no)")
     p.add_argument("model", nargs="?", help="'tiny', a catalog name, or a local model directory")
-    p.add_argument("--gpu", default=None, help="T4, V100, L4, A100-40GB, A100-80GB, H100 or cpu")
+    p.add_argument("--gpu", type=_gpu_name, default=None, help=GPU_NAMES)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument(
         "--quantization",
@@ -534,7 +573,9 @@ def main(argv: list[str] | None = None) -> int:
     (`... | head`) keeps the command's own status when its result was complete, and gives 141
     (as a shell reports SIGPIPE) when it cut the output short.
     """
+    _hold_closed_descriptors()
     _tolerant_console()
+    redact_log_records()  # transformers' and huggingface_hub's own log lines quote paths too
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():  # a warning quotes paths too: it is said redacted
         warnings.showwarning = _show_warning
@@ -549,6 +590,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; turn what went wrong into a message and an exit status."""
     try:
+        _check_stdout()  # before the command does any work it could not report
+        check_working_folder()  # before anything loads (torch's own loader aborts without one)
+        if args.command != "doctor":  # every other command imports huggingface_hub
+            check_hub_endpoint()
         return int(args.func(args) or 0)
     except UserFacingError as err:
         return _report(err)

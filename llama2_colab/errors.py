@@ -4,7 +4,9 @@ Every text shown to a user (a `UserFacingError`, everything the CLI prints, even
 passes through `redact_secrets`, so a Hugging Face token that slipped into a message (a URL, a
 header, a path, a prompt, a mistyped argument) is shown masked, as `mask_token` masks it. Text
 that arrives in pieces (a streamed reply) goes through a `StreamRedactor`, which holds back a
-piece that could be the start of a token until the next piece decides it.
+piece that could be the start of a token until the next piece decides it. Log records, which
+transformers and huggingface_hub print through handlers of their own (a load report names the
+model's folder), are redacted as they are made, once `redact_log_records` has run.
 
 Which exception a caller gets:
 
@@ -17,10 +19,19 @@ Which exception a caller gets:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import traceback
 
-__all__ = ["UserFacingError", "StreamRedactor", "mask_token", "redact_secrets", "shorten"]
+__all__ = [
+    "UserFacingError",
+    "StreamRedactor",
+    "mask_token",
+    "redact_log_records",
+    "redact_secrets",
+    "shorten",
+]
 
 # User access tokens are "hf_" and 34 letters and digits today; older ones were a little shorter.
 # At the start of a word, "hf_" and 20 or more is a token. Inside a name (after a letter, a digit,
@@ -33,6 +44,8 @@ _HF_TOKEN = re.compile(
 # The end of a text whose redaction the next piece could still change: a chain of "hf_" runs,
 # or the start of one ("h", "hf").
 _UNDECIDED_END = re.compile(r"(?:hf_[A-Za-z0-9]*)*(?:hf?)?\Z")
+# What `mask_token` shows instead of a token: "hf_...wxyz", "...wxyz", or stars for a short one.
+_MASK = re.compile(r"(?:hf_)?\.\.\.\S{4}|\*{8}")
 _TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 # A word longer than this is shown by its two ends (a 5,000-character "model name").
 LONG_WORD = 500
@@ -65,13 +78,62 @@ def redact_secrets(text: str) -> str:
 
 
 def shorten(text: str, limit: int = LONG_WORD) -> str:
-    """Return text with each word longer than limit shown by its ends and its length."""
+    """Return text redacted, each word longer than limit shown by its ends and its length.
+
+    Redaction comes first: a token cut in two no longer looks like one, so shortening first
+    would show most of it. A cut never falls inside a mask (`hf_...4567` stays whole).
+    """
 
     def cut(found: re.Match) -> str:
         word = found.group(0)
-        return f"{word[:60]}...{word[-20:]} ({len(word):,} characters)"
+        head, tail = 60, len(word) - 20
+        for mask in _MASK.finditer(word):
+            if mask.start() < head < mask.end():
+                head = mask.end()
+            if mask.start() < tail < mask.end():
+                tail = mask.start()
+        if head >= tail:
+            return word
+        return f"{word[:head]}...{word[tail:]} ({len(word):,} characters)"
 
-    return re.sub(rf"\S{{{limit + 1},}}", cut, str(text))
+    return re.sub(rf"\S{{{limit + 1},}}", cut, redact_secrets(text))
+
+
+def _redacted_record(record: logging.LogRecord) -> logging.LogRecord:
+    """The record with its message, traceback and stack masked (unchanged if they hold none)."""
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a bad format: logging reports it when it is emitted
+        return record
+    shown = redact_secrets(message)
+    if shown != message:
+        record.msg, record.args = shown, ()
+    if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+        record.exc_text = redact_secrets("".join(traceback.format_exception(*record.exc_info)))
+        record.exc_text = record.exc_text.rstrip("\n")  # as logging.Formatter writes it
+    if record.stack_info:
+        record.stack_info = redact_secrets(record.stack_info)
+    return record
+
+
+def redact_log_records() -> None:
+    """Make every log record this process makes from now on carry its tokens masked.
+
+    transformers and huggingface_hub print their logs through handlers of their own, which this
+    package never sees (transformers' LOAD REPORT names the model's folder, a Hub log names a
+    repository), so the redaction sits where every record is made: logging's record factory,
+    for every logger and handler, present or added later. Calling it again changes nothing.
+    The CLI and the functions that load a model call it.
+    """
+    make = logging.getLogRecordFactory()
+    if getattr(make, "redacts_secrets", False):
+        return
+
+    def make_redacted(*args, **kwargs) -> logging.LogRecord:
+        return _redacted_record(make(*args, **kwargs))
+
+    make_redacted.redacts_secrets = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(make_redacted)
 
 
 class StreamRedactor:
@@ -123,7 +185,7 @@ class UserFacingError(Exception):
     """A problem the user can act on; the CLI prints it without a traceback."""
 
     def __init__(self, what: str, todo: str = "", exit_code: int = 1):
-        what, todo = shorten(redact_secrets(what)), shorten(redact_secrets(todo))
+        what, todo = shorten(what), shorten(todo)  # redacted, then long words shortened
         super().__init__(f"{what}\n{todo}".strip())
         self.what = what
         self.todo = todo

@@ -14,15 +14,23 @@ renames it into place, so a fault leaves nothing half-written, and nothing of yo
 
 The Hub's HTTP client waits forever for a server that accepts a connection and never answers,
 so every call to the Hub runs under `with_deadline` (`HUB_TIMEOUT_S`, or $LLAMA2_COLAB_HUB_TIMEOUT).
+
+Some faults are in the surroundings a command starts in, and are checked before it starts: a
+current folder that was deleted (`check_working_folder`), an $HF_ENDPOINT that is no URL, which
+huggingface_hub fails on when imported (`check_hub_endpoint`), and a command line decoded in a
+locale that is not UTF-8 (`undecodable_text`).
 """
 
 from __future__ import annotations
 
+import codecs
 import errno
 import importlib
 import os
 import re
+import sys
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,9 +38,16 @@ from typing import TypeVar
 
 from .errors import UserFacingError, shorten
 
+try:  # the user database, which names a home folder when $HOME is empty (none on Windows)
+    import pwd
+except ImportError:  # pragma: no cover - Windows
+    pwd = None
+
 __all__ = [
     "HUB_TIMEOUT_S",
     "TIMEOUT_ENV",
+    "check_hub_endpoint",
+    "check_working_folder",
     "describe_fault",
     "expand_user",
     "fault_boundary",
@@ -41,6 +56,7 @@ __all__ = [
     "hub_timeout_s",
     "refuse_dangling_link",
     "require_writable",
+    "undecodable_text",
     "with_deadline",
 ]
 
@@ -104,6 +120,10 @@ _ADVICE: dict[int, tuple[str, str]] = {
         "Close other programs or notebooks (on Colab: Runtime > Restart session) and run again.",
     ),
 }
+_NO_SUCH_USER_TODO = (
+    "Write the path in full (e.g. /content/models/...), or start it with ~/ for your own home "
+    "folder."
+)
 # How Rust libraries (safetensors, tokenizers) and Python print an OS error code.
 _ERRNO_IN_TEXT = re.compile(r"\(os error (\d+)\)|\[Errno (\d+)\]|\bcode: (\d+)\b")
 _PATH_IN_TEXT = re.compile(r'at path "([^"]+)"')
@@ -201,6 +221,12 @@ def describe_fault(err: BaseException, failed: str = "Could not finish") -> User
         )
     if isinstance(err, MemoryError):
         return UserFacingError(f"{failed}: {_ADVICE[errno.ENOMEM][0]}.", _ADVICE[errno.ENOMEM][1])
+    if isinstance(err, RuntimeError) and str(err) == "Could not determine home directory.":
+        return UserFacingError(  # pathlib's expanduser(): "~name/..." for a user that is not here
+            f"{failed}: a path starts with ~ and a name, the home folder of a user this machine "
+            "does not have.",
+            _NO_SUCH_USER_TODO,
+        )
     return None
 
 
@@ -304,21 +330,108 @@ def refuse_dangling_link(path: str | os.PathLike, what: str, todo: str) -> None:
         )
 
 
+def _home_text() -> str:
+    """$HOME; when it is unset or empty, the home folder the user database gives."""
+    if (os.environ.get("HOME") or "").strip():
+        return os.path.expanduser("~")
+    if pwd is None:  # no user database (Windows)
+        return os.path.expanduser("~")
+    try:  # an empty HOME would make "~" the root folder, "/"
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:  # no entry for this user
+        return os.path.expanduser("~")
+
+
 def home_folder() -> Path:
-    """Return your home folder; UserFacingError if $HOME names a folder that does not exist."""
-    home = Path(os.path.expanduser("~"))
+    """Return your home folder; UserFacingError if $HOME names no folder (missing, or a file).
+
+    An empty HOME counts as unset (the user database names the home), never as "/".
+    """
+    home = Path(_home_text())
     if not home.is_dir():
+        state = "is a file, not a folder" if home.exists() else "does not exist"
         raise UserFacingError(
-            f"Your home folder {str(home)!r} (HOME) does not exist, so nothing can be kept in it.",
+            f"Your home folder {str(home)!r} (HOME) {state}, so nothing can be kept in it.",
             "Set HOME to a folder that exists, or set LLAMA2_COLAB_CACHE to a folder you can "
             "write to for the tiny model's cache (and HF_HOME for the Hub's).",
         )
     return home
 
 
+def _no_such_user(path: str) -> UserFacingError:
+    """The message for a path that starts with `~name` and no user of that name exists."""
+    user = path[1:].replace(os.sep, "/").split("/", 1)[0]
+    return UserFacingError(
+        f"{path!r} starts with ~{user}, the home folder of a user named {user!r}, and this "
+        "machine has no such user.",
+        _NO_SUCH_USER_TODO,
+    )
+
+
 def expand_user(path: str | os.PathLike) -> Path:
-    """Return path with a leading `~` expanded; UserFacingError if that home does not exist."""
+    """Return path with a leading `~` or `~name` expanded; UserFacingError if no such home."""
     text = os.fspath(path)
     if text == "~" or text.startswith(("~/", "~" + os.sep)):
         return home_folder() / text[2:]
-    return Path(text).expanduser()
+    if not text.startswith("~"):
+        return Path(text)
+    expanded = os.path.expanduser(text)
+    if expanded.startswith("~"):  # left as it was: no user of that name
+        raise _no_such_user(text)
+    return Path(expanded)
+
+
+def check_working_folder() -> None:
+    """Raise UserFacingError if the current folder was deleted (every relative path fails)."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise UserFacingError(
+            "The current folder was deleted (or moved away) while your shell was in it, so "
+            "nothing can be found or written relative to it.",
+            "Go to a folder that exists (`cd ~`, or `cd /content` on Colab), then run the "
+            "command again.",
+        ) from None
+
+
+def check_hub_endpoint() -> None:
+    """Raise UserFacingError unless $HF_ENDPOINT, if set, is an http(s) URL with a host.
+
+    huggingface_hub reads it when it is imported, and one that is no URL ("http://[::1")
+    fails inside it, before any message could say which setting is wrong.
+    """
+    value = (os.environ.get("HF_ENDPOINT") or "").strip()
+    if not value:
+        return
+    why = "it needs http:// or https:// and a host name"
+    try:
+        parts = urllib.parse.urlsplit(value)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError as err:  # "Invalid IPv6 URL", a port that is no number
+        ok, why = False, str(err)
+    if not ok:
+        raise UserFacingError(
+            f"HF_ENDPOINT={value!r} is not the URL of a Hub ({why}).",
+            "Unset HF_ENDPOINT to use https://huggingface.co, or set it to your mirror's URL, "
+            "e.g. HF_ENDPOINT=https://hf-mirror.example.org.",
+        )
+
+
+def undecodable_text(text: str, what: str) -> UserFacingError | None:
+    """A UserFacingError if the locale could not decode text (None: nothing undecoded in it).
+
+    Python decodes the command line in the locale's encoding; in one that is not UTF-8
+    (LANG=C without Python's UTF-8 mode) each byte of a non-ASCII character arrives as a lone
+    surrogate ('\\udce6'). `what` names the text ("prompt").
+    """
+    if not any("\udc80" <= c <= "\udcff" for c in text):
+        return None
+    encoding = sys.getfilesystemencoding()
+    if codecs.lookup(encoding).name == "utf-8":  # bytes that are no UTF-8: a damaged paste
+        return None
+    return UserFacingError(
+        f"Your {what} holds characters that this console's locale ({encoding}) could not "
+        "read: Python runs in a locale that is not UTF-8 (such as LANG=C).",
+        "Run it in a UTF-8 locale: put LANG=C.UTF-8 (or PYTHONUTF8=1) before the command, "
+        'e.g. `LANG=C.UTF-8 python -m llama2_colab demo "..."`.',
+    )

@@ -13,7 +13,7 @@ import safetensors
 
 from .auth import explain_hub_error, find_hub_error, find_token
 from .checks import check_model_dir, check_model_name, looks_like_local_path
-from .errors import UserFacingError
+from .errors import UserFacingError, redact_log_records
 from .faults import describe_fault
 from .hub import check_tokenizer_files, fetch_config
 from .runtime import T4_MENU_PATH, GiB, RuntimeFacts, Settings, settings_for
@@ -143,6 +143,8 @@ def load_model_and_tokenizer(
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    redact_log_records()  # transformers' load report names the folder, which may hold a token
 
     def load(path: str):
         if not choice.is_tiny and not Path(path).is_dir():  # a Hub id: its config first (KBs)

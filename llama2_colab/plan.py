@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from .auth import find_token
 from .catalog import did_you_mean, find_entry
 from .checks import check_config, check_model_name, path_exists
 from .errors import UserFacingError
+from .faults import expand_user
 from .hub import fetch_config
 from .renames import renamed_attribute
 from .runtime import GPU_PRESETS, T4_MENU_PATH, GiB, RuntimeFacts, recommend_settings
@@ -134,7 +134,7 @@ def load_config(model_name: str):
     if entry is not None:
         canonical = entry.id if name.lower() == entry.id.lower() else name
         return LlamaConfig(**entry.config), canonical
-    path = Path(name).expanduser()
+    path = expand_user(name)
     if path_exists(path / "config.json"):
         check_config(path)  # valid JSON, Llama family, sane sizes: a message, not a traceback
         return AutoConfig.from_pretrained(path), name

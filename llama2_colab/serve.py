@@ -19,6 +19,8 @@ Decide, then act, as everywhere in this package:
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import importlib.util
 import os
 import re
@@ -46,6 +48,7 @@ from .auth import explain_hub_error, find_hub_error, find_token, hub_endpoint
 from .chat_template import reference_chat_template, template_matches
 from .checks import check_model_dir, looks_like_local_path
 from .errors import UserFacingError, redact_secrets
+from .faults import expand_user, fault_boundary
 from .models import ModelChoice, choose_model, cpu_threads_for
 from .plan import GPU_RESERVE_BYTES, LoadPlan, TensorParallelPlan, make_plan, make_tp_plan
 from .runtime import ATTENTION, RuntimeFacts, detect_runtime
@@ -125,9 +128,10 @@ def served_name(model: str) -> str:
     if name.lower() == "tiny":
         return "tiny"
     if looks_like_local_path(name):
-        name = Path(name).expanduser().resolve().name
+        name = expand_user(name).resolve().name
+    # A token in a folder's name is masked: the name is shown, and every client sends it.
     # transformers 5.15 reads "name@rev" as a revision of name.
-    return re.sub(r"[^A-Za-z0-9._/-]", "-", name).strip("/") or "model"
+    return re.sub(r"[^A-Za-z0-9._/-]", "-", redact_secrets(name)).strip("/") or "model"
 
 
 def gpu_memory_utilization(plan: LoadPlan | TensorParallelPlan) -> float:
@@ -230,17 +234,24 @@ def check_port_free(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
-        raise UserFacingError(
-            f"The host {host!r} is not an address of this machine ({err.strerror}).",
-            "Use --host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every interface).",
-        ) from None
+        raise _host_error(host, err.strerror) from None
     family, _, _, _, address = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
         try:
             probe.bind(address)
         except OSError as err:
+            if err.errno == errno.EADDRNOTAVAIL:  # a real address, but another machine's
+                raise _host_error(host, err.strerror) from None
             raise _port_error(host, port, err.strerror or str(err)) from None
+
+
+def _host_error(host: str, why: str) -> UserFacingError:
+    """The message for a host that is no address of this machine (no such name, or not ours)."""
+    return UserFacingError(
+        f"The host {host!r} is not an address of this machine ({why}).",
+        "Use --host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every interface).",
+    )
 
 
 def _port_error(host: str, port: int, why: str) -> UserFacingError:
@@ -289,7 +300,7 @@ def _model_files(choice: ModelChoice, token: str | None) -> Path:
         return ensure_tiny_llama()
     if looks_like_local_path(choice.name):
         check_model_dir(choice.name)
-        return Path(choice.name).expanduser().resolve()
+        return expand_user(choice.name).resolve()
     try:
         return Path(
             snapshot_download(
@@ -391,13 +402,17 @@ def build_launch(
     engine: str = "auto",
     gpus: int = 1,
     continuous_batching: bool = False,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] | None = None,
 ) -> EngineLaunch:
-    """Decide model, plan and engine, prepare the serving folder in root; return the launch."""
+    """Decide model, plan and engine, prepare the serving folder in root; return the launch.
+
+    `say` prints what was decided (default: stdout, redacted).
+    """
+    say = say or _show
     facts = detect_runtime()
     token = find_token()
     choice = choose_model(facts, requested=model, has_token=bool(token))
-    say(redact_secrets(f"Model   : {choice.name} ({choice.reason})"))
+    say(f"Model   : {choice.name} ({choice.reason})")
     engine = choose_engine(facts, not _missing(["vllm"]), engine)
     if gpus > 1 and engine != "vllm":
         raise UserFacingError(
@@ -447,6 +462,8 @@ def _failure(launch: EngineLaunch, lines: Sequence[str], status: int | None) -> 
     text = "\n".join(lines)
     if "address already in use" in text.lower():
         return _port_error(launch.host, launch.port, "address already in use")
+    if "cannot assign requested address" in text.lower():
+        return _host_error(launch.host, "cannot assign requested address")
     missing = re.search(r"No module named '([A-Za-z0-9_]+)", text)
     if missing:
         return UserFacingError(
@@ -467,11 +484,39 @@ def _failure(launch: EngineLaunch, lines: Sequence[str], status: int | None) -> 
     )
 
 
+# From <linux/prctl.h>: "send me this signal when my parent dies".
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_this_process() -> Callable[[], None] | None:
+    """A child's preexec_fn: on Linux the child gets SIGTERM when this process dies; else None.
+
+    A `kill -9` of serve runs none of its cleanup, and the engine would go on serving, owned
+    by no one. (The kernel watches the thread that started the child: `run_engine` starts and
+    stops the engine in one call, in one thread.)
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # it died before the request took hold
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 class EngineProcess:
     """A serving engine running as a child process; its last lines are kept for messages.
 
     The child stays in this process's group, so Ctrl-C in a terminal (SIGINT to the group)
-    reaches it too; `stop()` signals it directly when this process decides to end it.
+    reaches it too; `stop()` signals it directly when this process decides to end it. On Linux
+    it also gets SIGTERM if this process is killed outright (`kill -9`), so it never outlives it.
     """
 
     def __init__(self, launch: EngineLaunch, echo: Callable[[str], None] | None = None):
@@ -486,12 +531,14 @@ class EngineProcess:
             text=True,
             encoding="utf-8",
             errors="replace",
+            preexec_fn=_die_with_this_process(),
         )
         self._reader = threading.Thread(target=self._read, args=(echo,), daemon=True)
         self._reader.start()
 
     def _read(self, echo: Callable[[str], None] | None) -> None:
-        for line in self.process.stdout:
+        for line in self.process.stdout:  # whole lines: a token never spans two
+            line = redact_secrets(line)  # the engine names the model's folder, requests...
             self.lines.append(line.rstrip("\n"))
             if echo is not None:
                 echo(line)
@@ -546,44 +593,58 @@ def _raise_terminated(signum, frame) -> None:
     raise _Terminated()
 
 
-def _say_ready(launch: EngineLaunch, seconds: float) -> None:
-    """Print the URL, the model name, the context to keep to and a client snippet."""
-    print(
+def _say_ready(launch: EngineLaunch, seconds: float, say: Callable[[str], None]) -> None:
+    """Say the URL, the model name, the context to keep to and a client snippet."""
+    say(
         f'\nReady in {seconds:.1f} s: {launch.base_url} serves "{launch.model}" on '
         f"{launch.engine} (Ctrl-C stops it).\n"
         f"Context: keep each prompt plus max_tokens within {launch.context_window:,} tokens.\n\n"
         "Ask it from Python (pip install openai):\n\n"
-        f"{client_snippet(launch.base_url, launch.model)}\n",
-        flush=True,
+        f"{client_snippet(launch.base_url, launch.model)}\n"
     )
 
 
+def _show(text: str) -> None:
+    """Print one of serve's own lines on stdout, any token in it masked."""
+    print(redact_secrets(text), flush=True)
+
+
 def _to_stderr(line: str) -> None:
-    sys.stderr.write(line)
-    sys.stderr.flush()
+    """Relay a line of the engine's (already redacted as it was read) on stderr."""
+    if sys.stderr is not None:
+        sys.stderr.write(line)
+        sys.stderr.flush()
 
 
-def run_engine(launch: EngineLaunch, ready_timeout: float = READY_TIMEOUT_S) -> int:
-    """Start the engine, say when it answers, serve until Ctrl-C or SIGTERM; return the status."""
-    print(f"Engine  : {launch.display}", flush=True)
+def run_engine(
+    launch: EngineLaunch,
+    ready_timeout: float = READY_TIMEOUT_S,
+    say: Callable[[str], None] = _show,
+) -> int:
+    """Start the engine, say when it answers, serve until Ctrl-C or SIGTERM; return the status.
+
+    `say` prints serve's own lines (redacted, as `_show` does); the engine's lines are relayed
+    on stderr, redacted as they are read.
+    """
+    say(f"Engine  : {launch.display}")
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
     engine = EngineProcess(launch, echo=_to_stderr)
     try:
-        _say_ready(launch, engine.wait_ready(ready_timeout))
+        _say_ready(launch, engine.wait_ready(ready_timeout), say)
         status = engine.process.wait()
         if status in (0, 130, -signal.SIGINT, -signal.SIGTERM):  # stopped by someone else
-            print(f"\nThe engine stopped (exit status {status}).", flush=True)
+            say(f"\nThe engine stopped (exit status {status}).")
             return 0 if status == 0 else 1
         engine.stop()  # collects the last lines
         raise _failure(launch, list(engine.lines), status)
     except KeyboardInterrupt:
         engine.stop(already_signalled=True)
-        print("\nStopped: the server is down.", flush=True)
+        say("\nStopped: the server is down.")
         return 130
     except _Terminated:
         engine.stop()
-        print("\nStopped (SIGTERM): the server is down.", flush=True)
+        say("\nStopped (SIGTERM): the server is down.")
         return 143
     finally:
         engine.stop()
@@ -591,10 +652,25 @@ def run_engine(launch: EngineLaunch, ready_timeout: float = READY_TIMEOUT_S) -> 
             signal.signal(signal.SIGTERM, previous)
 
 
-def _serving_root() -> Path:
-    """Where serving folders are made: beside the tiny model's cache, one per running server."""
-    root = tiny_cache_dir().parent / "serve"
-    root.mkdir(parents=True, exist_ok=True)
+def _new_serving_folder() -> Path:
+    """Make this server's own folder beside the tiny model's cache (stale ones swept); return it.
+
+    A cache on a read-only or full disk is named as the place $LLAMA2_COLAB_CACHE chooses.
+    """
+    parent = tiny_cache_dir().parent / "serve"
+    also = (
+        "Serving folders are made beside the tiny model's cache: set LLAMA2_COLAB_CACHE to a "
+        "folder you can write to."
+    )
+    with fault_boundary(f"Cannot make the serving folder under {str(parent)!r}", also):
+        parent.mkdir(parents=True, exist_ok=True)
+        _sweep_stale(parent)
+        root = Path(tempfile.mkdtemp(prefix="serve-", dir=parent))
+        try:
+            (root / "pid").write_text(str(os.getpid()), encoding="ascii")
+        except OSError:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
     return root
 
 
@@ -618,21 +694,22 @@ def serve(
     gpus: int = 1,
     continuous_batching: bool = False,
     ready_timeout: float = READY_TIMEOUT_S,
+    say: Callable[[str], None] | None = None,
 ) -> int:
     """Serve a model over an OpenAI-compatible API until Ctrl-C; return the exit status.
 
     Checks the port, plans the model (refusing one that does not fit), prepares the serving
     folder with the reference chat template, starts the engine and says when it answers.
+    Everything it prints goes through `say` (default: stdout), tokens masked.
     """
+    say = say or _show
     check_port_free(host, port)
-    _sweep_stale(_serving_root())
-    root = Path(tempfile.mkdtemp(prefix="serve-", dir=_serving_root()))
-    (root / "pid").write_text(str(os.getpid()), encoding="ascii")
+    root = _new_serving_folder()
     try:
-        launch = build_launch(model, host, port, root, engine, gpus, continuous_batching)
+        launch = build_launch(model, host, port, root, engine, gpus, continuous_batching, say)
         # transformers 5.15 lists the Hub cache in /v1/models and answers 500 when it is missing.
         Path(hub_constants.HF_HUB_CACHE).mkdir(parents=True, exist_ok=True)
-        return run_engine(launch, ready_timeout)
+        return run_engine(launch, ready_timeout, say)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

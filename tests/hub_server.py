@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["FakeRepo", "FakeHub", "start_hub", "start_silent_server"]
+__all__ = ["FakeRepo", "FakeHub", "start_hub", "start_portal_server", "start_silent_server"]
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -281,3 +281,36 @@ def start_silent_server() -> tuple[str, Callable[[], None]]:
         listener.close()
 
     return f"http://127.0.0.1:{listener.getsockname()[1]}", close
+
+
+class _Portal(BaseHTTPRequestHandler):
+    """A network login page: 200 and the same HTML to every request, whatever it asks."""
+
+    PAGE = b"<html><body>Captive portal: please log in to use this network.</body></html>"
+
+    def _answer(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(self.PAGE)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(self.PAGE)
+
+    do_GET = do_HEAD = do_POST = _answer  # noqa: N815
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def start_portal_server() -> tuple[str, Callable[[], None]]:
+    """Start a captive portal on 127.0.0.1 (200 text/html to everything); (its URL, stop)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Portal)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def close() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return f"http://127.0.0.1:{server.server_address[1]}", close

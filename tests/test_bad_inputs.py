@@ -438,6 +438,8 @@ NUMBER_CASES = [
     (["plan"], 1, "Which model\\? Give a name"),
     (["plan", "  "], 1, "Which model\\? Give a name"),
     (["plan", "tiny", "--gpu", "TPU"], 1, "Pass --gpu with one of those names"),
+    (["plan", "tiny", "--gpu", ""], 2, "--gpu: is empty: give T4, .* or leave --gpu out"),
+    (["plan", "tiny", "--gpu", "  "], 2, "--gpu: is empty"),  # never this machine instead
     (["plan", "tiny", "--dtype", "int4"], 2, "--dtype: invalid choice: 'int4'"),
     (["plan", "llama-3-8b"], 1, "No architecture known for 'llama-3-8b'"),
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import resource
 import shutil
 import signal
@@ -24,6 +25,7 @@ import pytest
 from cli_runner import run_cli
 from test_convert import make_params, write_meta_folder
 
+from llama2_colab.errors import UserFacingError
 from llama2_colab.faults import describe_fault, fault_errno
 
 GUARD_S = 300
@@ -229,6 +231,36 @@ def test_a_read_only_disk_is_named_read_only_not_full(meta_folder, tmp_path, com
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.skipif(not _read_only_mount_works(), reason="no user namespaces to mount in")
+def test_serve_names_a_read_only_cache_as_the_cache_setting(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    script = (
+        f"mount -t tmpfs -o ro tmpfs {ro} && exec {sys.executable} -m llama2_colab serve "
+        f"--model tiny --port {_free_port()}"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLAMA2_COLAB_CACHE": f"{ro}/cache"}
+    run = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=GUARD_S,
+    )
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert f"Cannot make the serving folder under '{ro}/cache/serve'" in run.stderr
+    assert "read-only file system" in run.stderr and "LLAMA2_COLAB_CACHE" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 # --- permission denied, as a user who is not root ---------------------------------------------
 
 
@@ -325,6 +357,69 @@ def test_a_home_that_does_not_exist(tmp_path, monkeypatch, capsys, command, code
     assert not (tmp_path / "no").exists()  # no home was made up
 
 
+NO_SUCH_USER = "no-such-user-l2c"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tiny", f"~{NO_SUCH_USER}/tiny"],
+        ["plan", f"~{NO_SUCH_USER}/model"],
+        ["demo", "--model", f"~{NO_SUCH_USER}/model"],
+        ["bench", "--model", f"~{NO_SUCH_USER}/model"],
+        ["convert", "META", f"~{NO_SUCH_USER}/hf"],
+        ["convert", f"~{NO_SUCH_USER}/llama-2-7b", "OUT"],
+        ["demo", "--model", "tiny", "CACHE"],  # LLAMA2_COLAB_CACHE=~no-such-user-l2c/cache
+    ],
+)
+def test_a_path_in_the_home_of_a_user_who_does_not_exist(
+    meta_folder, tmp_path, monkeypatch, capsys, argv
+):
+    if argv[-1] == "CACHE":
+        monkeypatch.setenv("LLAMA2_COLAB_CACHE", f"~{NO_SUCH_USER}/cache")
+        argv = argv[:-1]
+    argv = [{"META": str(meta_folder), "OUT": str(tmp_path / "hf")}.get(a, a) for a in argv]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 1 and "Traceback" not in err, err
+    assert f"starts with ~{NO_SUCH_USER}" in err and "no such user" in err
+    assert "start it with ~/ for your own home folder" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pathlibs_own_error_for_an_unknown_user_is_named():
+    # Code that expands a path itself (pathlib) meets the same fault: the boundary names it.
+    try:
+        Path(f"~{NO_SUCH_USER}/x").expanduser()
+    except RuntimeError as err:
+        found = describe_fault(err, "Cannot plan")
+    assert found is not None and "a user this machine does not have" in found.what
+
+
+def test_an_empty_home_is_not_the_root_folder(monkeypatch):
+    import pwd
+
+    from llama2_colab.faults import home_folder
+
+    monkeypatch.setenv("HOME", "")  # Python alone would expand "~" to "/"
+    expected = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    if expected.is_dir():
+        assert home_folder() == expected != Path("/")
+    else:
+        with pytest.raises(UserFacingError, match="does not exist"):
+            home_folder()
+
+
+def test_a_home_that_is_a_file_is_named_a_file(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "homefile"
+    home.write_text("not a folder\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("LLAMA2_COLAB_CACHE", raising=False)
+    code, _, err = run_cli(capsys, "demo", "--model", "tiny", "--max-new-tokens", "2")
+    assert code == 1 and "Traceback" not in err, err
+    assert f"Your home folder '{home}' (HOME) is a file, not a folder" in err
+    assert home.read_text() == "not a folder\n"
+
+
 def test_a_tilde_in_the_cache_setting_means_home(tmp_path, monkeypatch, tiny_dir):
     from llama2_colab.tiny import tiny_cache_dir
 
@@ -345,6 +440,77 @@ def test_an_ascii_console_shows_escapes_not_a_traceback(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "You: \\u65e5\\u672c\\u8a9e" in run.stdout and "Traceback" not in run.stderr
+
+
+def test_a_prompt_a_c_locale_could_not_decode_names_the_locale():
+    # LANG=C without Python's UTF-8 mode: argv's Japanese arrives as lone surrogates.
+    run = subprocess.run(
+        [sys.executable, "-m", "llama2_colab", "demo", "日本語", "--max-new-tokens", "2"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "LANG": "C", "LC_ALL": "C"}
+        | {"PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"},
+        timeout=GUARD_S,
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "locale (ascii)" in run.stderr and "LANG=C.UTF-8" in run.stderr
+    assert "lone surrogate" not in run.stderr and "Loaded in" not in run.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["doctor"], ["tiny", "./t"], ["plan", "./model"], ["demo", "--model", "tiny"]],
+)
+def test_a_deleted_current_folder_is_named(tmp_path, argv):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    command = " ".join([sys.executable, "-m", "llama2_colab", *argv])
+    run = subprocess.run(  # the shell goes into the folder, which is then removed under it
+        ["sh", "-c", f"cd {gone} && rmdir {gone} && exec {command}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=GUARD_S,
+    )
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "The current folder was deleted" in run.stderr and "cd ~" in run.stderr
+    assert "FATAL" not in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_closed_stdout_is_named_and_no_file_takes_its_place():
+    # `doctor >&-`: Python starts with sys.stdout None. The next file opened must not get
+    # descriptor 1, where a library writing to "stdout" would write into it.
+    script = (
+        "import os, sys\n"
+        "from llama2_colab.cli import main\n"
+        "code = main(['doctor'])\n"
+        "sys.stderr.write(f'exit {code}, next file {os.open(os.devnull, os.O_RDONLY)}\\n')\n"
+    )
+    run = subprocess.run(
+        ["sh", "-c", f'exec {sys.executable} -c "$0" >&-', script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=GUARD_S,
+    )
+    assert "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "Cannot write the output: stdout is closed" in run.stderr
+    found = re.search(r"exit (\d+), next file (\d+)", run.stderr)
+    assert found and found[1] == "1" and found[2] not in ("0", "1", "2"), run.stderr
+
+
+def test_a_closed_stdout_stops_a_command_before_it_works(tmp_path):
+    # `tiny t >&-`: refused before the build, so no folder is made that nothing reported.
+    run = subprocess.run(
+        ["sh", "-c", f"exec {sys.executable} -m llama2_colab tiny t >&-"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=GUARD_S,
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "stdout is closed" in run.stderr and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(("argv", "code"), [(["demo", "--max-new-tokens", "4"], 141)])

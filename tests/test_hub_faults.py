@@ -19,7 +19,7 @@ import sys
 
 import pytest
 from cli_runner import run_cli
-from hub_server import FakeRepo, start_hub, start_silent_server
+from hub_server import FakeRepo, start_hub, start_portal_server, start_silent_server
 
 GUARD_S = 240  # the subprocess timeout: far above any deadline, so only a hang trips it
 
@@ -86,6 +86,68 @@ def test_a_timeout_setting_that_is_no_number_is_named(tmp_path, capsys, monkeypa
 
     with pytest.raises(Exception, match="LLAMA2_COLAB_HUB_TIMEOUT='soon' is not a number"):
         hub_timeout_s()
+
+
+@pytest.fixture(scope="module")
+def portal():
+    url, close = start_portal_server()
+    yield url
+    close()
+
+
+def test_a_captive_portal_is_never_taken_for_access(portal, tmp_path):
+    # A network login page answers 200 to the auth check too: only the Hub's JSON says yes.
+    run = subprocess.run(
+        [sys.executable, "-m", "llama2_colab", "access", "meta-llama/Llama-2-7b-chat-hf"],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path, portal),
+        timeout=GUARD_S,
+    )
+    assert run.returncode == 6, run.stdout + run.stderr[-2000:]
+    assert "Access  : NO (offline)" in run.stdout and "confirmed" not in run.stdout
+    assert "not as the Hugging Face Hub does" in run.stdout and "HF_ENDPOINT" in run.stdout
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["http://[::1", "not a url", "ftp://mirror.example", "http://"]
+)
+@pytest.mark.parametrize("argv", [["access", "meta-llama/Llama-2-7b-chat-hf"], ["tiny", "t"]])
+def test_an_hf_endpoint_that_is_no_url_is_named(tmp_path, endpoint, argv):
+    # huggingface_hub reads HF_ENDPOINT when imported: a fresh process, as a user runs it.
+    run = subprocess.run(
+        [sys.executable, "-m", "llama2_colab", *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(tmp_path, endpoint),
+        timeout=GUARD_S,
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert f"HF_ENDPOINT={endpoint!r} is not the URL of a Hub" in run.stderr
+    assert "Unset HF_ENDPOINT" in run.stderr and not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("endpoint", ["http://[::1", "not a url"])
+def test_an_hf_endpoint_set_in_a_notebook_is_named(monkeypatch, endpoint):
+    # Set after huggingface_hub was imported (a notebook cell): the HTTP client would raise
+    # httpx's InvalidURL from inside check_access.
+    from llama2_colab.auth import check_access
+    from llama2_colab.errors import UserFacingError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    with pytest.raises(UserFacingError, match="is not the URL of a Hub") as caught:
+        check_access("meta-llama/Llama-2-7b-chat-hf", token=None)
+    assert "Unset HF_ENDPOINT" in caught.value.todo
+
+
+@pytest.mark.parametrize("repo", ["../../etc/passwd", "a/b/c", "me/x..y", "https://evil/x"])
+def test_access_refuses_what_is_no_repository_id_before_asking(online, capsys, repo):
+    asked = len(online.log)
+    code, out, err = run_cli(capsys, "access", repo)
+    assert code == 5 and f"{repo!r} is not a valid Hub repository id" in out, out + err
+    assert len(online.log) == asked  # the Hub was not asked
 
 
 # --- answers checked before they are used -----------------------------------------------------

@@ -8,9 +8,17 @@ redacting the whole text gives, however the text is cut into pieces; hypothesis 
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import logging
 import os
+import re
 import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
@@ -18,7 +26,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llama2_colab import cli
-from llama2_colab.errors import StreamRedactor, mask_token, redact_secrets
+from llama2_colab.errors import (
+    StreamRedactor,
+    mask_token,
+    redact_log_records,
+    redact_secrets,
+    shorten,
+)
+from llama2_colab.faults import describe_fault
 
 TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz01234567"  # the shape of a real token; not one
 OLD_STYLE = "api_oldstyletoken1234"  # a token in the environment that looks like no token
@@ -227,3 +242,94 @@ def test_a_warning_the_cli_shows_is_masked_too(capsys, monkeypatch, tmp_path, ti
     assert code == 0, err
     assert "UserWarning: The cached tiny Llama 2 at" in err and "rebuilding it" in err
     assert TOKEN not in out + err and "hf_...4567" in err
+
+
+# --- what libraries log, and names shortened --------------------------------------------------
+
+
+def test_a_log_record_is_masked_whichever_logger_and_handler_prints_it():
+    redact_log_records()
+    redact_log_records()  # a second call changes nothing
+    factory = logging.getLogRecordFactory()
+    redact_log_records()
+    assert logging.getLogRecordFactory() is factory
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)  # a handler added after the redaction was installed
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    loggers = [logging.getLogger(n) for n in ("transformers.x", "huggingface_hub.y", "user")]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.propagate = False
+    try:
+        loggers[0].warning("LOAD REPORT from: %s", f"/content/{TOKEN}")
+        loggers[1].info("downloading %s", f"me/{TOKEN}")  # below the level: never made
+        loggers[1].warning("downloading %s", f"me/{TOKEN}")
+        try:
+            raise OSError(f"cannot open /x/{TOKEN}")
+        except OSError:
+            loggers[2].exception("failed", stack_info=True)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+            logger.propagate = True
+    shown = stream.getvalue()
+    assert TOKEN not in shown
+    assert "LOAD REPORT from: /content/hf_...4567" in shown and "me/hf_...4567" in shown
+    assert "OSError: cannot open /x/hf_...4567" in shown and "Stack (most recent" in shown
+
+
+def test_transformers_own_log_lines_are_masked(tmp_path, tiny_dir):
+    # transformers' logger prints paths through its own handler (here at info level: "loading
+    # configuration file <folder>/config.json"); the CLI never sees those lines.
+    folder = tmp_path / f"ok-{TOKEN}"
+    shutil.copytree(tiny_dir, folder)
+    run = subprocess.run(
+        [sys.executable, "-m", "llama2_colab", "demo", "--model", str(folder), "hi"]
+        + ["--greedy", "--max-new-tokens", "2"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "info"},
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "loading configuration file" in run.stderr  # transformers did log the path
+    assert TOKEN not in run.stdout + run.stderr
+    assert f"ok-{mask_token(TOKEN)}/config.json" in run.stderr
+
+
+def _shows_part_of_token(text: str) -> bool:
+    """True if five characters in a row of what a mask hides are in text."""
+    hidden = TOKEN[3:-4]
+    return any(hidden[i : i + 5] in text for i in range(len(hidden) - 4))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(
+    before=st.text(alphabet="aceg89._-", max_size=250),
+    after=st.text(alphabet="aceg89._-", max_size=250),
+    limit=st.sampled_from([40, 120, 500]),
+)
+def test_a_long_name_is_redacted_before_it_is_shortened(before, after, limit):
+    # No stretch of the token's secret shows, wherever the cut falls; the mask stays whole.
+    name = f"/data/{before}{TOKEN}{after}"
+    for shown in (
+        shorten(name, limit),
+        describe_fault(OSError(errno.ENAMETOOLONG, "File name too long", name), "Cannot").what,
+    ):
+        assert not _shows_part_of_token(shown), shown
+        masks = re.findall(r"hf_\.\.\.[A-Za-z0-9]{0,4}", shown)
+        assert all(len(mask) == 10 for mask in masks), shown  # whole or not at all, never cut
+
+
+def test_a_convert_out_dir_name_too_long_shows_no_token(capsys, meta_folder):
+    # The red team's case: a legal 230-character name, too long once convert adds its suffix;
+    # the token straddles the 60th character, where the path shown is cut.
+    parent = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))
+    try:
+        before = "a" * (50 - len(f"{parent}/."))
+        name = before + TOKEN + "b" * (230 - len(before) - len(TOKEN))
+        code, out, err = run_cli(capsys, "convert", str(meta_folder), str(parent / name))
+    finally:
+        shutil.rmtree(parent)
+    assert code == 1 and "too long" in err, err
+    assert not _shows_part_of_token(out + err), err

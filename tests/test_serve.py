@@ -14,10 +14,12 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 
 import httpx
@@ -209,6 +211,45 @@ def test_sigterm_to_the_serve_command_alone_stops_its_engine_too():
         server.process.send_signal(signal.SIGTERM)
         gone, alive = psutil.wait_procs(processes, timeout=60)
         assert not alive and "Stopped (SIGTERM)" in server.log()
+
+
+def _ended(process: psutil.Process) -> bool:
+    """True once process has exited (a zombie no one has reaped yet has exited too)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_an_engine_does_not_outlive_a_serve_killed_outright():
+    # `kill -9` runs none of serve's cleanup: the engine must end by itself, not serve on.
+    with running_server("tiny") as server:
+        engines = server_processes(server)[1:]
+        assert engines  # the engine, under the serve command
+        server.process.kill()
+        deadline = time.monotonic() + 60
+        while not all(_ended(p) for p in engines) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [p for p in engines if not _ended(p)]
+        for process in left:  # not left serving after this test, whatever it found
+            process.kill()
+        assert not left, server.log()[-2000:]
+
+
+def test_a_folder_named_by_a_token_is_served_without_showing_it(tmp_path, tiny_dir):
+    # The model is served under its folder's name: masked, so what is shown is what works.
+    token = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz01234567"  # the shape of a real token; not one
+    folder = tmp_path / token
+    shutil.copytree(tiny_dir, folder)
+    with running_server(str(folder)) as server:
+        assert server.model == "hf_...4567"
+        reply = _ask(_client(server), server.model, DIALOGS["one turn"], max_tokens=4)
+        assert reply.choices[0].message.content
+        log = server.log()
+    assert 'serves "hf_...4567"' in log and 'model="hf_...4567"' in log
+    engine_lines = [line for line in log.splitlines() if line.startswith("[transformers]")]
+    assert any("hf_...4567" in line for line in engine_lines)  # its own lines, relayed masked
+    assert token not in log
 
 
 def _serve_cli(*args: str, code: str = "", timeout: int = 300) -> subprocess.CompletedProcess:

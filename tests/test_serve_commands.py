@@ -103,6 +103,9 @@ def test_the_name_clients_send():
     assert served_name("tiny") == "tiny" and served_name(" TINY ") == "tiny"
     assert served_name(CHAT_7B) == CHAT_7B
     assert served_name("./my models/llama@v2") == "llama-v2"
+    token = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz01234567"  # a folder named by a token: masked
+    assert served_name(f"/content/{token}") == "hf_...4567"
+    assert served_name(f"me/{token}") == "me/hf_...4567"
 
 
 def test_the_client_snippet_is_python_that_names_url_and_model():
@@ -120,6 +123,14 @@ def test_a_port_in_use_and_an_unknown_host_are_messages():
             check_port_free("127.0.0.1", port)
     with pytest.raises(UserFacingError, match="not an address of this machine"):
         check_port_free("no-such-host.invalid", 8000)
+
+
+def test_another_machines_address_is_not_called_a_port_in_use():
+    # 192.0.2.1 is an address (TEST-NET-1) that is never this machine's: EADDRNOTAVAIL.
+    with pytest.raises(UserFacingError) as refused:
+        check_port_free("192.0.2.1", 8000)
+    assert "'192.0.2.1' is not an address of this machine" in refused.value.what
+    assert "holds that port" not in str(refused.value) and "--host 127.0.0.1" in refused.value.todo
 
 
 def test_a_killed_servers_folder_is_swept_by_the_next_one(tmp_path):

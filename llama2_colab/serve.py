@@ -34,7 +34,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from .chat_template import reference_chat_template, template_matches
 from .checks import check_model_dir, looks_like_local_path
 from .errors import UserFacingError, redact_secrets
 from .faults import expand_user, fault_boundary
+from .listeners import family, listening_pids
 from .models import ModelChoice, choose_model, cpu_threads_for
 from .plan import GPU_RESERVE_BYTES, LoadPlan, TensorParallelPlan, make_plan, make_tp_plan
 from .runtime import ATTENTION, RuntimeFacts, detect_runtime
@@ -58,11 +58,12 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "SERVE_PACKAGES",
-    "BackgroundServer",
+    "die_with_this_process",
     "EngineLaunch",
     "EngineProcess",
     "cb_num_blocks",
     "check_port_free",
+    "client_host",
     "choose_engine",
     "client_snippet",
     "free_port",
@@ -379,7 +380,7 @@ def _plan_for(name: str, facts: RuntimeFacts, gpus: int) -> LoadPlan | TensorPar
     return plan
 
 
-def _client_host(host: str) -> str:
+def client_host(host: str) -> str:
     """The host a client on this machine connects to (0.0.0.0 listens on every interface)."""
     if host in ("0.0.0.0", ""):
         return "127.0.0.1"
@@ -438,7 +439,7 @@ def build_launch(
         port=port,
         cwd=str(root),
         env=_engine_env(choice, plan),
-        base_url=f"http://{_client_host(host)}:{port}/v1",
+        base_url=f"http://{client_host(host)}:{port}/v1",
         model=name,
         context_window=plan.context_window,
     )
@@ -488,7 +489,7 @@ def _failure(launch: EngineLaunch, lines: Sequence[str], status: int | None) -> 
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_this_process() -> Callable[[], None] | None:
+def die_with_this_process() -> Callable[[], None] | None:
     """A child's preexec_fn: on Linux the child gets SIGTERM when this process dies; else None.
 
     A `kill -9` of serve runs none of its cleanup, and the engine would go on serving, owned
@@ -531,7 +532,7 @@ class EngineProcess:
             text=True,
             encoding="utf-8",
             errors="replace",
-            preexec_fn=_die_with_this_process(),
+            preexec_fn=die_with_this_process(),
         )
         self._reader = threading.Thread(target=self._read, args=(echo,), daemon=True)
         self._reader.start()
@@ -551,7 +552,7 @@ class EngineProcess:
             if status is not None:
                 self._reader.join(timeout=5)
                 raise _failure(self.launch, list(self.lines), status)
-            if _answers(self.launch.base_url + "/models"):
+            if _answers(self.launch.base_url + "/models") and self._owns_port():
                 return time.perf_counter() - start
             if time.perf_counter() - start > timeout:
                 raise UserFacingError(
@@ -560,6 +561,15 @@ class EngineProcess:
                     "Its output above says where it is; a first download can take long.",
                 )
             time.sleep(0.25)
+
+    def _owns_port(self) -> bool:
+        """True unless another process, not this engine, is the one listening on its port.
+
+        Two serves started together both find the port free; until the second engine fails to
+        bind, the first one's answers. (Where /proc cannot tell, the answer is trusted.)
+        """
+        owners = listening_pids(self.launch.port, family(self.process.pid))
+        return owners is None or bool(owners)
 
     def stop(self, already_signalled: bool = False, grace: float = 10.0) -> int | None:
         """Stop the engine: SIGINT (a graceful shutdown), SIGTERM, then SIGKILL; return its status.
@@ -715,81 +725,3 @@ def serve(
 
 
 # -- in the background, for a notebook ---------------------------------------------------------
-
-_READY = re.compile(r'^Ready in ([\d.]+) s: (\S+) serves "([^"]+)"', re.MULTILINE)
-
-
-class BackgroundServer:
-    """`python -m llama2_colab serve` running in the background; `stop()` ends it, engine too.
-
-    It runs in a process group of its own, and `stop()` sends SIGINT to that group: the serve
-    command and its engine stop together, so no server is left running. Everything it prints
-    goes to a log file (`log()`), removed with this object unless you name it (`log_path`).
-    """
-
-    def __init__(
-        self,
-        model: str | None = "tiny",
-        host: str = DEFAULT_HOST,
-        port: int | None = None,
-        args: Sequence[str] = (),
-        log_path: str | os.PathLike | None = None,
-    ):
-        self.port = port or free_port(host)
-        self.base_url = f"http://{_client_host(host)}:{self.port}/v1"
-        self.model = served_name(model) if model else ""
-        if log_path is None:
-            handle, path = tempfile.mkstemp(prefix="llama2-serve-", suffix=".log")
-            os.close(handle)
-            weakref.finalize(self, os.remove, path)  # gone with this object
-        self.log_path = Path(log_path or path)
-        command = [sys.executable, "-m", "llama2_colab", "serve", "--host", host]
-        command += ["--port", str(self.port), *(["--model", model] if model else []), *args]
-        self.startup_s = 0.0
-        with open(self.log_path, "w", encoding="utf-8") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def log(self) -> str:
-        """Everything the server has printed so far."""
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> float:
-        """Wait for the server's "Ready" line; return its startup seconds, or raise why not."""
-        start = time.perf_counter()
-        while time.perf_counter() - start < timeout:
-            found = _READY.search(self.log())
-            if found:
-                self.startup_s, self.base_url, self.model = float(found[1]), found[2], found[3]
-                return self.startup_s
-            if self.process.poll() is not None:
-                lines = self.log().strip().splitlines()
-                raise UserFacingError(
-                    "The server stopped before it was ready:\n" + "\n".join(lines[-12:]),
-                    "Read the lines above (the last ones say what to do).",
-                )
-            time.sleep(0.25)
-        raise UserFacingError(f"The server was not ready within {timeout:.0f} s.", self.log())
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """Send SIGINT to the server's process group (then SIGTERM, SIGKILL); return its status."""
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            if self.process.poll() is not None:
-                break
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                continue
-        return self.process.poll()
-
-    def __enter__(self) -> BackgroundServer:
-        self.wait_ready()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llama2_colab import encode_dialog  # noqa: E402
-from llama2_colab.serve import BackgroundServer  # noqa: E402
+from llama2_colab.background_server import BackgroundServer  # noqa: E402
 
 DIALOGS = [
     [{"role": "user", "content": "What is a T4?"}],

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 if TYPE_CHECKING:
-    from llama2_colab.serve import BackgroundServer
+    from llama2_colab.background_server import BackgroundServer
 
 __all__ = ["READY_TIMEOUT_S", "running_server", "server_processes", "tiny_server"]
 
@@ -56,7 +56,7 @@ def running_server(
     model: str | None = "tiny", args: Sequence[str] = (), env: Mapping[str, str] | None = None
 ) -> Iterator[BackgroundServer]:
     """Start the serve command, wait until it is ready, stop it on exit (nothing left running)."""
-    from llama2_colab.serve import BackgroundServer  # imports transformers: only when used
+    from llama2_colab.background_server import BackgroundServer  # imports transformers
 
     with _environment(env):
         server = BackgroundServer(model=model, args=args)

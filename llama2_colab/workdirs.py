@@ -202,11 +202,20 @@ def work_folder(parent: str | os.PathLike, stem: str) -> Iterator[Path]:
     out-of-memory killer) leaves it, for the next run's `remove_stale_work`.
     """
     with _cleanup_on_termination():
-        tmp = make_work_folder(parent, stem)
-        try:
-            yield tmp
+        before = _this_runs(parent, stem)
+        try:  # a signal may come between mkdtemp and the assignment: find what it made
+            yield make_work_folder(parent, stem)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            for tmp in _this_runs(parent, stem) - before:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _this_runs(parent: str | os.PathLike, stem: str) -> set[Path]:
+    """This process's work folders of `stem` in parent (none if parent cannot be listed)."""
+    try:
+        return set(Path(parent).glob(f"{glob.escape(work_prefix(stem))}*"))
+    except OSError:
+        return set()
 
 
 @contextmanager

@@ -183,6 +183,32 @@ def test_a_terminated_run_removes_its_work_folder_at_once(meta_folder, tmp_path,
     assert list(tmp_path.iterdir()) == []  # no work folder, no half result
 
 
+_SIGNAL_AT_MKDTEMP = """
+import os, signal, sys, tempfile
+from llama2_colab.workdirs import work_folder
+made = tempfile.mkdtemp
+def mkdtemp(*args, **kwargs):  # the folder exists; the signal comes before it is returned
+    path = made(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return path
+tempfile.mkdtemp = mkdtemp
+with work_folder(sys.argv[1], "race"):
+    print("the block ran")
+"""
+
+
+def test_a_signal_the_moment_a_work_folder_is_made_still_removes_it(tmp_path):
+    # The window a `kill` right after the folder appears can hit (G5: it failed once).
+    run = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_AT_MKDTEMP, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == -signal.SIGTERM, run.stderr[-2000:]
+    assert "the block ran" not in run.stdout and list(tmp_path.iterdir()) == []
+
+
 # --- two commands writing one new folder at once ----------------------------------------------
 
 

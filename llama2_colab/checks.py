@@ -170,7 +170,8 @@ def parse_json(text: str):
     except RecursionError:
         raise ValueError("is not readable JSON (it is nested thousands of levels deep)") from None
     except ValueError as err:  # a number of more than 4,300 digits (sys.get_int_max_str_digits)
-        raise ValueError(f"is not readable JSON ({library_message(err, 120)})") from None
+        said = library_message(err, 120).split(";")[0]  # not Python's "use sys.set_int_max..."
+        raise ValueError(f"is not readable JSON ({said})") from None
 
 
 def read_json_object(file: str | os.PathLike, damaged: str, todo: str, shown: str = "") -> dict:

@@ -240,7 +240,7 @@ def describe_fault(err: BaseException, failed: str = "Could not finish") -> User
         reason, todo = _reason(code, path)
         shown = outside_work(path) if path else ""
         where = f" ({shorten(shown, 120)})" if shown and shown not in failed else ""
-        return UserFacingError(f"{shorten(failed, 120)}: {reason}{where}.", todo)
+        return UserFacingError(f"{shorten(failed)}: {reason}{where}.", todo)
     network = _network_fault(err, failed)
     if network is not None:
         return network

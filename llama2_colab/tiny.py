@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable
 from importlib import resources
@@ -111,6 +112,9 @@ TINY_FILES = frozenset(
         "added_tokens.json",
     }
 )
+
+# Names of weights and indexes that a build does not write: another model's, in that folder.
+_OTHER_WEIGHTS = re.compile(r"\.(safetensors|bin|pth|pt|gguf|ckpt)$|\.index\.json$")
 
 
 def tiny_cache_dir() -> Path:
@@ -258,18 +262,21 @@ def _refuse_target(out_dir: str | os.PathLike) -> Path:
 def is_tiny_folder(folder: str | os.PathLike) -> bool:
     """Return True if folder was written by build_tiny_llama (so writing over it loses nothing).
 
-    Its README.md is the one a build writes, and it holds nothing else than what a build writes
-    (and builds' work folders): a tiny README.md beside a converted model does not make that
-    model ours.
+    Its README.md is the one a build writes, and nothing in it says another model lives there
+    (convert's record, weight files or an index a build does not write): a tiny README.md beside
+    a converted model does not make that model ours. Your own files beside a tiny model (notes)
+    do not count: a build writes only its own names, and leaves them.
     """
+    from .convert import MARKER_FILE  # convert imports this module
+
     folder = Path(folder)
     try:
         if (folder / MARKER).read_text(encoding="utf-8") not in (_README, *_OLD_READMES):
             return False
-        names = [p.name for p in folder.iterdir() if not is_work_folder(p.name, WORK_STEM)]
+        names = [p.name for p in folder.iterdir() if p.name not in TINY_FILES]
     except (OSError, UnicodeDecodeError):
         return False
-    return all(name in TINY_FILES for name in names)
+    return not any(n == MARKER_FILE or _OTHER_WEIGHTS.search(n) for n in names)
 
 
 def build_tiny_llama(out_dir: str | os.PathLike) -> Path:

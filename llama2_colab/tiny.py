@@ -113,6 +113,8 @@ TINY_FILES = frozenset(
     }
 )
 
+# convert.MARKER_FILE, the record of a conversion (convert imports this module, so not from there).
+_CONVERSION_RECORD = "llama2_colab_conversion.json"
 # Names of weights and indexes that a build does not write: another model's, in that folder.
 _OTHER_WEIGHTS = re.compile(r"\.(safetensors|bin|pth|pt|gguf|ckpt)$|\.index\.json$")
 
@@ -267,8 +269,6 @@ def is_tiny_folder(folder: str | os.PathLike) -> bool:
     a converted model does not make that model ours. Your own files beside a tiny model (notes)
     do not count: a build writes only its own names, and leaves them.
     """
-    from .convert import MARKER_FILE  # convert imports this module
-
     folder = Path(folder)
     try:
         if (folder / MARKER).read_text(encoding="utf-8") not in (_README, *_OLD_READMES):
@@ -276,7 +276,7 @@ def is_tiny_folder(folder: str | os.PathLike) -> bool:
         names = [p.name for p in folder.iterdir() if p.name not in TINY_FILES]
     except (OSError, UnicodeDecodeError):
         return False
-    return not any(n == MARKER_FILE or _OTHER_WEIGHTS.search(n) for n in names)
+    return not any(n == _CONVERSION_RECORD or _OTHER_WEIGHTS.search(n) for n in names)
 
 
 def build_tiny_llama(out_dir: str | os.PathLike) -> Path:

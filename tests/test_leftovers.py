@@ -246,7 +246,9 @@ def test_tiny_leaves_a_folder_another_command_filled_meanwhile(meta_folder, tmp_
 
 def test_a_tiny_readme_beside_other_files_does_not_make_them_tiny_s(meta_folder, tmp_path, capsys):
     # A converted model that also holds tiny's README.md: `tiny X` must not write over it.
-    from llama2_colab.tiny import MARKER, build_tiny_llama
+    from llama2_colab.tiny import _CONVERSION_RECORD, MARKER, build_tiny_llama
+
+    assert _CONVERSION_RECORD == MARKER_FILE  # tiny's copy of convert's name is the same
 
     out = convert_meta_checkpoint(meta_folder, tmp_path / "X", dtype="float32")
     build_tiny_llama(tmp_path / "t")

@@ -8,7 +8,19 @@ and each problem becomes a `UserFacingError` that says what is wrong and what to
 Model configs are checked before anything is built from them (`check_model_config` for a
 config.json, local or from the Hub; `check_meta_params` for Meta's params.json): whole numbers in
 sane ranges that split into whole heads, so a damaged config is named in milliseconds instead of
-a traceback, or a hang while 200,000 layers are built on the meta device.
+a traceback, or a hang while 200,000 layers are built on the meta device. Then the fields that
+are names or ids (the weights' dtype, the special tokens' ids, the rotary type, a quantization)
+are checked against what transformers and the vocabulary take, and last the model is built on
+the meta device (shapes only, no memory), as the plan does, under a guard: whatever else
+transformers refuses is named as this config's fault, never a traceback.
+
+After loading, `refuse_weight_mismatch` reads transformers' loading report: a config that does
+not match its weights (more layers than the weights hold, another vocabulary size) is refused,
+naming what disagrees, never run with layers of random values.
+
+Every JSON file is read by one reader (`read_json_object`, `parse_json`): a file that is not
+JSON, a number Python will not read (over 4,300 digits), nesting thousands deep, a device or a
+named pipe in a file's place, each is named, not a traceback or a read that never ends.
 
 The benchmark's numbers are checked here too (`check_bench_numbers`), before anything loads.
 """
@@ -18,13 +30,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
+from collections.abc import Iterable
 from pathlib import Path
-
-from huggingface_hub.errors import StrictDataclassError
+from typing import NamedTuple
 
 from .errors import UserFacingError
-from .faults import expand_user, refuse_dangling_link
+from .faults import expand_user, find_regular_file, library_message, refuse_dangling_link
 from .renames import renamed_keywords
 
 __all__ = [
@@ -37,6 +50,8 @@ __all__ = [
     "check_bench_numbers",
     "LLAMA_MODEL_TYPES",
     "NotLlamaError",
+    "WeightDiff",
+    "count_spans",
     "check_config",
     "check_family",
     "check_meta_params",
@@ -45,9 +60,11 @@ __all__ = [
     "check_model_name",
     "check_safetensors",
     "looks_like_local_path",
+    "parse_json",
     "path_exists",
     "read_config",
     "read_json_object",
+    "refuse_weight_mismatch",
     "require_text",
     "require_tokenizer",
 ]
@@ -128,7 +145,7 @@ def read_config(path: str | os.PathLike) -> dict:
     """Return a model folder's config.json as a dict; UserFacingError if it is missing or bad."""
     folder = _folder(path)
     file = folder / "config.json"
-    if not file.is_file():
+    if not find_regular_file(file, repr(str(file)), "copy the model's config.json in again"):
         raise UserFacingError(
             f"{str(folder)!r} has no config.json, so it is not a Hugging Face model folder.",
             "Pass the folder that holds config.json, the tokenizer files and the weights "
@@ -137,26 +154,44 @@ def read_config(path: str | os.PathLike) -> dict:
     return read_json_object(file, "the folder is damaged", _REDOWNLOAD)
 
 
+def parse_json(text: str):
+    """Return the value a JSON text holds; ValueError saying, in words, why it cannot be read.
+
+    The one JSON parser of this package: besides text that is not JSON, Python refuses a
+    number of more than 4,300 digits (a plain ValueError) and nesting thousands of levels deep
+    (RecursionError); each gets a reason that reads after "config.json ...".
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+        ) from None
+    except RecursionError:
+        raise ValueError("is not readable JSON (it is nested thousands of levels deep)") from None
+    except ValueError as err:  # a number of more than 4,300 digits (sys.get_int_max_str_digits)
+        said = library_message(err, 120).split(";")[0]  # not Python's "use sys.set_int_max..."
+        raise ValueError(f"is not readable JSON ({said})") from None
+
+
 def read_json_object(file: str | os.PathLike, damaged: str, todo: str, shown: str = "") -> dict:
     """Return a JSON file's object; UserFacingError (`damaged`, `todo`) if it is not one.
 
-    `shown` names the file in the message (default: its path).
+    `shown` names the file in the message (default: its path). Only a regular file is read: a
+    device or a named pipe in its place is named, not read forever.
     """
     shown = shown or repr(str(file))
+    if not find_regular_file(file, shown, "copy the file in again"):
+        raise UserFacingError(f"{shown} does not exist (or was removed meanwhile).", todo)
     try:
-        config = json.loads(Path(file).read_text(encoding="utf-8"))
+        config = parse_json(Path(file).read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        config = None
-        problem = "is not text"
-    except (json.JSONDecodeError, RecursionError) as err:
-        config = None
-        where = (
-            f" ({err.msg} at line {err.lineno}, column {err.colno})" if hasattr(err, "msg") else ""
-        )
-        problem = f"is not valid JSON{where}"
+        config, problem = None, "is not text"
+    except ValueError as err:
+        config, problem = None, str(err)
     except OSError as err:
         raise UserFacingError(
-            f"Cannot read {shown}: {err.strerror or err}.", "Check its permissions."
+            f"Cannot read {shown}: {err.strerror or err}.", "Check its permissions (`ls -l`)."
         ) from None
     else:
         problem = "is not a JSON object"
@@ -178,6 +213,14 @@ def check_family(model_type, architectures, where: str) -> None:
     if not isinstance(architectures, (list, tuple)):
         architectures = [architectures]
     arch = ", ".join(str(a) for a in architectures) or "no architecture given"
+    if model_type is not None and not isinstance(model_type, str):  # a list, a number...
+        raise UserFacingError(
+            f"The config.json of {where!r} says model_type={model_type!r}, a "
+            f"{type(model_type).__name__}: it must "
+            'be a name, such as "llama" for every Llama 2 model.',
+            'Set "model_type": "llama" in its config.json, or use the config.json that came '
+            "with the model.",
+        )
     if model_type not in LLAMA_MODEL_TYPES:
         kind = f"a {model_type} model" if isinstance(model_type, str) else "a model of no type"
         raise NotLlamaError(
@@ -271,12 +314,15 @@ def _check_heads(where: str, hidden: int, heads: int, kv_heads: int, head_dim, t
 
 
 def check_model_config(config: dict, where: str, todo: str = _REDOWNLOAD) -> None:
-    """Raise UserFacingError unless a Llama config.json's sizes are sane and split into heads.
+    """Raise UserFacingError unless a Llama config.json's values make a model transformers builds.
 
     Checked before anything is built from it: each size a whole number from 1 to its
     `CONFIG_LIMITS` bound, rms_norm_eps and rope_theta positive numbers, the hidden size
-    divided by the heads, the heads by the key/value heads. A size left out takes
-    transformers' default, as loading would.
+    divided by the heads, the heads by the key/value heads; the weights' dtype a floating-point
+    type, the special token ids inside the vocabulary, no quantization this project cannot
+    load. A size left out takes transformers' default, as loading would. Then transformers
+    builds its config and the model on the meta device (no memory), and whatever it still
+    refuses is named as this config's fault.
     """
     nullable = ("num_key_value_heads", "head_dim")  # None: "the same as the heads", "derived"
     sizes = {
@@ -292,6 +338,10 @@ def check_model_config(config: dict, where: str, todo: str = _REDOWNLOAD) -> Non
         if key in numbers and not (key == "rope_theta" and numbers[key] is None):
             _real(where, key, numbers[key], low, high, todo)
     _check_activation(config.get("hidden_act", "silu"), where, todo)
+    _check_dtype(config, where, todo)
+    _check_token_ids(config, sizes.get("vocab_size", 32000), where, todo)
+    _check_quantization(config.get("quantization_config"), where)
+    _check_rope_type(config, where, todo)
     heads = sizes.get("num_attention_heads", 32)
     _check_heads(
         where,
@@ -304,20 +354,116 @@ def check_model_config(config: dict, where: str, todo: str = _REDOWNLOAD) -> Non
     _check_with_transformers(config, where, todo)
 
 
-def _check_with_transformers(config: dict, where: str, todo: str) -> None:
-    """Raise UserFacingError if transformers' own LlamaConfig refuses the values (types, ids).
+# The types a Llama checkpoint's weights are stored in (config.json's "dtype", "torch_dtype"
+# before transformers 5): floating-point ones, which transformers can build a model in.
+_WEIGHT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+_SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+# Quantized weights this project loads: bitsandbytes' (what `make_quantization_config` makes).
+_QUANT_METHODS = ("bitsandbytes",)
 
-    Building a config object allocates nothing; transformers 5 checks every field's type and
-    the special token ids there, and its message names the field.
+
+def _check_dtype(config: dict, where: str, todo: str) -> None:
+    """Raise UserFacingError unless the weights' dtype is a floating-point type (or unsaid)."""
+    for key in ("dtype", "torch_dtype"):
+        value = config.get(key)
+        if value is None or value == "auto" or value in _WEIGHT_DTYPES:
+            continue
+        raise UserFacingError(
+            f"{where} says {key}={value!r}: a Llama model's weights are floating-point numbers "
+            "(float16, bfloat16 or float32), and transformers builds a model in no other type.",
+            f'Set "{key}" to the type the weights are saved in ("float16" for Llama 2), or '
+            f"remove it. {todo}",
+        )
+
+
+def _check_token_ids(config: dict, vocab: int, where: str, todo: str) -> None:
+    """Raise UserFacingError unless each special token id is null or inside the vocabulary."""
+    for key in _SPECIAL_IDS:
+        value = config.get(key)
+        ids = value if isinstance(value, list) and key == "eos_token_id" else [value]
+        for token in ids:
+            if token is None or (type(token) is int and 0 <= token < vocab):
+                continue
+            raise UserFacingError(
+                f"{where} says {key}={value!r}: a token id must be a whole number from 0 to "
+                f"{vocab - 1:,} (the vocabulary has {vocab:,} pieces), or null. Out of it, the "
+                "model could never produce or read that token.",
+                f"Llama 2's are bos_token_id 1, eos_token_id 2, pad_token_id null. {todo}",
+            )
+
+
+def _check_quantization(settings, where: str) -> None:
+    """Raise UserFacingError if the weights come quantized in a way this project cannot load."""
+    if settings is None:
+        return
+    method = settings.get("quant_method") if isinstance(settings, dict) else None
+    if method in _QUANT_METHODS:
+        return
+    raise UserFacingError(
+        f"{where} says its weights are already quantized (quantization_config, quant_method "
+        f"{method!r}). This project plans memory for and loads 16-bit Llama 2 weights, which it "
+        "quantizes itself with bitsandbytes (4-bit NF4) where a GPU needs it; it cannot load "
+        "or plan this model.",
+        "Use the model's 16-bit repository (e.g. meta-llama/Llama-2-7b-chat-hf: on a T4 the "
+        "plan picks 4-bit NF4 for you), or load this one with transformers directly (it names "
+        "the packages it needs).",
+    )
+
+
+def _check_with_transformers(config: dict, where: str, todo: str) -> None:
+    """Raise UserFacingError if transformers refuses the config, or cannot build its model.
+
+    transformers 5 checks every field's type and the special token ids when it builds the
+    config object, and its message names the field. Then the model is built on the meta device
+    (shapes only, no memory, as `plan.count_parameters` does): anything transformers still
+    refuses there (a rotary type it has no function for...) is this config's fault.
     """
     from transformers import LlamaConfig
 
     try:
-        LlamaConfig.from_dict(config)
-    except (StrictDataclassError, ValueError, TypeError, KeyError) as err:
+        built = LlamaConfig.from_dict(config)
+    except Exception as err:  # noqa: BLE001 - StrictDataclassError, ValueError, AttributeError...
         cause = err.__cause__ or err
         raise UserFacingError(
-            f"{where} is not a valid Llama config: {str(cause).strip()[:300]}", todo
+            f"{where} is not a valid Llama config: {library_message(cause, named=False)}", todo
+        ) from None
+    _build_on_meta(built, where, todo)
+
+
+def _check_rope_type(config: dict, where: str, todo: str) -> None:
+    """Raise UserFacingError unless the rotary type is one transformers has a function for.
+
+    Read where transformers reads it: rope_parameters, and rope_scaling (before transformers 5).
+    """
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    known = ["default", *sorted(ROPE_INIT_FUNCTIONS)]
+    for key in ("rope_parameters", "rope_scaling"):
+        rope = config.get(key) or {}
+        kind = rope
+        if isinstance(rope, dict):
+            kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind not in known:
+            raise UserFacingError(
+                f"{where} says rope_type={kind!r} (in {key}): transformers knows "
+                f"{', '.join(known)}; every Llama 2 uses 'default'.",
+                todo,
+            )
+
+
+def _build_on_meta(built, where: str, todo: str) -> None:
+    """Raise UserFacingError if transformers cannot build the config's model on the meta device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(built)
+    except Exception as err:  # noqa: BLE001 - whatever transformers or torch raise: the config's
+        raise UserFacingError(
+            f"{where} passed the checks of each value, but transformers cannot build a model "
+            f"from it ({library_message(err)}).",
+            todo,
         ) from None
 
 
@@ -388,7 +534,7 @@ def check_safetensors(file: str | os.PathLike) -> None:
             (n,) = struct.unpack("<Q", head)
             if n > min(size - 8, 100 << 20):
                 raise ValueError("its header is cut off or not a safetensors header")
-            header = json.loads(f.read(n).decode("utf-8"))
+            header = parse_json(f.read(n).decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError("its header is not a JSON object")
         end = 0
@@ -414,14 +560,18 @@ def _weight_files(folder: Path) -> list[Path]:
     """Return the weight files a loader would read, following a sharded checkpoint's index."""
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
-        if index.is_file():
-            try:
-                shards = sorted(set(json.loads(index.read_text("utf-8"))["weight_map"].values()))
-            except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        if find_regular_file(index, repr(str(index)), "copy the file in again"):
+            weight_map = read_json_object(index, "the folder is damaged", _REDOWNLOAD).get(
+                "weight_map"
+            )
+            if not isinstance(weight_map, dict) or not all(
+                isinstance(v, str) for v in weight_map.values()
+            ):
                 raise UserFacingError(
                     f"{str(index)!r} is not a valid index of weight files.", _REDOWNLOAD
-                ) from None
-            missing = [s for s in shards if not (folder / s).is_file()]
+                )
+            shards = sorted(set(weight_map.values()))
+            missing = [s for s in shards if not _is_file(folder / s)]
             if missing:
                 raise UserFacingError(
                     f"{str(folder)!r} lacks {len(missing)} of its {len(shards)} weight files "
@@ -431,10 +581,15 @@ def _weight_files(folder: Path) -> list[Path]:
                 )
             return [folder / s for s in shards]
     for pattern in ("*.safetensors", "pytorch_model*.bin"):
-        found = sorted(folder.glob(pattern))
+        found = sorted(p for p in folder.glob(pattern) if _is_file(p))
         if found:
             return found
     return []
+
+
+def _is_file(path: Path) -> bool:
+    """True if a file of a model folder is there; UserFacingError if something else stands there."""
+    return find_regular_file(path, repr(str(path)), "copy the file in again")
 
 
 def check_model_dir(path: str | os.PathLike) -> dict:
@@ -448,11 +603,9 @@ def check_model_dir(path: str | os.PathLike) -> dict:
     folder = _folder(path)
     config = check_config(folder)
     for name in _SIDE_FILES:
-        file = folder / name
-        refuse_dangling_link(file, repr(str(file)), "copy the file in again")
-        if path_exists(file):
-            read_json_object(file, "the folder is damaged", _REDOWNLOAD)
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        if _is_file(folder / name):
+            read_json_object(folder / name, "the folder is damaged", _REDOWNLOAD)
+    if not any([_is_file(folder / name) for name in TOKENIZER_FILES]):
         raise UserFacingError(
             f"{str(folder)!r} has no tokenizer (tokenizer.json or tokenizer.model).",
             "Copy the tokenizer files from the model's repository into the folder, or save "
@@ -471,6 +624,138 @@ def check_model_dir(path: str | os.PathLike) -> dict:
         elif file.stat().st_size == 0:
             raise UserFacingError(f"{str(file)!r} is empty.", _REDOWNLOAD)
     return config
+
+
+# --- the weights against the config, from transformers' loading report -------------------------
+
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+# Config fields a tensor's size comes from, in the order a mismatch is blamed on them.
+_SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size")
+
+
+class WeightDiff(NamedTuple):
+    """How a checkpoint's tensors differ from the model its config builds."""
+
+    expected: frozenset[str]  # every weight the config's model has
+    missing: frozenset[str]  # expected, absent from the weights: would be random values
+    unexpected: frozenset[str]  # in the weights, with no place in the model: left unused
+    mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]  # (name, weights, config)
+
+    @classmethod
+    def from_loading_info(cls, model, info: dict) -> WeightDiff:
+        """The diff in transformers' `output_loading_info=True` report for a loaded model."""
+        mismatched = []
+        for name, found, wanted, *_ in info.get("mismatched_keys") or ():
+            mismatched.append((name, tuple(found), tuple(wanted)))
+        return cls(
+            frozenset(name for name, _ in model.named_parameters()),
+            frozenset(info.get("missing_keys") or ()),
+            frozenset(info.get("unexpected_keys") or ()),
+            tuple(sorted(mismatched)),
+        )
+
+
+def count_spans(numbers: Iterable[int]) -> str:
+    """Return whole numbers in words, runs joined: "0 to 3", "0 and 5", "1, 2 and 6 to 9"."""
+    runs: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    items: list[str] = []
+    for low, high in runs:
+        if high > low + 1:
+            items.append(f"{low} to {high}")
+        else:  # one number, or two in a row: each said alone
+            items += [str(n) for n in range(low, high + 1)]
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
+
+
+def _layer(name: str) -> int | None:
+    found = _LAYER.search(name)
+    return int(found.group(1)) if found else None
+
+
+def _layers_said(diff: WeightDiff, config: dict) -> tuple[list[str], set[int], set[int]]:
+    """(what is wrong with whole layers, layers missing whole, layers extra) of a diff."""
+    per_layer: dict[int, int] = {}
+    for name in diff.expected:
+        if (i := _layer(name)) is not None:
+            per_layer[i] = per_layer.get(i, 0) + 1
+    lacking: dict[int, int] = {}
+    for name in diff.missing:
+        if (i := _layer(name)) is not None:
+            lacking[i] = lacking.get(i, 0) + 1
+    gone = {i for i, n in lacking.items() if n == per_layer.get(i)}
+    extra = {i for name in diff.unexpected if (i := _layer(name)) is not None} - set(per_layer)
+    if not gone and not extra:
+        return [], gone, extra
+    held = (set(per_layer) - gone) | extra
+    said = (
+        f"config.json says num_hidden_layers={config.get('num_hidden_layers', len(per_layer))}, "
+        f"but the weights hold {len(held)} layer{'s' * (len(held) != 1)}"
+        + (f" ({count_spans(held)})" if held else "")
+    )
+    if gone:
+        said += f": layer{'s' * (len(gone) > 1)} {count_spans(gone)} would run on random values"
+    if extra:
+        said += f"{';' if gone else ':'} layer{'s' * (len(extra) > 1)} {count_spans(extra)} of "
+        said += "the weights would go unused"
+    return [said], gone, extra
+
+
+def _shape_said(name: str, found: tuple, wanted: tuple, config: dict) -> tuple[str, str]:
+    """(the config field blamed, or the tensor's name; one mismatch in words)."""
+    shapes = f"{name} is {' x '.join(map(str, found)) or 'a scalar'} in the weights"
+    for field in _SIZE_FIELDS:
+        value = config.get(field)
+        for have, want in zip(found, wanted, strict=False):
+            if have != want and want == value:
+                return field, f"config.json says {field}={value:,}, but {shapes}"
+    return name, f"{shapes}, {' x '.join(map(str, wanted))} by config.json"
+
+
+def _shapes_said(diff: WeightDiff, config: dict) -> list[str]:
+    """The size mismatches in words: one example per config field blamed, with a count."""
+    blamed: dict[str, list[str]] = {}
+    for name, found, wanted in diff.mismatched:
+        field, text = _shape_said(name, found, wanted, config)
+        blamed.setdefault(field, []).append(text)
+    said = [
+        texts[0] + (f" (and {len(texts) - 1} more tensor{'s' * (len(texts) > 2)})")
+        if len(texts) > 1
+        else texts[0]
+        for texts in blamed.values()
+    ]
+    return said[:3] + ([f"{len(said) - 3} more tensors differ"] if len(said) > 3 else [])
+
+
+def refuse_weight_mismatch(diff: WeightDiff, config: dict, where: str) -> None:
+    """Raise UserFacingError if the weights do not fill the config's model, exactly.
+
+    A weight missing would be drawn at random (transformers only warns), one left over means
+    the model runs without it, and a size that differs is another model: each is named by
+    what config.json says and what the weights hold.
+    """
+    said, gone, extra = _layers_said(diff, config)
+    said += _shapes_said(diff, config)
+    for names, how in (
+        (sorted(n for n in diff.missing if _layer(n) not in gone), "the weights lack"),
+        (sorted(n for n in diff.unexpected if _layer(n) not in extra), "the weights hold"),
+    ):
+        if names:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            unused = "" if how == "the weights lack" else ", for which the model has no place"
+            said.append(f"{how} {', '.join(names[:3])}{more}{unused}")
+    if said:
+        raise UserFacingError(
+            f"{where}: its config.json and its weights disagree: {'; '.join(said)}.",
+            "They come from different models, or config.json was edited: put back the "
+            "config.json that came with these weights (or download the model again). A model "
+            "its weights do not fill exactly would answer from random values, or without what "
+            "it learned, so it is not used.",
+        )
 
 
 def require_text(value, name: str, function: str) -> str:

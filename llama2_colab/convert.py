@@ -36,22 +36,25 @@ import re
 import shutil
 import zipfile
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checks import check_meta_params
+from .checks import check_meta_params, count_spans, parse_json, read_json_object
 from .errors import UserFacingError, redact_secrets
 from .faults import (
     describe_fault,
     expand_user,
     fault_boundary,
+    find_regular_file,
+    library_message,
     refuse_dangling_link,
     require_writable,
 )
 from .runtime import GiB, detect_runtime
 from .tiny import LLAMA2_CHAT_TEMPLATE
 from .vocab import read_tokenizer_model, tokenizer_from_pieces
-from .workdirs import make_work_folder, remove_stale_work, work_prefix
+from .workdirs import claim, open_to_umask, remove_stale_work, work_folder, work_prefix
 
 __all__ = [
     "MARKER_FILE",
@@ -73,6 +76,11 @@ MAX_FILE_BYTES = 2 * GiB  # one output safetensors file; bounds the RAM the conv
 _REQUIRED_PARAMS = ("dim", "n_layers", "n_heads", "norm_eps")
 _MAX_FFN = 262_144  # as checks.CONFIG_LIMITS["intermediate_size"]
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
+# Every Llama 2 and Code Llama has heads of 128 dimensions (7B: 4096 / 32, 13B: 5120 / 40, 34B
+# and 70B: 8192 / 64; Meta's params.json). The shards' rope.freqs (head size / 2 numbers) say
+# it of the checkpoint at hand; without them, this is what a wrong n_heads is checked against.
+LLAMA2_HEAD_DIM = 128
+_REFETCH = "download it again with download.sh (wget --continue resumes)"
 
 
 @dataclass(frozen=True)
@@ -121,19 +129,18 @@ def permute_rotary(weight, n_heads: int):
 
 def _read_params(folder: Path) -> dict:
     path = folder / "params.json"
-    if not path.is_file():
+    if not find_regular_file(path, str(path), "download it again with download.sh"):
         raise UserFacingError(
             f"{folder} has no params.json, so it is not a Meta-format model folder.",
             "Point convert at the folder download.sh made for one model, e.g. llama-2-7b-chat/.",
         )
-    try:
-        params = json.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserFacingError(
-            f"{path} is not valid JSON ({err}).",
-            "Download it again with download.sh (it is a few hundred bytes).",
-        ) from None
-    params = params.get("model", params) if isinstance(params, dict) else params
+    params = read_json_object(
+        path,
+        "it is damaged",
+        "Download it again with download.sh (it is a few hundred bytes).",
+        str(path),
+    )
+    params = params.get("model", params)
     missing = [k for k in _REQUIRED_PARAMS if not isinstance(params, dict) or k not in params]
     if missing:
         raise UserFacingError(
@@ -144,7 +151,12 @@ def _read_params(folder: Path) -> dict:
 
 
 def _find_shards(folder: Path) -> tuple[Path, ...]:
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _SHARD_RE.match(p.name)))
+    """The consolidated.NN.pth files in order; only regular files (a device is read forever)."""
+    found = sorted(
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if (m := _SHARD_RE.match(p.name)) and find_regular_file(p, str(p), _REFETCH)
+    )
     if not found:
         raise UserFacingError(
             f"{folder} has params.json but no consolidated.00.pth.",
@@ -193,7 +205,11 @@ def _inspect(folder: Path) -> MetaCheckpoint:
     params = _read_params(folder)
     shards = _find_shards(folder)
     tokenizer = next(
-        (p for p in (folder / "tokenizer.model", folder.parent / "tokenizer.model") if p.is_file()),
+        (
+            p
+            for p in (folder / "tokenizer.model", folder.parent / "tokenizer.model")
+            if find_regular_file(p, str(p), _REFETCH)
+        ),
         None,
     )
     if tokenizer is None:
@@ -283,7 +299,7 @@ def _load_shard(path: Path, mmap: bool) -> dict:
         if fault is not None and not isinstance(err, RuntimeError):
             raise fault from None
         raise UserFacingError(
-            f"{path.name} could not be read ({type(err).__name__}: {str(err)[:200]}).",
+            f"{path.name} could not be read ({library_message(err, 200)}).",
             "The file is damaged or incomplete: run download.sh again and check it with "
             "`md5sum -c checklist.chk` in the model folder.",
         ) from None
@@ -300,12 +316,19 @@ def _load_shard(path: Path, mmap: bool) -> dict:
 def _kind(value) -> str:
     """A short description of what a file or an entry holds, for a message."""
     name = type(value).__name__
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # a tensor: its numbers' type too
+        name = f"{str(value.dtype).removeprefix('torch.')} {name}"
     article = "an" if name[:1].lower() in "aeiou" else "a"
     if hasattr(value, "shape"):
         return f"{article} {name} of shape {tuple(value.shape)}"
     if isinstance(value, list | tuple | dict):
         return f"{article} {name} of {len(value):,} items"
     return f"{article} {name} ({str(value)[:40]!r})"
+
+
+def _layers(numbers: set[int]) -> str:
+    """ "layer 3" or "layers 0 and 5", for a message."""
+    return f"layer{'s' * (len(numbers) > 1)} {count_spans(numbers)}"
 
 
 def _meta_layout(c: MetaCheckpoint, vocab: int) -> dict[str, tuple[tuple[int, ...], int | None]]:
@@ -336,10 +359,15 @@ class _Shards:
     def __init__(self, checkpoint: MetaCheckpoint):
         self.ckpt = checkpoint
         self.parts = [_load_shard(p, checkpoint.mmap_ok) for p in checkpoint.shards]
-        # Each shard holds 1/N of wq's rows, so the first shard tells how many there must be.
+        # Each shard holds 1/N of wq's rows, so the first shard tells how many there must be
+        # (if wq is a matrix of dim columns at all: anything else is a shape check's to name).
         wq = self.parts[0].get("layers.0.attention.wq.weight")
-        shape = getattr(wq, "shape", None)
-        if shape and shape[0] and checkpoint.dim % shape[0] == 0:
+        shape = tuple(getattr(wq, "shape", ()))
+        if len(shape) == 2 and shape[1] == checkpoint.dim and 0 < shape[0] <= checkpoint.dim:
+            shape = shape if checkpoint.dim % shape[0] == 0 else ()
+        else:
+            shape = ()
+        if shape:
             expected, found = checkpoint.dim // shape[0], len(self.parts)
             if expected != found:
                 last = f"consolidated.{expected - 1:02d}.pth"
@@ -353,21 +381,55 @@ class _Shards:
     def check(self, vocab: int) -> None:
         """Raise UserFacingError unless the shards hold exactly the layers and shapes expected."""
         c = self.ckpt
-        layers = sorted({int(m.group(1)) for k in self.parts[0] if (m := _LAYER_KEY.match(k))})
-        if layers != list(range(c.n_layers)):
-            held = f"layers {layers[0]} to {layers[-1]}" if layers else "no layers"
+        layers = {int(m.group(1)) for k in self.parts[0] if (m := _LAYER_KEY.match(k))}
+        if layers != set(range(c.n_layers)):
+            lacking, beyond = set(range(c.n_layers)) - layers, layers - set(range(c.n_layers))
+            why = [f"{_layers(lacking)} missing"] * bool(lacking)
+            why += [f"{_layers(beyond)} beyond n_layers"] * bool(beyond)
+            held = f"{_layers(layers)}: {', '.join(why)}" if layers else "no layers"
             raise UserFacingError(
                 f"params.json says n_layers={c.n_layers}, but {c.shards[0].name} holds "
                 f"{len(layers)} layer(s) ({held}): params.json and the weights describe "
                 "different models.",
                 "Download params.json and the consolidated.NN.pth files again with download.sh.",
             )
+        self._check_head_size()
         for name, (shape, dim) in _meta_layout(c, vocab).items():
             pieces = self._pieces(name)
             whole = list(pieces[0].shape)
             if dim is not None and len(whole) == len(shape):
                 whole[dim] *= len(pieces)
             _expect(name, tuple(whole), shape)
+
+    def _check_head_size(self) -> None:
+        """Raise UserFacingError unless params.json's heads have the size the weights were made for.
+
+        Shapes cannot tell a wrong n_heads (wq is dim x dim whatever it says), and the rotary
+        permutation would then silently scramble every head. Meta's shards carry rope.freqs,
+        one number per pair of a head's dimensions; a checkpoint without it is held to the
+        head size of every Llama 2 and Code Llama, 128.
+        """
+        c = self.ckpt
+        freqs = self.parts[0].get("rope.freqs")
+        size = getattr(freqs, "shape", ())
+        known = 2 * size[0] if len(size) == 1 else LLAMA2_HEAD_DIM
+        if c.dim // c.n_heads == known:
+            return
+        source = (
+            f"the shards' rope.freqs holds {known // 2} frequencies, one per pair of a head's "
+            f"dimensions: heads of {known}"
+            if len(size) == 1
+            else f"every Llama 2 and Code Llama has heads of {known} dimensions (7B: dim 4096, "
+            "32 heads), and the shards carry no rope.freqs that says otherwise"
+        )
+        heads = f" (n_heads={c.dim // known})" if known and c.dim % known == 0 else ""
+        raise UserFacingError(
+            f"params.json says dim={c.dim} with n_heads={c.n_heads}: heads of "
+            f"{c.dim // c.n_heads} dimensions, but {source}{heads}. Converted with the wrong "
+            "head count, the rotary permutation would scramble every head: a broken model.",
+            "params.json belongs to another model or was edited: download it again with "
+            "download.sh.",
+        )
 
     def _pieces(self, name: str) -> list:
         """Every shard's tensor `name`, refused if missing, not a float tensor, or mismatched."""
@@ -383,8 +445,9 @@ class _Shards:
                     "Download it again with download.sh.",
                 )
             if not isinstance(piece, torch.Tensor) or not piece.is_floating_point():
+                what = "not floating-point weights" if hasattr(piece, "dtype") else "not weights"
                 raise UserFacingError(
-                    f"{path.name} holds {_kind(piece)} as {name}, not a tensor of weights.",
+                    f"{path.name} holds {_kind(piece)} as {name}: {what} (Meta's are bfloat16).",
                     "It is damaged or not Meta's file: download the model again.",
                 )
             pieces.append(piece)
@@ -573,7 +636,7 @@ def _files_written(out: Path) -> Callable[[Path], bool]:
     that list: the names save_pretrained and convert use.
     """
     try:
-        listed = json.loads((out / MARKER_FILE).read_text("utf-8")).get("files")
+        listed = parse_json((out / MARKER_FILE).read_text("utf-8")).get("files")
     except (OSError, ValueError, AttributeError):
         listed = None
     if isinstance(listed, dict):
@@ -657,25 +720,26 @@ def convert_meta_checkpoint(
         f"layers, dim {checkpoint.dim}, {checkpoint.n_heads} heads ({checkpoint.n_kv_heads} "
         f"key/value), feed-forward {checkpoint.intermediate_size}"
     )
-    with fault_boundary(
-        f"Cannot write the converted model to {out}",
-        "Nothing half-written was left: run convert again when that is fixed.",
+    with (
+        fault_boundary(
+            f"Cannot write the converted model to {out}",
+            "Nothing half-written was left: run convert again when that is fixed.",
+        ),
+        ExitStack() as stack,
     ):
         with fault_boundary(f"Cannot write beside {out}", _BESIDE):
             out.parent.mkdir(parents=True, exist_ok=True)
             require_writable(out.parent, f"Cannot write beside {out}")
             remove_stale_work(out.parent, _work_stem(out), "a conversion", log)
-            tmp = make_work_folder(out.parent, _work_stem(out))
-        try:
-            disk_free = shutil.disk_usage(out.parent).free
-            check_resources(checkpoint, dtype, ram_available_bytes, disk_free, max_file_bytes)
-            _save_tokenizer(tokenizer, checkpoint.tokenizer, tmp)
-            _write_weights(shards, tmp, dtype, vocab, max_file_bytes, log)
-            _write_config(checkpoint, tmp, dtype, vocab, chat)
-            _write_marker(checkpoint, tmp, dtype)
-            _put_in_place(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            tmp = stack.enter_context(work_folder(out.parent, _work_stem(out)))
+        disk_free = shutil.disk_usage(out.parent).free
+        check_resources(checkpoint, dtype, ram_available_bytes, disk_free, max_file_bytes)
+        _save_tokenizer(tokenizer, checkpoint.tokenizer, tmp)
+        _write_weights(shards, tmp, dtype, vocab, max_file_bytes, log)
+        _write_config(checkpoint, tmp, dtype, vocab, chat)
+        open_to_umask(tmp)
+        _write_marker(checkpoint, tmp, dtype)
+        _put_in_place(tmp, out)
     log(f"Wrote {out}")
     return out
 
@@ -695,28 +759,53 @@ def _stamp(path: Path) -> list[int] | None:
 def _put_in_place(tmp: Path, out: Path) -> None:
     """Rename the finished folder to OUT_DIR, replacing an earlier conversion (checked ours).
 
-    What was added to OUT_DIR while this conversion ran (a file saved there meanwhile) is moved
-    into the new folder, never deleted.
+    Done under a claim on OUT_DIR's folder (`workdirs.claim`, which `tiny` takes too), with
+    OUT_DIR checked again there: a folder that appeared or filled while this conversion ran,
+    with files convert did not write, is left as it is. What was added to an earlier
+    conversion's OUT_DIR meanwhile (a file saved there) is moved into the new one, never deleted.
     """
-    if not out.exists():
-        tmp.rename(out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    with claim(out.parent):
+        _refuse_appeared(out)
+        if not out.exists():
+            tmp.rename(out)
+            return
+        with work_folder(out.parent, _work_stem(out)) as hold:
+            _replace(tmp, out, hold / "old")
+
+
+def _refuse_appeared(out: Path) -> None:
+    """Raise UserFacingError if OUT_DIR now holds what no conversion wrote (another command's)."""
+    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if out.exists() and not out.is_dir():
+        names = [out.name]
+    if names and not (out / MARKER_FILE).is_file():
+        raise UserFacingError(
+            f"{out} appeared while convert ran, holding {', '.join(names[:5])}"
+            f"{', ...' if len(names) > 5 else ''} (another command wrote there meanwhile); it "
+            "is left as it is, and this conversion is not kept.",
+            "Give a new folder for OUT_DIR, and run convert again.",
+        )
+
+
+def _replace(tmp: Path, out: Path, old: Path) -> None:
+    """Swap the earlier conversion at out for tmp, moving in what was added to it meanwhile."""
     ours = _files_written(out)
     out.rename(old)
-    added = [p for p in old.iterdir() if not ours(p)]  # arrived between the check and the rename
-    clash = [p.name for p in added if (tmp / p.name).exists()]
-    if clash:
-        old.rename(out)
-        raise UserFacingError(
-            f"{out} gained {', '.join(clash)} while convert ran, under the name of a file it "
-            "writes; the folder is left as it is.",
-            "Move those out (or give a new OUT_DIR), then run convert again.",
-        )
-    tmp.rename(out)
+    try:
+        added = [p for p in old.iterdir() if not ours(p)]  # arrived between check and rename
+        clash = [p.name for p in added if (tmp / p.name).exists()]
+        if clash:
+            raise UserFacingError(
+                f"{out} gained {', '.join(clash)} while convert ran, under the name of a file it "
+                "writes; the folder is left as it is.",
+                "Move those out (or give a new OUT_DIR), then run convert again.",
+            )
+        tmp.rename(out)
+    except BaseException:
+        old.rename(out)  # the earlier conversion back, as it was
+        raise
     for path in added:
         os.replace(path, out / path.name)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_config(checkpoint: MetaCheckpoint, out: Path, dtype: str, vocab: int, chat: bool):

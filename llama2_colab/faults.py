@@ -7,7 +7,15 @@ raises `SafetensorError` and tokenizers a plain `Exception`, each with "(os erro
 text; huggingface_hub's HTTP clients (httpx in 1.x, httpx2 in 2.x) raise their own timeouts.
 `describe_fault` turns any of them into a `UserFacingError` that says what happened and what to
 do; `fault_boundary` does that for a block of code. The CLI's `main` and the library functions
-that write to the disk use it; anything it does not know stays a bug, with its traceback.
+that write to the disk use it; anything it does not know stays a bug, with its traceback. It
+names what the fault was about as you would: a "full" disk may have run out of file entries
+(inodes), a path over the 4,096-byte limit is not "a name too long", a link that loops is not
+"already there", and a file inside a hidden work folder is named by your folder.
+
+Files are read only if they are files: `find_regular_file` names a device (/dev/zero), a named
+pipe, a folder or a link that loops where a file should be, instead of reading it forever or
+calling it missing. A library's own message, quoted to you, goes through `library_message`:
+no terminal escapes, cut at a word.
 
 It never cleans up: the code that writes builds its result in a work folder (`workdirs`) and
 renames it into place, so a fault leaves nothing half-written, and nothing of yours is touched.
@@ -28,6 +36,7 @@ import errno
 import importlib
 import os
 import re
+import stat
 import sys
 import threading
 import urllib.parse
@@ -37,6 +46,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .errors import UserFacingError, shorten
+from .workdirs import outside_work
 
 try:  # the user database, which names a home folder when $HOME is empty (none on Windows)
     import pwd
@@ -52,8 +62,10 @@ __all__ = [
     "expand_user",
     "fault_boundary",
     "fault_errno",
+    "find_regular_file",
     "home_folder",
     "hub_timeout_s",
+    "library_message",
     "refuse_dangling_link",
     "require_writable",
     "undecodable_text",
@@ -73,7 +85,12 @@ _SPACE = (
 )
 # errno -> (what happened, what to do). The text is the same whichever library reported it.
 _ADVICE: dict[int, tuple[str, str]] = {
-    errno.ENOSPC: ("the disk is full", _SPACE),
+    # ENOSPC also means no free file entries (inodes) with bytes to spare; by the time it is
+    # described, the work folder's removal has freed some, so the two cannot be told apart.
+    errno.ENOSPC: (
+        "the disk is full (no free space, or no free file entries: `df -h` and `df -i` show which)",
+        _SPACE,
+    ),
     errno.EDQUOT: ("your disk quota is used up", _SPACE),
     errno.EFBIG: (
         "a file grew past the largest size allowed here (a file-size limit, `ulimit -f`)",
@@ -124,6 +141,8 @@ _NO_SUCH_USER_TODO = (
     "Write the path in full (e.g. /content/models/...), or start it with ~/ for your own home "
     "folder."
 )
+MAX_PATH_BYTES = 4096  # a whole path, on Linux (PATH_MAX); MAX_NAME_BYTES for each name in it
+MAX_NAME_BYTES = 255
 # How Rust libraries (safetensors, tokenizers) and Python print an OS error code.
 _ERRNO_IN_TEXT = re.compile(r"\(os error (\d+)\)|\[Errno (\d+)\]|\bcode: (\d+)\b")
 _PATH_IN_TEXT = re.compile(r'at path "([^"]+)"')
@@ -193,6 +212,41 @@ def _network_fault(err: BaseException, failed: str) -> UserFacingError | None:
     return None
 
 
+def _loops(path: str | None) -> bool:
+    """True if path, or a folder on the way to it, is a symbolic link that loops or dangles."""
+    if not path:
+        return False
+    for place in (Path(path), *Path(path).parents):
+        try:
+            if place.is_symlink() and not place.exists():
+                return True
+        except (OSError, ValueError):
+            return False
+    return False
+
+
+def _too_long(path: str | None) -> tuple[str, str]:
+    """(what happened, what to do) for ENAMETOOLONG: a name over 255 bytes, or the whole path."""
+    raw = os.fsencode(path) if path else b""
+    longest = max((len(part) for part in raw.split(b"/")), default=0)
+    if path and longest <= MAX_NAME_BYTES and len(raw) >= MAX_PATH_BYTES:
+        return (
+            f"the path is too long for the file system ({len(raw):,} bytes; {MAX_PATH_BYTES:,} "
+            f"at most in all, though each name in it is within {MAX_NAME_BYTES})",
+            "Use a folder with a shorter path (fewer or shorter folders on the way).",
+        )
+    return _ADVICE[errno.ENAMETOOLONG]
+
+
+def _reason(code: int, path: str | None) -> tuple[str, str]:
+    """(what happened, what to do) for an OS error code, looking at the path where that helps."""
+    if code in (errno.EEXIST, errno.ENOENT, errno.ENOTDIR) and _loops(path):
+        return _ADVICE[errno.ELOOP]
+    if code == errno.ENAMETOOLONG:
+        return _too_long(path)
+    return _ADVICE[code]
+
+
 def describe_fault(err: BaseException, failed: str = "Could not finish") -> UserFacingError | None:
     """Return a UserFacingError for a fault of the machine (None: not one, so a bug).
 
@@ -202,10 +256,11 @@ def describe_fault(err: BaseException, failed: str = "Could not finish") -> User
         return err
     code = fault_errno(err)
     if code in _ADVICE:
-        reason, todo = _ADVICE[code]
         path = _fault_path(err)
-        where = f" ({shorten(path, 120)})" if path and path not in failed else ""
-        return UserFacingError(f"{failed}: {reason}{where}.", todo)
+        reason, todo = _reason(code, path)
+        shown = outside_work(path) if path else ""
+        where = f" ({shorten(shown, 120)})" if shown and shown not in failed else ""
+        return UserFacingError(f"{shorten(failed)}: {reason}{where}.", todo)
     network = _network_fault(err, failed)
     if network is not None:
         return network
@@ -340,6 +395,58 @@ def _home_text() -> str:
         return pwd.getpwuid(os.getuid()).pw_dir
     except KeyError:  # no entry for this user
         return os.path.expanduser("~")
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder", ""),
+    (stat.S_ISCHR, "a device", ": reading it might never end (as /dev/zero's never does)"),
+    (stat.S_ISBLK, "a disk device", ""),
+    (stat.S_ISFIFO, "a named pipe (FIFO)", ": reading it would wait for a writer"),
+    (stat.S_ISSOCK, "a socket", ""),
+)
+
+
+def find_regular_file(path: str | os.PathLike, what: str, todo: str) -> bool:
+    """Return True if path is a regular file (links followed), False if nothing is there.
+
+    Anything else where a file should be is a UserFacingError naming it: a folder, a device, a
+    named pipe, a link that leads nowhere or loops. `what` names the file in the message
+    ("params.json in /x"); `todo` says what to put there instead.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR) and not path.is_symlink():
+            return False
+        if err.errno != errno.ELOOP:  # a link to nowhere; a loop is named a loop below
+            refuse_dangling_link(path, what, todo)
+        raise describe_fault(err, f"Cannot read {what}") or err from None
+    if stat.S_ISREG(mode):
+        return True
+    noun, why = next(((n, w) for test, n, w in _KINDS if test(mode)), ("something else", ""))
+    if path.is_symlink():
+        what = f"{what} (a link to {os.readlink(path)})"
+    raise UserFacingError(f"{what} is {noun}, not a file{why}.", f"Put the file there, or {todo}.")
+
+
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def library_message(err: BaseException, limit: int = 300, named: bool = True) -> str:
+    """Return "Type: message" of a library's exception, fit to quote in a message for you.
+
+    Terminal escapes (colour codes) and control characters are removed, runs of white space
+    become one, and a long message is cut at a word, with "...". `named=False`: the message
+    alone.
+    """
+    text = " ".join(_ESCAPES.sub("", str(err)).split())
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:(") + " ..."
+    name = type(err).__name__
+    if not named:
+        return text or name
+    return f"{name}: {text}" if text else name
 
 
 def home_folder() -> Path:

@@ -12,9 +12,15 @@ from pathlib import Path
 import safetensors
 
 from .auth import explain_hub_error, find_hub_error, find_token
-from .checks import check_model_dir, check_model_name, looks_like_local_path
+from .checks import (
+    WeightDiff,
+    check_model_dir,
+    check_model_name,
+    looks_like_local_path,
+    refuse_weight_mismatch,
+)
 from .errors import UserFacingError, redact_log_records
-from .faults import describe_fault
+from .faults import describe_fault, library_message
 from .hub import check_tokenizer_files, fetch_config
 from .runtime import T4_MENU_PATH, GiB, RuntimeFacts, Settings, settings_for
 from .tiny import ensure_tiny_llama
@@ -139,21 +145,31 @@ def load_model_and_tokenizer(
 
     A Hub refusal (not logged in, access not granted, offline) becomes a `UserFacingError`
     saying what to do; files already downloaded stay in the cache, so the next try resumes.
+    Weights that do not fill the config's model exactly (a layer missing, another vocabulary
+    size) are refused by transformers' loading report, never run with random values, and
+    files that fail to load are named, the tokenizer's or the weights'.
     `model_kwargs` go to `from_pretrained` as well (e.g. `distributed_config`).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     redact_log_records()  # transformers' load report names the folder, which may hold a token
+    stage = ["tokenizer"]  # what was loading when something failed
 
     def load(path: str):
         if not choice.is_tiny and not Path(path).is_dir():  # a Hub id: its config first (KBs)
             fetch_config(path, token, cache_dir)  # checked, before anything downloads
             check_tokenizer_files(path, token)
+        stage[0] = "tokenizer"
         tokenizer = AutoTokenizer.from_pretrained(path, token=token, cache_dir=cache_dir)
-        kwargs = _model_kwargs(settings, quantization_config) | (model_kwargs or {})
-        model = AutoModelForCausalLM.from_pretrained(
+        stage[0] = "weights"
+        kwargs = {"output_loading_info": True, "ignore_mismatched_sizes": True}
+        kwargs |= _model_kwargs(settings, quantization_config) | (model_kwargs or {})
+        model, info = AutoModelForCausalLM.from_pretrained(
             path, token=token, cache_dir=cache_dir, **kwargs
+        )
+        refuse_weight_mismatch(
+            WeightDiff.from_loading_info(model, info), model.config.to_dict(), path
         )
         return model, tokenizer
 
@@ -172,20 +188,32 @@ def load_model_and_tokenizer(
                 stacklevel=2,
             )
             model, tokenizer = load(str(ensure_tiny_llama(rebuild=True)))
-        elif Path(path).is_dir():
-            raise UserFacingError(
-                f"{path!r} passed the checks but failed to load: {type(err).__name__}: {err}",
-                "The folder's files may be damaged or from a newer transformers: download the "
-                "model again, or upgrade transformers.",
-            ) from err
-        elif isinstance(err, OSError):
-            _raise_hub_error(err, choice, token)
-            raise
         else:
-            raise
+            if isinstance(err, OSError) and not Path(path).is_dir():
+                _raise_hub_error(err, choice, token)
+            raise _load_failure(err, path, stage[0]) from err
     _check_special_tokens(tokenizer, path)
     model.eval()
     return model, tokenizer
+
+
+def _load_failure(err: Exception, path: str, stage: str) -> UserFacingError:
+    """The message for files that passed the checks but failed to load (stage: what was loading)."""
+    import transformers
+
+    if stage == "tokenizer":
+        return UserFacingError(
+            f"The tokenizer of {path} failed to load ({library_message(err)}): its tokenizer "
+            "files (tokenizer.json, tokenizer.model, tokenizer_config.json) are damaged or not "
+            "a tokenizer.",
+            "Download the model again, or copy its tokenizer files from the model's repository "
+            "(every Llama 2 has the same tokenizer: meta-llama/Llama-2-7b-hf's).",
+        )
+    return UserFacingError(
+        f"{path} passed the checks but its weights failed to load ({library_message(err)}).",
+        "Its files may be damaged, or need a newer transformers than this "
+        f"{transformers.__version__}: download the model again, or upgrade transformers.",
+    )
 
 
 def _check_special_tokens(tokenizer, path: str) -> None:

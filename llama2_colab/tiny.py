@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import re
 import warnings
 from collections.abc import Callable
 from importlib import resources
@@ -36,7 +36,7 @@ from .checks import check_model_dir
 from .errors import UserFacingError
 from .faults import expand_user, fault_boundary, home_folder, refuse_dangling_link
 from .vocab import build_llama2_tokenizer, write_llama2_tokenizer_model
-from .workdirs import is_work_folder, make_work_folder, remove_stale_work
+from .workdirs import claim, is_work_folder, open_to_umask, remove_stale_work, work_folder
 
 __all__ = [
     "LLAMA2_CHAT_TEMPLATE",
@@ -93,7 +93,31 @@ _WEIGHTS_INFO = "data/tiny_chat.json"
 _REINSTALL = "Reinstall the helper: pip install --force-reinstall llama2-colab (or its git URL)."
 # The work folders a build makes beside its result (`workdirs`): `.tiny-build-<host>-<pid>-...`.
 WORK_STEM = "tiny-build"
-_ROOM = "The tiny model takes about 30 MB."
+# Measured: 40,898,066 bytes (`du -sb`) with transformers 5.15 and 5.24 (the weights in float32,
+# 36.7 MB, and the tokenizer's files); tests/test_faults.py checks it against a fresh build.
+_ROOM = "The tiny model takes about 41 MB."
+# Every name build_tiny_llama writes (older transformers also wrote special_tokens_map.json and
+# added_tokens.json): a folder holding anything else holds something of yours.
+TINY_FILES = frozenset(
+    {
+        MARKER,
+        "LLAMA2_NOTICE.txt",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "tokenizer.model",
+        "chat_template.jinja",
+        "special_tokens_map.json",
+        "added_tokens.json",
+    }
+)
+
+# convert.MARKER_FILE, the record of a conversion (convert imports this module, so not from there).
+_CONVERSION_RECORD = "llama2_colab_conversion.json"
+# Names of weights and indexes that a build does not write: another model's, in that folder.
+_OTHER_WEIGHTS = re.compile(r"\.(safetensors|bin|pth|pt|gguf|ckpt)$|\.index\.json$")
 
 
 def tiny_cache_dir() -> Path:
@@ -239,11 +263,21 @@ def _refuse_target(out_dir: str | os.PathLike) -> Path:
 
 
 def is_tiny_folder(folder: str | os.PathLike) -> bool:
-    """Return True if folder was written by build_tiny_llama (so writing over it loses nothing)."""
+    """Return True if folder was written by build_tiny_llama (so writing over it loses nothing).
+
+    Its README.md is the one a build writes, and nothing in it says another model lives there
+    (convert's record, weight files or an index a build does not write): a tiny README.md beside
+    a converted model does not make that model ours. Your own files beside a tiny model (notes)
+    do not count: a build writes only its own names, and leaves them.
+    """
+    folder = Path(folder)
     try:
-        return (Path(folder) / MARKER).read_text(encoding="utf-8") in (_README, *_OLD_READMES)
+        if (folder / MARKER).read_text(encoding="utf-8") not in (_README, *_OLD_READMES):
+            return False
+        names = [p.name for p in folder.iterdir() if p.name not in TINY_FILES]
     except (OSError, UnicodeDecodeError):
         return False
+    return not any(n == _CONVERSION_RECORD or _OTHER_WEIGHTS.search(n) for n in names)
 
 
 def build_tiny_llama(out_dir: str | os.PathLike) -> Path:
@@ -265,22 +299,21 @@ def build_tiny_llama(out_dir: str | os.PathLike) -> Path:
 
 
 def _build_into(work_parent: Path, out: Path) -> None:
-    """Build in a work folder inside work_parent, then rename it to out or move its files in."""
+    """Build in a work folder inside work_parent, then rename it to out or move its files in.
+
+    The move happens under a claim on out's folder (`workdirs.claim`, which `convert` takes
+    too), with out checked again there: what another command wrote meanwhile is left as it is.
+    """
     remove_stale_work(work_parent, WORK_STEM, "a tiny-model build")
-    tmp = make_work_folder(work_parent, WORK_STEM)
-    try:
+    with work_folder(work_parent, WORK_STEM) as tmp:
         _write_tiny_files(tmp)
-        if not out.is_dir():
-            try:
+        open_to_umask(tmp)
+        with claim(out.parent):
+            _refuse_target(out)  # it may have appeared, or filled, while this build ran
+            if out.is_dir():
+                _move_files(tmp, out)
+            else:
                 tmp.rename(out)
-                return
-            except OSError:
-                if not out.is_dir():
-                    raise
-                _refuse_target(out)  # it appeared while this build ran: move in only if ours
-        _move_files(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _move_files(src: Path, dst: Path) -> None:
@@ -352,18 +385,14 @@ def _ensure(target: Path, named: bool, rebuild: bool) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     # Build next to the target and rename, so a killed build never leaves half a model.
     remove_stale_work(root, WORK_STEM, "a tiny-model build")
-    tmp = make_work_folder(root, WORK_STEM)
-    try:
+    with work_folder(root, WORK_STEM) as tmp:
         _write_tiny_files(tmp)
-        if target.exists() or target.is_symlink():
-            _set_aside(target)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if check_tiny_cache(target) is not None:  # lost a race with another builder?
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        open_to_umask(tmp)
+        with claim(root):  # another builder may have put a whole one there meanwhile
+            if rebuild or check_tiny_cache(target) is not None:
+                if target.exists() or target.is_symlink():
+                    _set_aside(target)
+                tmp.rename(target)
     problem = check_tiny_cache(target)
     if problem is not None:
         raise UserFacingError(
@@ -383,9 +412,8 @@ def _ours_or_empty(target: Path) -> bool:
 def _set_aside(target: Path) -> None:
     """Remove a damaged cache this package wrote; keep anything else as <name>.damaged[-N]."""
     if _ours_or_empty(target):
-        old = make_work_folder(target.parent, WORK_STEM)  # removed by the next build if killed
-        target.rename(old / "old")
-        shutil.rmtree(old, ignore_errors=True)
+        with work_folder(target.parent, WORK_STEM) as old:  # removed by the next build if killed
+            target.rename(old / "old")
         return
     aside, n = target.with_name(target.name + ".damaged"), 1
     while aside.exists() or aside.is_symlink():
@@ -405,14 +433,10 @@ def ensure_built(target: Path, build: Callable[[Path], object]) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_work(target.parent, WORK_STEM, "a tiny-model build")
-    tmp = make_work_folder(target.parent, WORK_STEM)
-    try:
+    with work_folder(target.parent, WORK_STEM) as tmp:
         build(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not (target / "config.json").is_file():  # lost a race with another builder? fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        open_to_umask(tmp)
+        with claim(target.parent):
+            if not (target / "config.json").is_file():  # another builder may have won
+                tmp.rename(target)
     return target

@@ -106,6 +106,10 @@ def random_weights(params: dict, vocab: int, seed: int = 0) -> dict:
         sd[p + "ffn_norm.weight"] = norm()
     sd["norm.weight"] = norm()
     sd["output.weight"] = mat(vocab, dim)
+    # Meta's files also carry the rotary table, one frequency per pair of a head's dimensions
+    # (the converter reads only its length: the head size); every shard repeats it.
+    head_dim, theta = dim // n_heads, params.get("rope_theta", 10000.0)
+    sd["rope.freqs"] = 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
     return sd
 
 
@@ -119,12 +123,10 @@ def split_shards(sd: dict, n: int) -> list[dict]:
             parts = tensor.chunk(n, dim=0)
         elif name.endswith(("wo.weight", "w2.weight")) or name == "tok_embeddings.weight":
             parts = tensor.chunk(n, dim=1)
-        else:  # norms: every shard holds the whole vector
+        else:  # norms and the rotary table: every shard holds the whole vector
             parts = [tensor] * n
         for shard, part in zip(shards, parts, strict=True):
             shard[name] = part.clone()
-    for shard in shards:  # Meta's files also carry the rotary table; the converter skips it
-        shard["rope.freqs"] = torch.zeros(8)
     return shards
 
 

@@ -526,3 +526,173 @@ def test_a_reader_that_goes_away_mid_stream_ends_the_command(argv, code):
     _, err = proc.communicate(timeout=GUARD_S)
     assert proc.returncode == code, err.decode()
     assert b"Traceback" not in err and b"BrokenPipe" not in err and b"Loaded in" not in err
+
+
+# --- what a fault is about, named as you would name it ----------------------------------------
+
+
+def test_the_size_the_messages_give_for_the_tiny_model_is_measured(tiny_dir):
+    from llama2_colab.tiny import _ROOM
+
+    measured = sum(p.stat().st_size for p in tiny_dir.iterdir() if p.is_file())
+    said = float(_ROOM.split("about ")[1].split(" MB")[0]) * 1e6
+    assert measured <= said <= 1.2 * measured, (measured, _ROOM)  # never less than it takes
+
+
+def test_a_link_that_loops_on_the_way_is_named_a_loop_not_already_there(tmp_path, capsys):
+    loop = _loop(tmp_path)
+    code, _, err = run_cli(capsys, "tiny", str(loop / "x"))
+    assert code == 1 and "a symbolic link loops back on itself" in err, err
+    assert "already there" not in err and "Traceback" not in err
+
+
+def test_a_path_over_the_limit_is_named_the_path_not_a_name(tmp_path, capsys):
+    deep = tmp_path.joinpath(*["abcdefgh"] * 500) / "t"  # every name 8 bytes, the path 4,500+
+    code, _, err = run_cli(capsys, "tiny", str(deep))
+    assert code == 1 and "the path is too long for the file system" in err, err
+    assert "4,096 at most in all" in err and "255 bytes at most per name" not in err
+    assert "characters):" in err and "Traceback" not in err  # the long path, shortened, then why
+
+
+def test_an_out_dir_name_of_230_bytes_is_converted(meta_folder, tmp_path, capsys):
+    # Legal (255 bytes at most), but convert's work folder beside it used to be too long.
+    out = tmp_path / ("o" * 230)
+    code, out_text, err = run_cli(capsys, "convert", str(meta_folder), str(out))
+    assert code == 0, err
+    assert (out / "model.safetensors").is_file() and sorted(tmp_path.iterdir()) == [out]
+
+
+def test_a_fault_inside_a_work_folder_names_your_folder(meta_folder, tmp_path):
+    from llama2_colab.faults import describe_fault
+    from llama2_colab.workdirs import work_folder
+
+    with work_folder(tmp_path, "tiny-build") as work:
+        err = OSError(errno.ENOSPC, "No space left on device", str(work / "model.safetensors"))
+        found = describe_fault(err, "Cannot write the tiny model to 'elsewhere'")
+    assert f"({tmp_path})" in found.what and ".tiny-build" not in found.what
+
+
+def _tmpfs_works() -> bool:
+    try:
+        probe = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o nr_inodes=8 tmpfs /mnt"],
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _tmpfs_works(), reason="no user namespaces to mount in")
+def test_a_disk_out_of_file_entries_is_not_only_called_full(tmp_path):
+    # Space to spare but 8 inodes: df -h shows room, so "the disk is full" alone misleads.
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = (
+        f"mount -t tmpfs -o size=200m,nr_inodes=8 tmpfs {disk} && exec {sys.executable} -m "
+        f"llama2_colab tiny {disk}/tiny"
+    )
+    run = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=GUARD_S,
+    )
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "no free file entries" in run.stderr and "df -i" in run.stderr
+    assert ".tiny-build" not in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("command", ["tiny", "convert"])
+def test_a_result_gets_the_permissions_your_umask_gives(meta_folder, tmp_path, command):
+    # A work folder is private (0700) while it is filled; the result is not.
+    out = tmp_path / "out"
+    argv = ["tiny", str(out)] if command == "tiny" else ["convert", str(meta_folder), str(out)]
+    run = subprocess.run(
+        ["sh", "-c", 'umask 027 && exec "$@"', "sh", sys.executable, "-m", "llama2_colab", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=GUARD_S,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert out.stat().st_mode & 0o777 == 0o750
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {
+        p.name: 0o640 for p in out.iterdir()
+    }
+
+
+# --- what is read is a file: a device, a pipe, an unreadable or odd file is named -------------
+
+
+def _meta_copy(meta_folder: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / meta_folder.name
+    shutil.copytree(meta_folder, folder)
+    shutil.copy(meta_folder.parent / "tokenizer.model", tmp_path / "tokenizer.model")
+    return folder
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom", "fifo"])
+def test_a_shard_that_is_a_device_or_a_pipe_is_named_not_read(meta_folder, tmp_path, device):
+    folder = _meta_copy(meta_folder, tmp_path)
+    shard = folder / "consolidated.00.pth"
+    shard.unlink()
+    if device == "fifo":
+        os.mkfifo(shard)  # read, it would wait for a writer forever
+    else:
+        shard.symlink_to(device)  # read, it never ends: the memory limit stops a regression
+
+    def memory_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+    run = subprocess.run(
+        [sys.executable, "-m", "llama2_colab", "convert", str(folder), str(tmp_path / "hf")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        preexec_fn=memory_limit,
+        timeout=GUARD_S,
+    )
+    kind = "a named pipe (FIFO)" if device == "fifo" else f"(a link to {device}) is a device"
+    assert run.returncode == 1 and kind in run.stderr, run.stderr[-2000:]
+    assert "not a file" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.skipif(not _permissions_bind(), reason="root, and no user namespace to drop it in")
+def test_a_params_json_you_may_not_read_is_named_unreadable_not_invalid(meta_folder, tmp_path):
+    folder = _meta_copy(meta_folder, tmp_path)
+    (folder / "params.json").chmod(0)
+    run = _run(["convert", str(folder), str(tmp_path / "hf")], tmp_path, user=True)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert f"Cannot read {folder / 'params.json'}: Permission denied" in run.stderr
+    assert "not valid JSON" not in run.stderr and "Traceback" not in run.stderr
+
+
+class _Payload:
+    """A pickled object whose unpickling would run code: torch's weights-only load refuses it."""
+
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_a_library_message_is_quoted_without_escapes_and_cut_at_a_word(
+    meta_folder, tmp_path, capsys
+):
+    import torch
+
+    folder = _meta_copy(meta_folder, tmp_path)
+    torch.save({"x": _Payload()}, folder / "consolidated.00.pth")
+    code, out, err = run_cli(capsys, "convert", str(folder), str(tmp_path / "hf"))
+    assert code == 1 and "could not be read (UnpicklingError: Weights only load failed" in err
+    assert "this must never run" not in out + err
+    assert "\x1b" not in err and "[1m" not in err  # torch colours its advice for a terminal
+    try:
+        torch.load(folder / "consolidated.00.pth", weights_only=True)
+    except Exception as failed:  # noqa: BLE001 - its message, as torch words it
+        whole = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(failed)).split())
+    quoted = err.split("could not be read (UnpicklingError: ")[1].split(").\n")[0]
+    assert quoted.endswith(" ...") and whole.startswith(quoted[:-4])
+    assert whole[len(quoted) - 4] in " ,;:("  # cut where a word ends, not inside one

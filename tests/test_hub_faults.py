@@ -181,6 +181,22 @@ def odd_hub(tiny_dir):
         files={k: v for k, v in files.items() if not k.startswith("tokenizer")}
     )
     hub.repos["odd/no-config"] = FakeRepo(files={"README.md": b"# nothing here\n"})
+    for name, changes in {
+        "rope": {"rope_parameters": {"rope_type": "bogus", "rope_theta": 10000.0}},
+        "dtype": {"dtype": "bogus"},
+        "pad": {"pad_token_id": 50_000},
+        "layers-x2": {"num_hidden_layers": 2 * config["num_hidden_layers"]},
+        "vocab-half": {"vocab_size": config["vocab_size"] // 2},
+    }.items():
+        hub.repos[f"odd/{name}"] = repo(
+            **{"config.json": json.dumps({**config, **changes}).encode()}
+        )
+    hidden = f'"hidden_size": {config["hidden_size"]}'
+    digits = json.dumps(config).replace(hidden, '"hidden_size": 1' + "0" * 5000)
+    hub.repos["odd/digits"] = repo(**{"config.json": digits.encode()})
+    hub.repos["odd/bad-tokenizer"] = repo(
+        **{"tokenizer.json": b'{"not": "a tokenizer"}', "tokenizer.model": b"garbage"}
+    )
     yield hub
     server.shutdown()
     server.server_close()
@@ -206,6 +222,10 @@ HUB_CASES = [
     ("odd/heads", r"hidden size \d+ with 5 attention heads: 5 does not divide it"),
     ("odd/size-text", r"hidden_size='64': it must be a whole number, not str"),
     ("odd/no-config", r"odd/no-config has no config.json"),
+    ("odd/rope", r"config.json says rope_type='bogus' \(in rope_parameters\)"),
+    ("odd/dtype", r"config.json says dtype='bogus': a Llama model's weights are floating"),
+    ("odd/pad", r"config.json says pad_token_id=50000: a token id must be a whole number"),
+    ("odd/digits", r"config.json is not readable JSON \(ValueError: Exceeds the limit"),
 ]
 
 
@@ -237,3 +257,33 @@ def test_bench_of_a_hub_model_offline_says_so(capsys, monkeypatch):
     assert code == 1 and "Traceback" not in err
     assert "Could not fetch the config.json of someone/some-model" in err
     assert "Offline mode is on" in err and err.count("Error:") == 1
+
+
+def _demo_of(hub, repo: str, tmp_path) -> subprocess.CompletedProcess:
+    """`demo --model repo` in a fresh process: huggingface_hub reads HF_ENDPOINT when imported."""
+    return subprocess.run(
+        [sys.executable, "-m", "llama2_colab", "demo", "--model", repo, "--max-new-tokens", "2"],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path, hub.url, HF_HUB_DISABLE_PROGRESS_BARS="1"),
+        timeout=GUARD_S,
+    )
+
+
+@pytest.mark.parametrize("repo", ["odd/layers-x2", "odd/vocab-half"])
+def test_a_hub_config_that_does_not_match_its_weights_is_refused(odd_hub, tmp_path, repo):
+    # Before: more layers than the weights hold answered from random layers (exit 0), and
+    # another vocabulary size was a RuntimeError traceback.
+    run = _demo_of(odd_hub, repo, tmp_path)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert f"{repo}: its config.json and its weights disagree" in run.stderr
+    assert "Llama 2: " not in run.stdout and "Traceback" not in run.stderr
+
+
+def test_a_hub_tokenizer_that_is_not_a_tokenizer_is_named(odd_hub, tmp_path):
+    run = _demo_of(odd_hub, "odd/bad-tokenizer", tmp_path)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "The tokenizer of odd/bad-tokenizer failed to load (KeyError: 'added_tokens')" in (
+        run.stderr
+    )
+    assert "What to do:" in run.stderr and "Traceback" not in run.stderr

@@ -145,3 +145,116 @@ def test_code_llama_prompts_say_which_argument_is_wrong(tiny_model_and_tokenizer
 def test_the_readme_states_the_exception_rule():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert "A library function given an argument of the wrong type raises `TypeError`" in readme
+
+
+# --- SIGTERM and SIGHUP clean up as Ctrl-C does -----------------------------------------------
+
+
+def _start_convert(meta: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "llama2_colab", "convert", str(meta), str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "sig"),
+    [("tiny", signal.SIGTERM), ("tiny", signal.SIGHUP), ("convert", signal.SIGTERM)],
+    ids=["tiny-SIGTERM", "tiny-SIGHUP", "convert-SIGTERM"],
+)
+def test_a_terminated_run_removes_its_work_folder_at_once(meta_folder, tmp_path, command, sig):
+    # `kill PID` or a closed terminal: before, the work folder stayed until a later run.
+    proc = (
+        _start_tiny(tmp_path / "out")
+        if command == "tiny"
+        else _start_convert(meta_folder, tmp_path / "out")
+    )
+    deadline = time.monotonic() + 240  # a guard against a run that never starts
+    while not list(tmp_path.glob(".*")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    if proc.returncode == 0:  # it finished before the signal came: nothing to test this time
+        pytest.skip("the run ended before the signal arrived")
+    assert proc.returncode == -sig  # ended by the signal, as without a handler
+    assert list(tmp_path.iterdir()) == []  # no work folder, no half result
+
+
+_SIGNAL_AT_MKDTEMP = """
+import os, signal, sys, tempfile
+from llama2_colab.workdirs import work_folder
+made = tempfile.mkdtemp
+def mkdtemp(*args, **kwargs):  # the folder exists; the signal comes before it is returned
+    path = made(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return path
+tempfile.mkdtemp = mkdtemp
+with work_folder(sys.argv[1], "race"):
+    print("the block ran")
+"""
+
+
+def test_a_signal_the_moment_a_work_folder_is_made_still_removes_it(tmp_path):
+    # The window a `kill` right after the folder appears can hit (G5: it failed once).
+    run = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_AT_MKDTEMP, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == -signal.SIGTERM, run.stderr[-2000:]
+    assert "the block ran" not in run.stdout and list(tmp_path.iterdir()) == []
+
+
+# --- two commands writing one new folder at once ----------------------------------------------
+
+
+def test_convert_leaves_a_folder_another_command_filled_meanwhile(meta_folder, tmp_path, capsys):
+    # tiny writes OUT_DIR while convert is writing its weights: convert's result is not kept,
+    # and the tiny model is not mixed with it (before, both said "Wrote" and X held a mix).
+    out = tmp_path / "X"
+    said = []
+
+    def meanwhile(line: str) -> None:
+        if line.startswith("wrote part") and not said:
+            said.append(run_cli(capsys, "tiny", str(out)))
+
+    with pytest.raises(Exception, match="appeared while convert ran") as refused:
+        convert_meta_checkpoint(meta_folder, out, dtype="float32", log=meanwhile)
+    assert said[0][0] == 0 and "this conversion is not kept" in str(refused.value)
+    assert is_tiny_folder(out) and not (out / MARKER_FILE).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["X"]
+
+
+def test_tiny_leaves_a_folder_another_command_filled_meanwhile(meta_folder, tmp_path, capsys):
+    out = tmp_path / "X"
+    tiny = _start_tiny(out)
+    try:
+        _wait_for_work_folder(tmp_path, tiny)  # the build has started; convert ends first
+        convert_meta_checkpoint(meta_folder, out, dtype="float32")
+        weights = (out / "model.safetensors").read_bytes()
+    finally:
+        _, err = tiny.communicate(timeout=300)
+    assert tiny.returncode == 1 and b"already holds files" in err, err.decode()[-2000:]
+    assert (out / MARKER_FILE).is_file() and not (out / "README.md").exists()
+    assert (out / "model.safetensors").read_bytes() == weights  # the conversion, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["X"]
+
+
+def test_a_tiny_readme_beside_other_files_does_not_make_them_tiny_s(meta_folder, tmp_path, capsys):
+    # A converted model that also holds tiny's README.md: `tiny X` must not write over it.
+    from llama2_colab.tiny import _CONVERSION_RECORD, MARKER, build_tiny_llama
+
+    assert _CONVERSION_RECORD == MARKER_FILE  # tiny's copy of convert's name is the same
+
+    out = convert_meta_checkpoint(meta_folder, tmp_path / "X", dtype="float32")
+    build_tiny_llama(tmp_path / "t")
+    (out / MARKER).write_bytes((tmp_path / "t" / MARKER).read_bytes())
+    weights = (out / "model.safetensors").read_bytes()
+    assert not is_tiny_folder(out)
+    code, _, err = run_cli(capsys, "tiny", str(out))
+    assert code == 1 and "already holds files" in err, err
+    assert (out / "model.safetensors").read_bytes() == weights

@@ -40,6 +40,25 @@ CONFIG_CASES = [
     ({"head_dim": 15}, r"heads of 15 dimensions: rotary position embeddings need an even"),
     ({"rope_parameters": {"rope_theta": 0}}, r"rope_theta=0: it must be a number above 0"),
     ({"max_position_embeddings": None}, r"max_position_embeddings=None: it must be a whole"),
+    # Values that pass the range checks but that transformers cannot build a model from.
+    (
+        {"rope_parameters": {"rope_type": "bogus", "rope_theta": 10000.0}},
+        r"rope_type='bogus' \(in rope_parameters\): transformers knows default, ",
+    ),
+    ({"rope_scaling": {"type": "bogus", "factor": 2.0}}, r"rope_type='bogus'"),
+    ({"dtype": "int4"}, r"dtype='int4': a Llama model's weights are floating-point numbers"),
+    ({"dtype": "float8_e4m3fn"}, r"dtype='float8_e4m3fn': a Llama model's weights are float"),
+    ({"dtype": "bogus"}, r"dtype='bogus': a Llama model's weights are floating-point"),
+    ({"torch_dtype": "int8"}, r"torch_dtype='int8': a Llama model's weights"),
+    ({"pad_token_id": 50_000}, r"pad_token_id=50000: a token id must be a whole number from 0"),
+    ({"eos_token_id": 99_999}, r"eos_token_id=99999: a token id must be"),
+    ({"bos_token_id": -5}, r"bos_token_id=-5: a token id must be"),
+    ({"eos_token_id": [2, 99_999]}, r"eos_token_id=\[2, 99999\]: a token id must be"),
+    ({"model_type": ["llama"]}, r"model_type=\['llama'\], a list: it must be a name"),
+    (
+        {"quantization_config": {"quant_method": "gptq", "bits": 4}},
+        r"already quantized \(quantization_config, quant_method 'gptq'\).* cannot load",
+    ),
 ]
 
 
@@ -82,7 +101,11 @@ def _text(name: str, text: str):
 
 SIDE_CASES = [
     ("no tokenizer_config.json", _remove("tokenizer_config.json"), r"has no BOS or EOS token"),
-    ("a looping tokenizer_config.json", _loop("tokenizer_config.json"), r"to nothing"),
+    (
+        "a looping tokenizer_config.json",
+        _loop("tokenizer_config.json"),
+        r"tokenizer_config.json': a symbolic link loops back on itself",
+    ),
     ("a damaged generation_config.json", _text("generation_config.json", "{"), r"not valid JSON"),
     ("a tokenizer.json that is a list", _text("tokenizer.json", "[]"), r"not a JSON object"),
 ]
@@ -98,6 +121,61 @@ def test_the_files_beside_the_config_are_checked_too(tiny_dir, tmp_path, capsys,
     code, out, err = run_cli(capsys, "demo", "--model", str(folder), "--max-new-tokens", "2")
     assert code == 1 and re.search(message, err), err
     assert "What to do:" in err and "Traceback" not in err and "You: " not in out
+
+
+def test_a_5000_digit_number_in_config_json_is_named(tiny_dir, tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dir, folder)
+    text = json.dumps(json.loads((folder / "config.json").read_text()))
+    hidden = f'"hidden_size": {json.loads(text)["hidden_size"]}'
+    (folder / "config.json").write_text(text.replace(hidden, '"hidden_size": 1' + "0" * 5000))
+    code, out, err = run_cli(capsys, "plan", str(folder), "--gpu", "T4")
+    assert code == 1 and "config.json' is not readable JSON (ValueError: Exceeds the limit" in err
+    assert "Traceback" not in err and "What to do:" in err
+
+
+def _weight_cases(config: dict) -> list[tuple[str, dict, str]]:
+    """(what, changes to the tiny model's config.json, the message), its weights as they are."""
+    layers, vocab, hidden = (config[k] for k in ("num_hidden_layers", "vocab_size", "hidden_size"))
+    return [
+        (
+            "more layers than the weights hold",
+            {"num_hidden_layers": 2 * layers},
+            rf"num_hidden_layers={2 * layers}, but the weights hold {layers} layers \(0 to "
+            rf"{layers - 1}\): layers {layers} to {2 * layers - 1} would run on random values",
+        ),
+        (
+            "fewer layers than the weights hold",
+            {"num_hidden_layers": layers // 2},
+            rf"num_hidden_layers={layers // 2}, but the weights hold {layers} layers .* of the "
+            "weights would go unused",
+        ),
+        (
+            "another vocabulary size",
+            {"vocab_size": vocab // 2},
+            rf"config.json says vocab_size={vocab // 2:,}, but lm_head.weight is {vocab} x",
+        ),
+        (
+            "another hidden size",
+            {"hidden_size": 2 * hidden},
+            rf"config.json says hidden_size={2 * hidden}, but .* is .*{hidden}.* in the weights "
+            r"\(and \d+ more tensors\)",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("i", range(4))
+def test_a_config_that_does_not_match_its_weights_is_refused(tiny_dir, tmp_path, capsys, i):
+    # Before, more layers than the weights hold ran with layers of random values (exit 0).
+    config = json.loads((tiny_dir / "config.json").read_text())
+    what, changes, message = _weight_cases(config)[i]
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dir, folder)
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    code, out, err = run_cli(capsys, "demo", "--model", str(folder), "--max-new-tokens", "2")
+    assert code == 1 and re.search(message, err), (what, err)
+    assert "its config.json and its weights disagree" in err and "What to do:" in err
+    assert "Llama 2: " not in out and "Traceback" not in err
 
 
 def test_200000_layers_are_refused_not_built(bad_configs):
@@ -167,14 +245,110 @@ def _int_weights(folder: Path) -> None:
     torch.save(sd, folder / "consolidated.00.pth")
 
 
+def _reshape(name: str, change):
+    """Replace tensor `name` of the shard by change(tensor); change None: remove it."""
+
+    def damage(folder: Path) -> None:
+        sd = torch.load(folder / "consolidated.00.pth", weights_only=True)
+        if change is None:
+            del sd[name]
+        else:
+            sd[name] = change(sd[name])
+        torch.save(sd, folder / "consolidated.00.pth")
+
+    return damage
+
+
+def _retype(name: str, dtype):
+    return _reshape(name, lambda t: t.to(dtype))
+
+
+def _params_text(change):
+    def damage(folder: Path) -> None:
+        text = json.dumps(json.loads((folder / "params.json").read_text()))
+        (folder / "params.json").write_text(change(text))
+
+    return damage
+
+
+def _loop_meta(name: str):
+    def damage(folder: Path) -> None:
+        (folder / name).unlink()
+        (folder / name).symlink_to((folder / name).name)
+
+    return damage
+
+
+def _fifo_meta(name: str):
+    def damage(folder: Path) -> None:
+        (folder / name).unlink()
+        os.mkfifo(folder / name)  # read, it would wait for a writer forever
+
+    return damage
+
+
 META_CASES = [
     ("fewer layers in params", lambda f: _set_params(f, n_layers=1), r"n_layers=1, but .*2 layer"),
     ("more layers in params", lambda f: _set_params(f, n_layers=3), r"n_layers=3, but .*2 layer"),
-    ("a layer missing", _rename_a_layer, r"n_layers=2, but .*layers 0 to 7"),
-    ("a shard holding a tensor", _shard(torch.zeros(3, 4)), r"holds a Tensor of shape \(3, 4\)"),
+    (
+        "a layer missing",
+        _rename_a_layer,
+        r"n_layers=2, but .* holds 2 layer\(s\) \(layers 0 and 7: layer 1 missing, layer 7 beyond",
+    ),
+    (
+        "a shard holding a tensor",
+        _shard(torch.zeros(3, 4)),
+        r"holds a float32 Tensor of shape \(3, 4\)",
+    ),
     ("a shard holding a list", _shard([1, 2, 3]), r"holds a list of 3 items"),
     ("a shard holding an int", _shard(7), r"holds an int \('7'\)"),
-    ("a shard holding ints", _int_weights, r"holds a Tensor of shape .* not a tensor of weights"),
+    (
+        "a shard holding ints",
+        _int_weights,
+        r"holds an int64 Tensor of shape \(64, 64\) as layers.0.attention.wq.weight: not float",
+    ),
+    (
+        "a shard holding complex numbers",
+        _retype("layers.1.feed_forward.w2.weight", torch.complex64),
+        r"holds a complex64 Tensor of shape .* as layers.1.feed_forward.w2.weight: not float",
+    ),
+    (
+        "wq with an extra dimension",
+        _reshape("layers.0.attention.wq.weight", lambda t: t.t()[None]),
+        r"layers.0.attention.wq.weight has shape \(1, 64, 64\), but params.json implies",
+    ),
+    (
+        "n_heads the weights were not made for",
+        lambda f: _set_params(f, n_heads=8),
+        r"n_heads=8: heads of 8 dimensions, but the shards' rope.freqs holds 8 frequencies.*"
+        r"heads of 16 \(n_heads=4\)",
+    ),
+    (
+        "no rope.freqs and a head size no Llama 2 has",
+        _reshape("rope.freqs", None),
+        r"heads of 16 dimensions, but every Llama 2 and Code Llama has heads of 128",
+    ),
+    (
+        "a 5,001-digit dim",
+        _params_text(lambda t: t.replace('"dim": 64', '"dim": 1' + "0" * 5000)),
+        r"params.json is not readable JSON \(ValueError: Exceeds the limit \(4300 digits\)",
+    ),
+    (
+        "params.json nested 100,000 deep",
+        _params_text(lambda t: "[" * 100_000 + "]" * 100_000),
+        r"params.json is not readable JSON \(it is nested thousands of levels deep\)",
+    ),
+    (
+        "params.json a looping link",
+        _loop_meta("params.json"),
+        r"params.json: a symbolic link loops back on itself",
+    ),
+    (
+        "tokenizer.model a looping link",
+        _loop_meta("../tokenizer.model"),
+        r"tokenizer.model: a symbolic link loops",
+    ),
+    ("params.json a named pipe", _fifo_meta("params.json"), r"params.json is a named pipe"),
     ("dim of another model", lambda f: _set_params(f, dim=32, n_heads=2), r"has shape"),
     (
         "ffn_dim_multiplier as a string",

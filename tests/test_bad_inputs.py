@@ -830,30 +830,6 @@ def test_a_second_change_during_a_reply_is_refused_and_no_turn_is_lost(session, 
     assert len(session.history) == len(before) + 4
 
 
-def test_racing_threads_never_drop_a_turn(session):
-    session.max_new_tokens = 2
-    start = len(session.history)
-    sent, refused = [], []
-
-    def chat(i: int) -> None:
-        for j in range(3):
-            try:
-                session.send(f"thread {i} message {j}")
-                sent.append((i, j))
-            except RuntimeError:
-                refused.append((i, j))
-
-    threads = [threading.Thread(target=chat, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert sent and len(sent) + len(refused) == 9
-    assert len(session.history) == start + 2 * len(sent)
-    recorded = {m["content"] for m in session.history if m["role"] == "user"}
-    assert {f"thread {i} message {j}" for i, j in sent} <= recorded
-
-
 def test_stop_from_another_thread_ends_the_reply_and_is_used_up(session):
     gate = _Gate()
     session.max_new_tokens = 50

@@ -727,7 +727,7 @@ def test_fit_dialog_checks_its_numbers(tiny_model_and_tokenizer, window, new, er
 IMPORT_CASES = [
     ("[" * 100_000 + "]" * 100_000, ValueError, "nested thousands of levels deep"),
     (None, TypeError, "not NoneType"),
-    ('{"system_prompt": "\\ud800", "messages": []}', ValueError, "The system prompt contains"),
+    ('{"system_prompt": "\\ud800", "messages": []}', ValueError, "The export.s system prompt contains"),
     (
         '{"messages": [{"role": "user", "content": "\\udfff"}, '
         '{"role": "assistant", "content": "x"}]}',
@@ -856,7 +856,7 @@ def _library_cases():
     return [
         (lambda m, t: ChatSession(m, t, history=None), ValueError, "must be a list of messages"),
         (lambda m, t: ChatSession(m, t, history="hi"), ValueError, "not str"),
-        (lambda m, t: ChatSession(m, t, system_prompt=3), ValueError, "must be a string"),
+        (lambda m, t: ChatSession(m, t, system_prompt=3), TypeError, "must be a string"),
         (
             lambda m, t: fast_generate_kwargs(prompt_lookup_tokens=-1),
             ValueError,

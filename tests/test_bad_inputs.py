@@ -727,7 +727,7 @@ def test_fit_dialog_checks_its_numbers(tiny_model_and_tokenizer, window, new, er
 IMPORT_CASES = [
     ("[" * 100_000 + "]" * 100_000, ValueError, "nested thousands of levels deep"),
     (None, TypeError, "not NoneType"),
-    ('{"system_prompt": "\\ud800", "messages": []}', ValueError, "The export.s system prompt contains"),
+    ('{"system_prompt": "\\ud800", "messages": []}', ValueError, "export.s system prompt contains"),
     (
         '{"messages": [{"role": "user", "content": "\\udfff"}, '
         '{"role": "assistant", "content": "x"}]}',

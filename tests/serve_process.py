@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,14 @@ import pytest
 if TYPE_CHECKING:
     from llama2_colab.background_server import BackgroundServer
 
-__all__ = ["READY_TIMEOUT_S", "running_server", "server_processes", "tiny_server"]
+__all__ = [
+    "READY_TIMEOUT_S",
+    "ended",
+    "running_server",
+    "server_processes",
+    "tiny_server",
+    "wait_ended",
+]
 
 # Startup on the 2-core CPU machine takes about 10 s; a busy machine takes longer.
 READY_TIMEOUT_S = 300.0
@@ -37,6 +45,25 @@ def server_processes(server: BackgroundServer) -> list[psutil.Process]:
         return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return []
+
+
+def ended(process: psutil.Process) -> bool:
+    """True once process has exited (a zombie no one has reaped yet has exited too)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_ended(processes: list[psutil.Process], timeout: float = 60.0) -> list[psutil.Process]:
+    """Wait until processes have all exited; kill and return those still running at timeout."""
+    deadline = time.monotonic() + timeout
+    while not all(ended(p) for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in processes if not ended(p)]
+    for process in left:  # not left serving after a test, whatever it found
+        process.kill()
+    return left
 
 
 @contextlib.contextmanager

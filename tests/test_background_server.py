@@ -15,11 +15,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+from serve_process import wait_ended
 
 from llama2_colab import UserFacingError
 from llama2_colab.serve import EngineProcess, build_launch, free_port
@@ -38,14 +38,6 @@ ENDINGS = {
     "the kernel is killed (a restart)": "import time; time.sleep(600)",
 }
 TEXT = {"capture_output": True, "text": True}
-
-
-def _ended(process: psutil.Process) -> bool:
-    """True once process has exited (a zombie no one has reaped yet has exited too)."""
-    try:
-        return process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def _port_free(port: int) -> bool:
@@ -73,12 +65,7 @@ def test_the_server_ends_with_the_python_that_started_it(ending):
     if ending.startswith("the kernel is killed"):
         kernel.kill()  # SIGKILL: no cleanup of its own runs
     kernel.wait(60)
-    deadline = time.monotonic() + 60
-    while not all(_ended(p) for p in started) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = [p for p in started if not _ended(p)]
-    for process in left:  # not left serving after this test, whatever it found
-        process.kill()
+    left = wait_ended(started)
     assert not left, f"still running after '{ending}': {left}"
     assert _port_free(int(port))
     if not ending.startswith("the kernel is killed"):

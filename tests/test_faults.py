@@ -194,10 +194,11 @@ def test_output_to_a_full_disk_is_named(tmp_path):
 # --- a read-only disk is named as read-only ---------------------------------------------------
 
 
-def _read_only_mount_works() -> bool:
+def _can_mount(options: str) -> bool:
+    """True if this machine lets a user mount a tmpfs with options in a user namespace."""
     try:
         probe = subprocess.run(
-            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o ro tmpfs /mnt"],
+            ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o {options} tmpfs /mnt"],
             capture_output=True,
             timeout=30,
         )
@@ -206,7 +207,7 @@ def _read_only_mount_works() -> bool:
     return probe.returncode == 0
 
 
-@pytest.mark.skipif(not _read_only_mount_works(), reason="no user namespaces to mount in")
+@pytest.mark.skipif(not _can_mount("ro"), reason="no user namespaces to mount in")
 @pytest.mark.parametrize("command", ["tiny", "convert"])
 def test_a_read_only_disk_is_named_read_only_not_full(meta_folder, tmp_path, command):
     ro = tmp_path / "ro"
@@ -231,7 +232,7 @@ def test_a_read_only_disk_is_named_read_only_not_full(meta_folder, tmp_path, com
     assert "Traceback" not in run.stderr
 
 
-@pytest.mark.skipif(not _read_only_mount_works(), reason="no user namespaces to mount in")
+@pytest.mark.skipif(not _can_mount("ro"), reason="no user namespaces to mount in")
 def test_serve_names_a_read_only_cache_as_the_cache_setting(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -572,19 +573,7 @@ def test_a_fault_inside_a_work_folder_names_your_folder(meta_folder, tmp_path):
     assert f"({tmp_path})" in found.what and ".tiny-build" not in found.what
 
 
-def _tmpfs_works() -> bool:
-    try:
-        probe = subprocess.run(
-            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o nr_inodes=8 tmpfs /mnt"],
-            capture_output=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _tmpfs_works(), reason="no user namespaces to mount in")
+@pytest.mark.skipif(not _can_mount("nr_inodes=8"), reason="no user namespaces to mount in")
 def test_a_disk_out_of_file_entries_is_not_only_called_full(tmp_path):
     # Space to spare but 8 inodes: df -h shows room, so "the disk is full" alone misleads.
     disk = tmp_path / "disk"

@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import httpx
@@ -27,7 +26,7 @@ import openai
 import psutil
 import pytest
 import torch
-from serve_process import running_server, server_processes
+from serve_process import running_server, server_processes, wait_ended
 
 from llama2_colab import UserFacingError, encode_dialog, stream_generate
 from llama2_colab.serve import EngineProcess, build_launch, free_port
@@ -213,27 +212,13 @@ def test_sigterm_to_the_serve_command_alone_stops_its_engine_too():
         assert not alive and "Stopped (SIGTERM)" in server.log()
 
 
-def _ended(process: psutil.Process) -> bool:
-    """True once process has exited (a zombie no one has reaped yet has exited too)."""
-    try:
-        return process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def test_an_engine_does_not_outlive_a_serve_killed_outright():
     # `kill -9` runs none of serve's cleanup: the engine must end by itself, not serve on.
     with running_server("tiny") as server:
         engines = server_processes(server)[1:]
         assert engines  # the engine, under the serve command
         server.process.kill()
-        deadline = time.monotonic() + 60
-        while not all(_ended(p) for p in engines) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        left = [p for p in engines if not _ended(p)]
-        for process in left:  # not left serving after this test, whatever it found
-            process.kill()
-        assert not left, server.log()[-2000:]
+        assert not wait_ended(engines), server.log()[-2000:]
 
 
 def test_a_folder_named_by_a_token_is_served_without_showing_it(tmp_path, tiny_dir):

@@ -76,7 +76,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "chat_template": ("reference_chat_template",),
     "catalog": ("speaker_name",),
-    "serve": ("client_snippet", "vllm_command"),
+    "engine_commands": ("client_snippet", "vllm_command"),
     "background_server": ("BackgroundServer",),
     "tensor_parallel": ("load_tensor_parallel",),
     "bench": ("BenchWork", "PathTiming", "bandwidth_limit_tokens_per_s", "run_bench"),

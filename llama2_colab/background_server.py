@@ -19,15 +19,9 @@ import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
+from .engine_commands import DEFAULT_HOST, served_name
 from .errors import UserFacingError
-from .serve import (
-    DEFAULT_HOST,
-    READY_TIMEOUT_S,
-    client_host,
-    die_with_this_process,
-    free_port,
-    served_name,
-)
+from .serve import READY_TIMEOUT_S, client_host, die_with_this_process, free_port
 
 __all__ = ["BackgroundServer"]
 

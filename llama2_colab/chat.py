@@ -303,19 +303,24 @@ def fit_dialog(
         ids = encode_dialog(tokenizer, kept)
         if len(ids) <= budget:  # always true when segments add up, as they do for Llama 2
             return DialogFit(ids, kept, turns[: 2 * first], context_window, max_new_tokens)
-    need = len(encode_dialog(tokenizer, ([system] if system else []) + [turns[-1]]))
-    yours = f"Your message{' with the system prompt' if system else ''}"
-    if need >= context_window:
-        raise UserFacingError(
-            f"{yours} takes {need} tokens: more than the model's whole {context_window}-token "
+    raise _message_too_long(tokenizer, head + [turns[-1]], context_window, max_new_tokens)
+
+
+def _message_too_long(tokenizer, last: list[Message], window: int, new: int) -> UserFacingError:
+    """The error for a last message (with the system prompt) that leaves no room for a reply."""
+    need = len(encode_dialog(tokenizer, last))
+    yours = f"Your message{' with the system prompt' if len(last) > 1 else ''}"
+    if need >= window:
+        return UserFacingError(
+            f"{yours} takes {need} tokens: more than the model's whole {window}-token "
             "context, before any reply.",
-            f"Shorten the message (or the system prompt) to well under {context_window} tokens.",
+            f"Shorten the message (or the system prompt) to well under {window} tokens.",
         )
-    raise UserFacingError(
-        f"{yours} takes {need} tokens, and with {max_new_tokens} new tokens that exceeds the "
-        f"model's {context_window}-token context.",
-        "Shorten the message (or the system prompt), or lower max new tokens "
-        f"to at most {context_window - need}.",
+    return UserFacingError(
+        f"{yours} takes {need} tokens, and with {new} new tokens that exceeds the "
+        f"model's {window}-token context.",
+        f"Shorten the message (or the system prompt), or lower max new tokens to at most "
+        f"{window - need}.",
     )
 
 

@@ -40,7 +40,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checks import check_meta_params, count_spans, parse_json, read_json_object
+from .checks import parse_json, read_json_object
+from .config_values import check_meta_params
 from .errors import UserFacingError, redact_secrets
 from .faults import (
     describe_fault,
@@ -54,6 +55,7 @@ from .faults import (
 from .runtime import GiB, detect_runtime
 from .tiny import LLAMA2_CHAT_TEMPLATE
 from .vocab import read_tokenizer_model, tokenizer_from_pieces
+from .weight_report import count_spans
 from .workdirs import claim, open_to_umask, remove_stale_work, work_folder, work_prefix
 
 __all__ = [
@@ -74,7 +76,7 @@ _SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
 _DTYPES = ("float16", "bfloat16", "float32")
 MAX_FILE_BYTES = 2 * GiB  # one output safetensors file; bounds the RAM the conversion needs
 _REQUIRED_PARAMS = ("dim", "n_layers", "n_heads", "norm_eps")
-_MAX_FFN = 262_144  # as checks.CONFIG_LIMITS["intermediate_size"]
+_MAX_FFN = 262_144  # as config_values.CONFIG_LIMITS["intermediate_size"]
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
 # Every Llama 2 and Code Llama has heads of 128 dimensions (7B: 4096 / 32, 13B: 5120 / 40, 34B
 # and 70B: 8192 / 64; Meta's params.json). The shards' rope.freqs (head size / 2 numbers) say
@@ -187,7 +189,7 @@ def inspect_meta_checkpoint(meta_dir: str | os.PathLike) -> MetaCheckpoint:
 
 
 def _inspect(folder: Path) -> MetaCheckpoint:
-    """What the folder holds, every value of params.json checked (`checks.check_meta_params`)."""
+    """What the folder holds, every value of params.json checked (`check_meta_params`)."""
     refuse_dangling_link(folder, str(folder), "give the model folder itself")
     if not folder.exists():
         raise UserFacingError(f"{folder} does not exist.", "Check the path to the model folder.")
@@ -581,8 +583,11 @@ def _write_weights(
         pending_bytes += size
         total_bytes += size
     flush()
+    _name_like_save_pretrained(out, files, total_bytes)
 
-    # Name the files the way save_pretrained does, now that their count is known.
+
+def _name_like_save_pretrained(out: Path, files: list[dict], total_bytes: int) -> None:
+    """Rename the parts the way save_pretrained names them, now that their count is known."""
     weight_map = {}
     for n, names in enumerate(files, start=1):
         old = next(iter(names.values()))

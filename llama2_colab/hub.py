@@ -19,7 +19,8 @@ from huggingface_hub.errors import RemoteEntryNotFoundError
 
 from .auth import explain_hub_error, find_hub_error, find_token, hub_endpoint, is_offline
 from .catalog import did_you_mean, find_entry
-from .checks import TOKENIZER_FILES, check_family, check_model_config, read_json_object
+from .checks import TOKENIZER_FILES, check_family, read_json_object
+from .config_values import check_model_config
 from .errors import UserFacingError
 from .faults import hub_timeout_s, with_deadline
 

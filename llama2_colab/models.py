@@ -12,18 +12,13 @@ from pathlib import Path
 import safetensors
 
 from .auth import explain_hub_error, find_hub_error, find_token
-from .checks import (
-    WeightDiff,
-    check_model_dir,
-    check_model_name,
-    looks_like_local_path,
-    refuse_weight_mismatch,
-)
+from .checks import check_model_dir, check_model_name, looks_like_local_path
 from .errors import UserFacingError, redact_log_records
 from .faults import describe_fault, library_message
 from .hub import check_tokenizer_files, fetch_config
 from .runtime import T4_MENU_PATH, GiB, RuntimeFacts, Settings, settings_for
 from .tiny import ensure_tiny_llama
+from .weight_report import WeightDiff, refuse_weight_mismatch
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -145,9 +140,8 @@ def load_model_and_tokenizer(
 
     A Hub refusal (not logged in, access not granted, offline) becomes a `UserFacingError`
     saying what to do; files already downloaded stay in the cache, so the next try resumes.
-    Weights that do not fill the config's model exactly (a layer missing, another vocabulary
-    size) are refused by transformers' loading report, never run with random values, and
-    files that fail to load are named, the tokenizer's or the weights'.
+    Weights that do not fill the config's model exactly are refused (transformers' loading
+    report), never run with random values; files that fail to load are named.
     `model_kwargs` go to `from_pretrained` as well (e.g. `distributed_config`).
     """
     import torch
@@ -168,9 +162,8 @@ def load_model_and_tokenizer(
         model, info = AutoModelForCausalLM.from_pretrained(
             path, token=token, cache_dir=cache_dir, **kwargs
         )
-        refuse_weight_mismatch(
-            WeightDiff.from_loading_info(model, info), model.config.to_dict(), path
-        )
+        diff = WeightDiff.from_loading_info(model, info)
+        refuse_weight_mismatch(diff, model.config.to_dict(), path)
         return model, tokenizer
 
     path = resolve_model_path(choice)

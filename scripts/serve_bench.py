@@ -119,13 +119,13 @@ def _random_weights_vllm(model: str, root: Path):
     from llama2_colab import ensure_tiny_llama, make_plan
     from llama2_colab.catalog import find_entry
     from llama2_colab.chat_template import reference_chat_template
+    from llama2_colab.engine_commands import vllm_command
     from llama2_colab.runtime import detect_runtime
     from llama2_colab.serve import (
         EngineLaunch,
         EngineProcess,
         free_port,
         prepare_serving_folder,
-        vllm_command,
     )
 
     tiny = ensure_tiny_llama()

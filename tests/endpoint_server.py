@@ -42,7 +42,7 @@ def free_port() -> int:
 
 def start_server(model_dir: Path, port: int, log) -> tuple[subprocess.Popen, str]:
     """Start the OpenAI-compatible server on model_dir; return (process, model name to ask for)."""
-    from llama2_colab.serve import served_name
+    from llama2_colab.engine_commands import served_name
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_UPDATE_CHECK="1")
     command = [sys.executable, "-m", "llama2_colab", "serve", "--model", str(model_dir)]

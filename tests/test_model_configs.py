@@ -22,7 +22,7 @@ import torch
 from cli_runner import run_cli
 from test_convert import make_params, write_meta_folder
 
-from llama2_colab.checks import check_meta_params, check_model_config
+from llama2_colab.config_values import check_meta_params, check_model_config
 from llama2_colab.errors import UserFacingError
 
 CONFIG_CASES = [

@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_convert import make_params, write_meta_folder
 
-from llama2_colab.checks import CONFIG_LIMITS
+from llama2_colab.config_values import CONFIG_LIMITS
 
 TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz01234567"  # the shape of a real token; not one
 SCALE = max(1, int(os.environ.get("LLAMA2_COLAB_FUZZ_SCALE", "1") or 1))

@@ -15,9 +15,7 @@ import sys
 import pytest
 
 from llama2_colab import UserFacingError, make_plan, preset_runtime
-from llama2_colab.plan import make_tp_plan
-from llama2_colab.serve import (
-    check_port_free,
+from llama2_colab.engine_commands import (
     choose_engine,
     client_snippet,
     gpu_memory_utilization,
@@ -25,6 +23,8 @@ from llama2_colab.serve import (
     transformers_serve_command,
     vllm_command,
 )
+from llama2_colab.plan import make_tp_plan
+from llama2_colab.serve import check_port_free
 
 T4 = preset_runtime("T4")
 CPU = preset_runtime("cpu")

@@ -1,28 +1,23 @@
-"""`BackgroundServer` never outlives the Python that started it, and "ready" means ours.
+"""`BackgroundServer` never outlives the Python that started it.
 
 Real processes only: a notebook's kernel is played by a Python process that starts the server
 the way notebook 11 does, and then ends (normally, on an error, or killed as a kernel restart
-kills it). The server and its engine must end with it, and the port must come free. And a
-server started on a port where another one answers must not call that one its own.
+kills it). The server and its engine must end with it, and the port must come free. (That "Ready"
+means our engine, not another server on the port: tests/test_serve.py.)
 """
 
 from __future__ import annotations
 
-import http.server
 import os
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import psutil
 import pytest
 from serve_process import wait_ended
-
-from llama2_colab import UserFacingError
-from llama2_colab.serve import EngineProcess, build_launch, free_port
 
 KERNEL = """
 import sys
@@ -86,35 +81,3 @@ def test_a_log_left_by_a_killed_kernel_is_removed_by_the_next_server():
     finally:
         left.unlink(missing_ok=True)
         mine.unlink(missing_ok=True)
-
-
-class _Answers(http.server.BaseHTTPRequestHandler):
-    """Another program's server: answers /v1/models as an OpenAI-compatible server does."""
-
-    def do_GET(self):  # noqa: N802 (http.server's name)
-        body = b'{"object": "list", "data": [{"id": "tiny", "object": "model"}]}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-def test_another_server_answering_on_the_port_is_not_taken_for_ours(tmp_path):
-    # Two serves started together both find the port free; the second engine cannot bind,
-    # and until it says so the first one answers /v1/models. Ready must not be said for it.
-    port = free_port()
-    launch = build_launch("tiny", "127.0.0.1", port, tmp_path, say=lambda _: None)
-    other = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Answers)
-    threading.Thread(target=other.serve_forever, daemon=True).start()
-    engine = EngineProcess(launch)
-    try:
-        with pytest.raises(UserFacingError, match=f"Cannot serve on 127.0.0.1:{port}"):
-            engine.wait_ready(timeout=300)
-    finally:
-        engine.stop()
-        other.shutdown()
-        other.server_close()

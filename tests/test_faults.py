@@ -207,26 +207,27 @@ def _can_mount(options: str) -> bool:
     return probe.returncode == 0
 
 
+def _on_read_only_disk(ro: Path, args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """Run `python -m llama2_colab ARGS` with a read-only tmpfs mounted on ro (a user namespace)."""
+    ro.mkdir()
+    script = f"mount -t tmpfs -o ro tmpfs {ro} && exec {sys.executable} -m llama2_colab "
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script + " ".join(args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        timeout=GUARD_S,
+    )
+
+
 @pytest.mark.skipif(not _can_mount("ro"), reason="no user namespaces to mount in")
 @pytest.mark.parametrize("command", ["tiny", "convert"])
 def test_a_read_only_disk_is_named_read_only_not_full(meta_folder, tmp_path, command):
     ro = tmp_path / "ro"
-    ro.mkdir()
     args = (
         ["tiny", f"{ro}/tiny"] if command == "tiny" else ["convert", str(meta_folder), f"{ro}/hf"]
     )
-    script = (
-        f"mount -t tmpfs -o ro tmpfs {ro} && exec {sys.executable} -m llama2_colab "
-        + " ".join(args)
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=GUARD_S,
-    )
+    run = _on_read_only_disk(ro, args, {})
     assert run.returncode == 1, run.stderr[-2000:]
     assert "read-only file system" in run.stderr and "disk is full" not in run.stderr
     assert "Traceback" not in run.stderr
@@ -235,19 +236,8 @@ def test_a_read_only_disk_is_named_read_only_not_full(meta_folder, tmp_path, com
 @pytest.mark.skipif(not _can_mount("ro"), reason="no user namespaces to mount in")
 def test_serve_names_a_read_only_cache_as_the_cache_setting(tmp_path):
     ro = tmp_path / "ro"
-    ro.mkdir()
-    script = (
-        f"mount -t tmpfs -o ro tmpfs {ro} && exec {sys.executable} -m llama2_colab serve "
-        f"--model tiny --port {_free_port()}"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLAMA2_COLAB_CACHE": f"{ro}/cache"}
-    run = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=GUARD_S,
-    )
+    args = ["serve", "--model", "tiny", "--port", str(_free_port())]
+    run = _on_read_only_disk(ro, args, {"LLAMA2_COLAB_CACHE": f"{ro}/cache"})
     assert run.returncode == 1, run.stderr[-2000:]
     assert f"Cannot make the serving folder under '{ro}/cache/serve'" in run.stderr
     assert "read-only file system" in run.stderr and "LLAMA2_COLAB_CACHE" in run.stderr

@@ -12,6 +12,8 @@ run locally, never with fixed text: the tiny model's weights may change.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import http.server
 import json
 import os
 import shutil
@@ -19,7 +21,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -261,12 +265,46 @@ def test_a_port_in_use_is_refused_before_anything_loads():
     assert f"--port {port + 1}" in run.stderr
 
 
-def test_an_engine_that_cannot_bind_is_explained_as_a_port_in_use(tmp_path):
+class _Answers(http.server.BaseHTTPRequestHandler):
+    """Another program's server: answers /v1/models as an OpenAI-compatible server does."""
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        body = b'{"object": "list", "data": [{"id": "tiny", "object": "model"}]}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def _port_held(port: int, answering: bool) -> Iterator[None]:
+    """Another program on port: a bare listening socket, or a server that answers /v1/models."""
+    if not answering:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", port))
+            taken.listen()
+            yield
+        return
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Answers)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        yield
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
+@pytest.mark.parametrize("answering", [False, True], ids=["a bare socket", "a server answering"])
+def test_an_engine_that_cannot_bind_is_explained_as_a_port_in_use(tmp_path, answering):
+    # Taken after the check, before the engine binds (two serves started together). When the
+    # other one answers /v1/models, Ready must still not be said for it.
     port = free_port()
     launch = build_launch("tiny", "127.0.0.1", port, tmp_path, say=lambda _: None)
-    with socket.socket() as taken:  # taken after the check, before the engine binds
-        taken.bind(("127.0.0.1", port))
-        taken.listen()
+    with _port_held(port, answering):
         engine = EngineProcess(launch)
         try:
             with pytest.raises(UserFacingError, match=f"Cannot serve on 127.0.0.1:{port}"):
